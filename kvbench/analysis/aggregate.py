@@ -1,0 +1,350 @@
+"""Cell records -> tables: cells.csv, per_step.csv, sweep_kv_<mode>.csv, speedup.csv, summary.md.
+
+Every table is sorted in grid order and written with lossless shortest-repr floats, so the same
+records give byte-identical files (Snakemake then sees no change downstream), and a ratio in
+speedup.csv read back equals none_ms / mode_ms exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kvbench.analysis.atomic import atomic_write_text
+from kvbench.analysis.records import (CELL_KEYS, KV_MODE_ORDER, STATUS_ORDER, cell_identity,
+                                      cell_sort_key, column_sort_key, find_record_files, flatten,
+                                      load_record, relative_names, sweep_name)
+
+CELL_COLUMNS = tuple(f"cell.{k}" for k in CELL_KEYS)
+_STATS = ("median", "min", "max")
+# Columns present in cells.csv even when no record fills them (e.g. a sweep that all OOMed),
+# so downstream readers can rely on their names.
+CORE_COLUMNS = (
+    ("record", "status", "error") + CELL_COLUMNS
+    + tuple(f"latency.{m}.{s}" for m in ("prefill_ms", "decode_ms_per_token", "total_generate_ms")
+            for s in _STATS)
+    + ("latency.decode_tokens_per_s", "latency.decode_steps")
+    + tuple(f"memory.{k}" for k in (
+        "torch_peak_allocated_bytes", "torch_peak_reserved_bytes", "prefill_peak_allocated_bytes",
+        "decode_peak_allocated_bytes", "nvml_peak_used_bytes", "rss_peak_bytes", "weights_bytes",
+        "kv_cache_bytes_formula", "kv_cache_bytes_measured"))
+    + ("energy.decode_joules_per_token", "energy.method",
+       "analytic.decode_flops_per_token", "analytic.decode_bytes_per_token",
+       "analytic.floor_ms_per_token", "analytic.fraction_of_floor",
+       "check.tokens_sha256", "check.matches_reference", "environment.device_name")
+)
+MIB = 2**20
+CSV_OPTS: dict[str, Any] = {"index": False, "lineterminator": "\n", "na_rep": ""}
+
+# (speedup.csv name, cells.csv column): the three times a cache can change.
+SPEEDUP_METRICS = (("prefill", "latency.prefill_ms.median"),
+                   ("decode", "latency.decode_ms_per_token.median"),
+                   ("total", "latency.total_generate_ms.median"))
+
+Loaded = list[tuple[str, dict[str, Any]]]
+
+
+def _num(value: Any) -> float | None:
+    """A finite number or None (NaN and missing both mean 'not measured')."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _get(rec: dict[str, Any], dotted: str) -> Any:
+    node: Any = rec
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def load_sorted(record_paths: Sequence[Path]) -> Loaded:
+    """(relative name, record) in grid order; two records of one identical cell are an error,
+    because every join below would silently pick one."""
+    paths = list(record_paths)
+    loaded = [(n, load_record(p)) for n, p in zip(relative_names(paths), paths)]
+    loaded.sort(key=lambda nr: (cell_sort_key(nr[1]["cell"]), nr[0]))
+    seen: dict[str, str] = {}
+    for name, rec in loaded:
+        ident = cell_identity(rec["cell"])
+        if ident in seen:
+            raise ValueError(f"two records for one cell: {seen[ident]} and {name}")
+        seen[ident] = name
+    return loaded
+
+
+def _tidy_types(df: pd.DataFrame) -> pd.DataFrame:
+    """Integer columns with gaps stay integers (Int64), not floats like 1.2e+09."""
+    for col in df.columns:
+        vals = [v for v in df[col].tolist() if v is not None and not (isinstance(v, float)
+                                                                      and math.isnan(v))]
+        if not vals:
+            continue
+        if all(isinstance(v, bool) for v in vals):
+            df[col] = df[col].astype("boolean")
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+            df[col] = df[col].astype("Int64")
+    return df
+
+
+def cells_table(loaded: Loaded) -> pd.DataFrame:
+    """One flat row per record, non-ok ones included with empty measurements."""
+    rows = [{"record": name, **flatten(rec)} for name, rec in loaded]
+    # object dtype on the way in keeps Python ints/bools intact for _tidy_types.
+    df = pd.DataFrame.from_records(rows).astype(object) if rows else pd.DataFrame()
+    for col in CORE_COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    # A section that is null in one record and filled in another flattens to both "latency"
+    # and "latency.*"; the bare one carries nothing.
+    names = set(df.columns)
+    bare = [c for c in names if any(o.startswith(c + ".") for o in names) and df[c].isna().all()]
+    df = df.drop(columns=bare)
+    df = df[sorted(df.columns, key=column_sort_key)]
+    return _tidy_types(df.reset_index(drop=True))
+
+
+def per_step_table(loaded: Loaded) -> pd.DataFrame:
+    """Long format: one row per decode step of each ok record.
+
+    Step s (1-based) leaves prompt_len + s tokens in the cache; the record's formula bytes are
+    for the final prompt_len + new_tokens - 1 tokens (the last token is never fed back).
+    """
+    rows: list[dict[str, Any]] = []
+    for name, rec in loaded:
+        steps = _get(rec, "latency.per_step_decode_ms") or []
+        if rec["status"] != "ok" or not steps:
+            continue
+        cell = rec["cell"]
+        total_tokens = cell["prompt_len"] + cell["new_tokens"] - 1
+        formula = _get(rec, "memory.kv_cache_bytes_formula")
+        for step, ms in enumerate(steps, start=1):
+            ctx = cell["prompt_len"] + step
+            kv = None if formula is None else round(formula * ctx / total_tokens)
+            rows.append({"record": name, **{f"cell.{k}": cell.get(k) for k in CELL_KEYS},
+                         "step": step, "context_tokens": ctx, "decode_ms": ms,
+                         "kv_cache_bytes": kv, "kv_cache_mib": None if kv is None else kv / MIB})
+    cols = ["record", *CELL_COLUMNS, "step", "context_tokens", "decode_ms", "kv_cache_bytes",
+            "kv_cache_mib"]
+    return _tidy_types(pd.DataFrame.from_records(rows, columns=cols).astype(object))
+
+
+def peak_memory(rec: dict[str, Any]) -> tuple[int | None, str | None]:
+    """Torch's peak allocation on a GPU; the process RSS peak where torch reports none (CPU)."""
+    for key, source in (("torch_peak_allocated_bytes", "torch_peak_allocated"),
+                        ("rss_peak_bytes", "rss_peak")):
+        value = _get(rec, f"memory.{key}")
+        if value is not None:
+            return value, source
+    return None, None
+
+
+def sweep_table(loaded: Loaded, kv_mode: str) -> pd.DataFrame:
+    """Write-up 001's per-mode table, with non-ok cells kept as rows with a status."""
+    rows = []
+    for _, rec in loaded:
+        cell = rec["cell"]
+        if cell["kv_mode"] != kv_mode:
+            continue
+        peak, source = peak_memory(rec)
+        kv = _get(rec, "memory.kv_cache_bytes_formula")
+        rows.append({
+            "model": cell["model"], "dtype": cell["dtype"], "attention": cell["attention"],
+            "new_tokens": cell["new_tokens"], "batch": cell["batch"],
+            "prompt_len": cell["prompt_len"], "status": rec["status"],
+            "prefill_ms": _get(rec, "latency.prefill_ms.median"),
+            "decode_ms_per_token": _get(rec, "latency.decode_ms_per_token.median"),
+            "decode_tokens_per_s": _get(rec, "latency.decode_tokens_per_s"),
+            "total_generate_ms": _get(rec, "latency.total_generate_ms.median"),
+            "peak_memory_mib": None if peak is None else peak / MIB,
+            "peak_memory_source": source,
+            "kv_cache_mib": None if kv is None else kv / MIB,
+        })
+    cols = ["model", "dtype", "attention", "new_tokens", "batch", "prompt_len", "status",
+            "prefill_ms", "decode_ms_per_token", "decode_tokens_per_s", "total_generate_ms",
+            "peak_memory_mib", "peak_memory_source", "kv_cache_mib"]
+    return _tidy_types(pd.DataFrame.from_records(rows, columns=cols).astype(object))
+
+
+def speedup_table(loaded: Loaded) -> pd.DataFrame:
+    """Each cached mode against ``none`` with every other cell setting equal; = none_ms / mode_ms.
+
+    A pair where either side is not ok keeps its row (statuses say why) with empty speedups, so
+    the heatmap can mark it instead of leaving a silent hole.
+    """
+    baseline = {cell_identity(rec["cell"], drop=("kv_mode",)): rec
+                for _, rec in loaded if rec["cell"]["kv_mode"] == "none"}
+    rows = []
+    for name, rec in loaded:
+        cell = rec["cell"]
+        ref = baseline.get(cell_identity(cell, drop=("kv_mode",)))
+        if cell["kv_mode"] == "none" or ref is None:
+            continue
+        row: dict[str, Any] = {"record": name, **{f"cell.{k}": cell.get(k) for k in CELL_KEYS},
+                               "status": rec["status"], "none_status": ref["status"]}
+        for metric, col in SPEEDUP_METRICS:
+            mode_ms = _num(_get(rec, col)) if rec["status"] == "ok" else None
+            none_ms = _num(_get(ref, col)) if ref["status"] == "ok" else None
+            row[f"{metric}_ms"] = mode_ms
+            row[f"none_{metric}_ms"] = none_ms
+            row[f"{metric}_speedup"] = (none_ms / mode_ms if mode_ms and none_ms is not None
+                                        else None)
+        rows.append(row)
+    cols = ["record", *CELL_COLUMNS, "status", "none_status"]
+    for metric, _ in SPEEDUP_METRICS:
+        cols += [f"{metric}_ms", f"none_{metric}_ms", f"{metric}_speedup"]
+    return _tidy_types(pd.DataFrame.from_records(rows, columns=cols).astype(object))
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    f = _num(value)
+    return "–" if f is None else format(f, spec)
+
+
+def _where(cell: dict[str, Any], varying: list[str]) -> str:
+    return ", ".join(f"{k}={cell.get(k)}" for k in varying)
+
+
+def summary_markdown(loaded: Loaded, speedup: pd.DataFrame, sweep: str | None) -> str:
+    """A page a person reads first: what ran, what failed, the headline numbers."""
+    cells = [rec["cell"] for _, rec in loaded]
+    # Name a cell by the settings that actually vary in this sweep, plus the grid's main axes.
+    varying = [k for k in CELL_KEYS
+               if k != "kv_mode" and len({str(c.get(k)) for c in cells}) > 1]
+    for k in ("batch", "prompt_len"):
+        if k not in varying:
+            varying.append(k)
+    statuses = Counter(rec["status"] for _, rec in loaded)
+    status_text = ", ".join(f"{s} {statuses[s]}" for s in sorted(
+        statuses, key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s)))
+    devices = sorted({str(_get(rec, "environment.device_name") or rec["cell"].get("device"))
+                      for _, rec in loaded})
+    lines = [f"# kvbench summary{f': {sweep}' if sweep else ''}", "",
+             f"- records: {len(loaded)} ({status_text or 'none'})",
+             f"- device: {', '.join(devices) or '–'}"]
+    for key in ("model", "dtype", "attention", "new_tokens"):
+        lines.append(f"- {key}: {', '.join(sorted({str(c.get(key)) for c in cells})) or '–'}")
+    modes = sorted({c["kv_mode"] for c in cells}, key=lambda m: (
+        KV_MODE_ORDER.index(m) if m in KV_MODE_ORDER else 99, m))
+    lines += ["", "## Decode latency per kv mode (ok cells; median ms per decode step)", "",
+              "| kv_mode | ok cells | fastest ms/token | at | slowest ms/token | at "
+              "| best tokens/s (batch total) |",
+              "|---|---|---|---|---|---|---|"]
+    for mode in modes:
+        ok = [rec for _, rec in loaded if rec["cell"]["kv_mode"] == mode and rec["status"] == "ok"
+              and _num(_get(rec, "latency.decode_ms_per_token.median")) is not None]
+        if not ok:
+            lines.append(f"| {mode} | 0 | – | – | – | – | – |")
+            continue
+        key = lambda r: (_get(r, "latency.decode_ms_per_token.median"), cell_sort_key(r["cell"]))
+        fast, slow = min(ok, key=key), max(ok, key=key)
+        best_tps = max(_num(_get(r, "latency.decode_tokens_per_s")) or 0.0 for r in ok)
+        lines.append(
+            f"| {mode} | {len(ok)} | {_fmt(_get(fast, 'latency.decode_ms_per_token.median'))} "
+            f"| {_where(fast['cell'], varying)} "
+            f"| {_fmt(_get(slow, 'latency.decode_ms_per_token.median'))} "
+            f"| {_where(slow['cell'], varying)} | {_fmt(best_tps, '.1f')} |")
+    lines += ["", "## Speedup vs `none` (none_ms / mode_ms, same cell otherwise)", ""]
+    ok_speed = speedup.dropna(subset=["decode_speedup"]) if len(speedup) else speedup
+    if len(ok_speed) == 0:
+        lines.append("No cached cell has an ok `none` cell to compare with.")
+    else:
+        lines += ["| kv_mode | pairs | best decode speedup | at | median decode speedup "
+                  "| best total speedup |", "|---|---|---|---|---|---|"]
+        for mode in [m for m in modes if m != "none"]:
+            sub = ok_speed[ok_speed["cell.kv_mode"] == mode]
+            if len(sub) == 0:
+                continue
+            best = sub.loc[sub["decode_speedup"].astype(float).idxmax()]
+            at = _where({k: best[f"cell.{k}"] for k in CELL_KEYS}, varying)
+            lines.append(f"| {mode} | {len(sub)} | {_fmt(best['decode_speedup'], '.2f')}× "
+                         f"| {at} | {_fmt(sub['decode_speedup'].astype(float).median(), '.2f')}× "
+                         f"| {_fmt(sub['total_speedup'].astype(float).max(), '.2f')}× |")
+        best = ok_speed.loc[ok_speed["decode_speedup"].astype(float).idxmax()]
+        lines += ["", f"Best decode speedup: **{_fmt(best['decode_speedup'], '.2f')}×** "
+                  f"({best['cell.kv_mode']} vs none at "
+                  f"{_where({k: best[f'cell.{k}'] for k in CELL_KEYS}, varying)}: "
+                  f"{_fmt(best['decode_ms'])} vs {_fmt(best['none_decode_ms'])} ms/token)."]
+    mismatched = [(n, r) for n, r in loaded if _get(r, "check.matches_reference") is False]
+    if mismatched:
+        lines += ["", "## Greedy tokens differ from `none`", ""]
+        lines += [f"- {r['cell']['kv_mode']}: {_where(r['cell'], varying)} "
+                  f"(first mismatch step {_get(r, 'check.first_mismatch_step')})"
+                  for _, r in mismatched]
+    bad = [(n, r) for n, r in loaded if r["status"] != "ok"]
+    lines += ["", "## Cells not measured (oom, unsupported, error)", ""]
+    if not bad:
+        lines.append("None: every cell is ok.")
+    else:
+        lines += ["| status | kv_mode | cell | message |", "|---|---|---|---|"]
+        for _, r in sorted(bad, key=lambda nr: (STATUS_ORDER.index(nr[1]["status"])
+                                                 if nr[1]["status"] in STATUS_ORDER else 99,
+                                                 cell_sort_key(nr[1]["cell"]))):
+            msg = " ".join(str(r.get("error") or "").split())[:160].replace("|", "\\|")
+            lines.append(f"| {r['status']} | {r['cell']['kv_mode']} "
+                         f"| {_where(r['cell'], varying)} | {msg} |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(df: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    df.to_csv(buf, **CSV_OPTS)
+    return buf.getvalue()
+
+
+def aggregate(record_paths: list[Path], out_dir: Path) -> None:
+    """Write every table of one sweep into ``out_dir`` (old sweep_kv_* files of modes no longer
+    present are removed, so the folder never mixes runs)."""
+    paths = [Path(p) for p in record_paths]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = load_sorted(paths)
+    speedup = speedup_table(loaded)
+    modes = sorted({rec["cell"]["kv_mode"] for _, rec in loaded})
+    tables = {"cells.csv": _csv(cells_table(loaded)), "per_step.csv": _csv(per_step_table(loaded)),
+              "speedup.csv": _csv(speedup)}
+    tables.update({f"sweep_kv_{m}.csv": _csv(sweep_table(loaded, m)) for m in modes})
+    tables["summary.md"] = summary_markdown(loaded, speedup, sweep_name(paths))
+    for stale in out_dir.glob("sweep_kv_*.csv"):
+        if stale.name not in tables:
+            stale.unlink()
+    for name, text in tables.items():
+        atomic_write_text(out_dir / name, text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kvbench.analysis.aggregate",
+        description="Aggregate kvbench cell records into CSV tables and summary.md.")
+    parser.add_argument("--records", nargs="+", required=True, type=Path,
+                        help="record files, or directories searched recursively for *.json")
+    parser.add_argument("--out", required=True, type=Path, help="tables directory to write")
+    args = parser.parse_args(argv)
+    try:
+        files = find_record_files(args.records)
+        if not files:
+            parser.error(f"no *.json records under {' '.join(map(str, args.records))}")
+        aggregate(files, args.out)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"aggregate: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"aggregate: {len(files)} records -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

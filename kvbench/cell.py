@@ -1,0 +1,336 @@
+"""One cell: (model, kv_mode, batch, prompt_len, dtype, ...) measured into one record.
+
+Order matters: every input is validated before torch builds anything (`CellSpec.check`),
+the token check and the warm-up run before any timing, every timed iteration starts
+from a fresh cache, and the record is written atomically at the very end.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kvbench import checkpoint, nvml, roofline
+from kvbench.devices import DTYPES, dtype_unsupported_reason, resolve_device, synchronize
+from kvbench.environment import collect as collect_environment
+from kvbench.generate import generate
+from kvbench.kv_cache import KV_MODES, kv_cache_bytes
+from kvbench.model import ATTENTION_IMPLS, GPT, PRESETS, GPTConfig, build_random, preset
+from kvbench.record import SCHEMA_VERSION, now_utc, write_atomic
+from kvbench.timing import TokenTimer, stats
+
+
+class UsageError(ValueError):
+    """Bad input: reported as one line, exit code 2, before any heavy work."""
+
+
+@dataclass
+class CellSpec:
+    model: str = "tiny"
+    kv_mode: str = "static"
+    batch: int = 1
+    prompt_len: int = 16
+    new_tokens: int = 16
+    dtype: str = "fp32"
+    attention: str = "sdpa"
+    device: str = "auto"
+    seed: int = 0
+    warmup: int = 1
+    iters: int = 3
+    check_steps: int = 16
+    n_kv_head: int | None = None
+    checkpoint: str | None = None
+    prompt_file: str | None = None
+    encoding: str = "gpt2"
+    threads: int | None = None
+    out: str | None = None
+    engine: str = "kvbench"
+
+    def check(self) -> tuple[GPTConfig, torch.device]:
+        """Validate every field; return the model config and device. Raises UsageError."""
+        def choose(field: str, value, allowed) -> None:
+            if value not in allowed:
+                raise UsageError(f"{field}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+        def at_least(field: str, value: int, low: int) -> None:
+            if not isinstance(value, int) or value < low:
+                raise UsageError(f"{field}: {value!r} must be an integer >= {low}")
+
+        if self.checkpoint is None:
+            choose("model", self.model, tuple(PRESETS))
+        choose("kv_mode", self.kv_mode, KV_MODES)
+        choose("dtype", self.dtype, tuple(DTYPES))
+        choose("attention", self.attention, ATTENTION_IMPLS)
+        choose("engine", self.engine, ("kvbench",))
+        at_least("batch", self.batch, 1)
+        at_least("prompt_len", self.prompt_len, 1)
+        at_least("new_tokens", self.new_tokens, 2)  # one prefill token + at least one decode step
+        at_least("warmup", self.warmup, 0)
+        at_least("iters", self.iters, 1)
+        at_least("check_steps", self.check_steps, 0)
+        if self.threads is not None:
+            at_least("threads", self.threads, 1)
+        try:
+            device = resolve_device(self.device)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if self.checkpoint is not None:
+            if self.n_kv_head is not None:
+                raise UsageError("n_kv_head: only for random weights (a GPT-2 checkpoint has n_kv_head = n_head)")
+            try:
+                cfg = checkpoint.read_config(self.checkpoint)
+            except checkpoint.CheckpointError as e:
+                raise UsageError(str(e)) from None
+        else:
+            try:
+                cfg = preset(self.model, n_kv_head=self.n_kv_head)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+        if self.prompt_len + self.new_tokens > cfg.block_size:
+            raise UsageError(f"prompt_len + new_tokens: {self.prompt_len} + {self.new_tokens} = "
+                             f"{self.prompt_len + self.new_tokens} exceeds the model's block_size {cfg.block_size}")
+        if self.prompt_file is not None and not Path(self.prompt_file).is_file():
+            raise UsageError(f"prompt_file: {self.prompt_file!r} does not exist")
+        if self.out is not None:
+            check_writable(Path(self.out))
+        return cfg, device
+
+    def as_record_cell(self, device: torch.device) -> dict:
+        return {
+            "model": self.model, "kv_mode": self.kv_mode, "batch": self.batch, "prompt_len": self.prompt_len,
+            "new_tokens": self.new_tokens, "dtype": self.dtype, "attention": self.attention, "device": str(device),
+            "prompt_source": f"file:{self.prompt_file}" if self.prompt_file else "random",
+            "seed": self.seed, "warmup": self.warmup, "iters": self.iters, "engine": self.engine,
+            "n_kv_head": self.n_kv_head, "compile": False, "checkpoint": self.checkpoint,
+            "check_steps": min(self.check_steps, self.new_tokens),
+        }
+
+
+def check_writable(out: Path) -> None:
+    if out.is_dir():
+        raise UsageError(f"out: {str(out)!r} is a directory; give a file path ending in .json")
+    parent = out.parent
+    while not parent.exists():  # the nearest existing ancestor must let us create the rest
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"out: {str(out)!r} is not writable")
+
+
+def make_prompt(spec: CellSpec, vocab_size: int) -> torch.Tensor:
+    """(batch, prompt_len) token ids, the same on every device for the same seed and source."""
+    if spec.prompt_file is None:
+        gen = torch.Generator().manual_seed(spec.seed)
+        return torch.randint(0, vocab_size, (spec.batch, spec.prompt_len), generator=gen)
+    from kvbench.tokenizer import load_encoding
+    ids = load_encoding(spec.encoding).encode_ordinary(Path(spec.prompt_file).read_text())
+    if not ids:
+        raise UsageError(f"prompt_file: {spec.prompt_file!r} encodes to no tokens")
+    ids = (ids * (spec.prompt_len // len(ids) + 1))[: spec.prompt_len]  # repeat a short text to length
+    return torch.tensor(ids).unsqueeze(0).repeat(spec.batch, 1)
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def token_check(model: GPT, prompt: torch.Tensor, spec: CellSpec) -> tuple[dict, torch.Tensor | None]:
+    """Greedy tokens of this mode vs the recompute ('none') mode over the first check_steps tokens."""
+    steps = min(spec.check_steps, spec.new_tokens)
+    if steps == 0:
+        return {"matches_reference": None, "reference_steps": 0, "first_mismatch_step": None,
+                "max_logit_diff": None}, None
+    mine = generate(model, prompt, steps, spec.kv_mode, keep_logits=True)
+    if spec.kv_mode == "none":  # it is the reference
+        return {"matches_reference": True, "reference_steps": steps, "first_mismatch_step": None,
+                "max_logit_diff": 0.0}, mine.tokens
+    ref = generate(model, prompt, steps, "none", keep_logits=True)
+    differ = (mine.tokens != ref.tokens).any(dim=0).nonzero()
+    first = int(differ[0]) if len(differ) else None
+    upto = steps if first is None else first + 1  # after a divergence the contexts differ
+    max_diff = max(float((a - b).abs().max()) for a, b in zip(mine.logits[:upto], ref.logits[:upto]))
+    return {"matches_reference": first is None, "reference_steps": steps, "first_mismatch_step": first,
+            "max_logit_diff": max_diff}, mine.tokens
+
+
+def rss_peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def empty_record(spec: CellSpec, device: torch.device, env: dict) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION, "status": "ok", "error": None, "created_utc": now_utc(),
+        "cell": spec.as_record_cell(device), "model_info": None, "latency": None, "memory": None,
+        "energy": None, "analytic": None, "check": None, "environment": env,
+    }
+
+
+def model_info(model: GPT) -> dict:
+    c = model.config
+    return {"n_layer": c.n_layer, "n_head": c.n_head, "n_kv_head": c.kv_heads, "n_embd": c.n_embd,
+            "block_size": c.block_size, "vocab_size": c.vocab_size, "n_params": model.num_params()}
+
+
+def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.device, record: dict) -> None:
+    """Fill latency, memory, energy, analytic and check. May raise (OOM) part-way."""
+    cfg, dtype = model.config, DTYPES[spec.dtype]
+    element_bytes = torch.empty((), dtype=dtype).element_size()
+    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    cached_tokens = spec.prompt_len + spec.new_tokens - 1
+    formula = None if spec.kv_mode == "none" else kv_cache_bytes(
+        cfg.n_layer, spec.batch, cfg.kv_heads, cached_tokens, cfg.head_dim, element_bytes)
+    record["memory"] = {
+        "torch_peak_allocated_bytes": None, "torch_peak_reserved_bytes": None,
+        "prefill_peak_allocated_bytes": None, "decode_peak_allocated_bytes": None,
+        "nvml_peak_used_bytes": None, "rss_peak_bytes": None, "weights_bytes": weights_bytes,
+        "kv_cache_bytes_formula": formula, "kv_cache_bytes_measured": None,
+    }
+    cuda = device.type == "cuda"
+    handle = nvml.handle_for(device)
+    env = record["environment"]
+
+    check, check_tokens = token_check(model, prompt, spec)
+    for _ in range(spec.warmup):
+        generate(model, prompt, spec.new_tokens, spec.kv_mode)
+
+    timer = TokenTimer(device)
+    prefill_peaks: list[int] = []
+    decode_j: list[float] = []
+    energy_marks: dict[str, float | int | None] = {}
+
+    def on_token(i: int) -> None:
+        timer.mark(i)
+        if i == 0:
+            if cuda:
+                prefill_peaks.append(torch.cuda.max_memory_allocated(device))
+            if handle is not None:  # phase boundary for the energy counter: the GPU must be idle here
+                synchronize(device)
+                energy_marks["e0"], energy_marks["t0"] = nvml.energy_mj(handle), time.monotonic()
+
+    env["clocks_before"] = nvml.clocks(handle)
+    runs: list[list[float]] = []
+    gen = None
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    with nvml.Sampler(handle) as sampler:
+        for _ in range(spec.iters):
+            gen = None  # drop the last iteration's cache before building a fresh one
+            timer.start()
+            gen = generate(model, prompt, spec.new_tokens, spec.kv_mode, on_token=on_token)
+            runs.append(timer.intervals_ms())  # synchronizes on CUDA
+            if handle is not None:
+                e1, t1 = nvml.energy_mj(handle), time.monotonic()
+                if energy_marks.get("e0") is not None and e1 is not None:
+                    decode_j.append((e1 - energy_marks["e0"]) / 1e3)
+                elif (j := sampler.joules_between(energy_marks["t0"], t1)) is not None:
+                    decode_j.append(j)
+    env["clocks_after"] = nvml.clocks(handle)
+    env["throttle_reasons"] = nvml.throttle_reasons(handle)
+
+    steps = spec.new_tokens - 1
+    prefill = [r[0] for r in runs]
+    decode_per_step = [sum(r[1:]) / steps for r in runs]
+    total = [sum(r) for r in runs]
+    per_step = [stats([r[s] for r in runs])["median"] for s in range(1, spec.new_tokens)]
+    decode_median = stats(decode_per_step)["median"]
+    record["latency"] = {
+        "prefill_ms": stats(prefill),
+        "decode_ms_per_token": stats(decode_per_step),
+        "per_step_decode_ms": per_step,
+        "decode_tokens_per_s": spec.batch * 1e3 / decode_median,
+        "total_generate_ms": stats(total),
+        "decode_steps": steps,
+    }
+    mem = record["memory"]
+    if cuda:
+        mem["torch_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        mem["torch_peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+        mem["prefill_peak_allocated_bytes"] = max(prefill_peaks) if prefill_peaks else None
+    mem["nvml_peak_used_bytes"] = sampler.peak_used
+    mem["rss_peak_bytes"] = rss_peak_bytes()
+    mem["kv_cache_bytes_measured"] = gen.cache.nbytes() if gen.cache is not None else None
+    if cuda:  # decode-only peak: one more iteration with the counter reset after the prefill
+        def reset_after_prefill(i: int) -> None:
+            if i == 0:
+                torch.cuda.reset_peak_memory_stats(device)
+        gen = None
+        generate(model, prompt, spec.new_tokens, spec.kv_mode, on_token=reset_after_prefill)
+        mem["decode_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+
+    tokens = gen.tokens if gen is not None else check_tokens
+    check["tokens_sha256"] = hashlib.sha256(tokens.cpu().numpy().tobytes()).hexdigest() if tokens is not None else ""
+    if check_tokens is not None and tokens is not None:
+        # the timed generation must repeat the checked one exactly (greedy is deterministic)
+        check["timed_equals_checked"] = bool(torch.equal(tokens[:, : check_tokens.size(1)], check_tokens))
+    record["check"] = check
+
+    if decode_j:
+        record["energy"] = {"decode_joules_per_token": stats(decode_j)["median"] / steps,
+                            "method": "nvml_energy_counter" if energy_marks.get("e0") is not None
+                            else "nvml_power_samples"}
+    else:
+        record["energy"] = {"decode_joules_per_token": None, "method": None}
+
+    limits = roofline.device_limits(device, env["device_name"] or device.type, dtype)
+    record["analytic"] = roofline.analyse(cfg, spec.batch, spec.prompt_len, spec.new_tokens, element_bytes,
+                                          roofline.weights_read_per_step(model), limits, decode_median)
+
+
+def run_cell(spec: CellSpec) -> dict:
+    """Validate, build, measure; return the record (status ok/oom/unsupported/error)."""
+    cfg, device = spec.check()
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    env = collect_environment(device)
+    record = empty_record(spec, device, env)
+    reason = dtype_unsupported_reason(device, DTYPES[spec.dtype])
+    if reason is not None:
+        record.update(status="unsupported", error=reason)
+        return record
+    model = prompt = None
+    try:
+        dtype = DTYPES[spec.dtype]
+        if spec.checkpoint is not None:
+            model = checkpoint.load(spec.checkpoint, device, dtype)
+        else:
+            model = build_random(cfg, device, dtype, spec.seed)
+        model.set_attention(spec.attention)
+        record["model_info"] = model_info(model)
+        prompt = make_prompt(spec, cfg.vocab_size).to(device)
+        measure(model, prompt, spec, device, record)
+    except UsageError:
+        raise
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        oom = is_oom(e)
+        first_line = (str(e).strip().splitlines() or [""])[0][:500]
+        record.update(status="oom" if oom else "error", error=f"{type(e).__name__}: {first_line}",
+                      latency=None, energy=None, analytic=None, check=None)
+        if record["memory"] is not None:
+            record["memory"]["rss_peak_bytes"] = rss_peak_bytes()
+            if device.type == "cuda":
+                record["memory"]["torch_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+                record["memory"]["torch_peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+    finally:
+        model = prompt = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return record
+
+
+def run_and_write(spec: CellSpec) -> dict:
+    record = run_cell(spec)
+    if spec.out is not None:
+        write_atomic(Path(spec.out), record)
+    return record

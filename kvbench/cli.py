@@ -1,0 +1,98 @@
+"""`kvbench <command>`: cell (measure one cell) and the pipeline's downstream steps."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kvbench import __version__
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad input is one line naming the field, exit code 2 (argparse alone prints usage too)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_cell_parser(sub) -> None:
+    from kvbench.cell import CellSpec
+    d = CellSpec()
+    p = sub.add_parser("cell", help="measure one cell and write one JSON record",
+                       description="Measure one cell: prefill and decode latency, memory, energy, the token check. "
+                                   "Writes one schema-valid JSON record atomically to --out (or prints it). "
+                                   "Exit 0 for status ok/oom/unsupported, 1 for error, 2 for bad input.")
+    p.add_argument("--model", default=d.model, help="preset: tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl "
+                   "(a label when --checkpoint is given)")
+    p.add_argument("--checkpoint", default=None, help="real weights: a local Hugging Face GPT-2 directory, "
+                   "a nanoGPT ckpt.pt, or hf:<hub name> (needs internet)")
+    p.add_argument("--kv-mode", default=d.kv_mode, help="none (recompute everything each step), "
+                   "concat (torch.cat cache), static (preallocated, written in place)")
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--prompt-len", type=int, default=d.prompt_len)
+    p.add_argument("--new-tokens", type=int, default=d.new_tokens, help="tokens generated (1 by prefill + decode steps)")
+    p.add_argument("--dtype", default=d.dtype, help="fp32, bf16, fp16")
+    p.add_argument("--attention", default=d.attention, help="sdpa (fused) or math (explicit softmax)")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:<index>")
+    p.add_argument("--seed", type=int, default=d.seed, help="weights and random prompt seed")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed generations first")
+    p.add_argument("--iters", type=int, default=d.iters, help="timed generations, each from a fresh cache")
+    p.add_argument("--check-steps", type=int, default=d.check_steps,
+                   help="tokens compared against the 'none' mode (0 = no check)")
+    p.add_argument("--n-kv-head", type=int, default=None, help="grouped-query attention: K/V heads (random weights)")
+    p.add_argument("--prompt-file", default=None, help="text file encoded with tiktoken instead of a random prefix")
+    p.add_argument("--encoding", default=d.encoding, help="tiktoken encoding name or a local .tiktoken file")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", default=None, help="record path (.json); written atomically. Default: print to stdout")
+
+
+def cmd_cell(args: argparse.Namespace) -> int:
+    import json
+
+    from kvbench.cell import CellSpec, UsageError, run_and_write
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    spec = CellSpec(**fields)
+    try:
+        record = run_and_write(spec)
+    except UsageError as e:
+        print(f"kvbench cell: error: {e}", file=sys.stderr)
+        return 2
+    if spec.out is None:
+        print(json.dumps(record, indent=2))
+    status = record["status"]
+    summary = f"kvbench cell: {status}"
+    if status == "ok":
+        lat = record["latency"]
+        summary += (f": prefill {lat['prefill_ms']['median']:.2f} ms, decode "
+                    f"{lat['decode_ms_per_token']['median']:.3f} ms/token, "
+                    f"matches none: {record['check']['matches_reference']}")
+    elif record["error"]:
+        summary += f": {record['error']}"
+    print(summary, file=sys.stderr)
+    return 1 if status == "error" else 0
+
+
+def add_delegated(sub, name: str, module: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(module=module)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="kvbench", description="Measure what a KV cache does to GPT-2 inference.")
+    parser.add_argument("--version", action="version", version=f"kvbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    add_cell_parser(sub)
+    add_delegated(sub, "aggregate", "kvbench.analysis.aggregate", "records -> tables (pandas)")
+    add_delegated(sub, "figures", "kvbench.analysis.figures", "tables -> seaborn figures")
+    add_delegated(sub, "bundle", "kvbench.analysis.bundle", "a sweep's outputs -> bundle.zip with a manifest")
+    add_delegated(sub, "publish", "kvbench.analysis.publish", "copy a bundle to results/published/<device>/")
+    args = parser.parse_args(argv)
+    if args.command == "cell":
+        return cmd_cell(args)
+    import importlib
+    return importlib.import_module(args.module).main(args.rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

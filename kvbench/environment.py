@@ -1,0 +1,66 @@
+"""Enough about where a cell ran to reproduce it, and to distrust it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import kvbench
+from kvbench import nvml
+
+
+def cpu_name() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def git_commit() -> str | None:
+    """The commit of the kvbench source tree, or what the container/job was built from."""
+    if os.environ.get("KVBENCH_GIT_COMMIT"):
+        return os.environ["KVBENCH_GIT_COMMIT"]
+    src = Path(kvbench.__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def container_image() -> str | None:
+    for var in ("KVBENCH_CONTAINER_IMAGE", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return None
+
+
+def collect(device: torch.device, nvml_handle=None) -> dict:
+    """Static facts; the cell adds clocks_before/after and throttle reasons around its timing."""
+    return {
+        "kvbench_version": kvbench.__version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "driver": nvml.driver_version() if device.type == "cuda" else None,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu": cpu_name(),
+        "host": socket.gethostname(),
+        "clocks_before": None,
+        "clocks_after": None,
+        "throttle_reasons": None,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "container_image": container_image(),
+        "torch_threads": torch.get_num_threads(),
+        "argv": sys.argv[1:],
+    }

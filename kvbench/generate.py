@@ -1,0 +1,84 @@
+"""One generation path for every decode mode: prefill the prompt, then one token per step.
+
+kv_mode 'none' re-runs the model over the whole sequence each step (nanoGPT's original
+`generate`); 'concat' and 'static' feed only the newest token and keep K,V in a cache.
+`on_token` is called after each token is chosen (index 0 = the prefill's token), which is
+where the benchmark takes its timestamps: the loop itself has no timing code in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kvbench.kv_cache import KVCache, make_cache
+from kvbench.model import GPT
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int | None = None
+    generator: torch.Generator | None = None
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) logits -> (B,) next tokens."""
+        if self.temperature <= 0:
+            return logits.argmax(dim=-1)
+        logits = logits.float() / self.temperature
+        if self.top_k is not None:
+            kth = torch.topk(logits, min(self.top_k, logits.size(-1))).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+
+
+GREEDY = Sampling()
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # (B, new_tokens) the generated tokens only
+    cache: KVCache | None
+    logits: list[torch.Tensor] | None  # per token, (B, V) float32, when asked for
+
+
+def new_cache(model: GPT, kv_mode: str, batch: int, max_len: int) -> KVCache | None:
+    cfg = model.config
+    w = model.transformer.wte.weight
+    return make_cache(kv_mode, n_layer=cfg.n_layer, batch=batch, n_kv_head=cfg.kv_heads, max_len=max_len,
+                      head_dim=cfg.head_dim, dtype=w.dtype, device=w.device)
+
+
+@torch.inference_mode()
+def generate(model: GPT, prompt: torch.Tensor, new_tokens: int, kv_mode: str, *,
+             sampling: Sampling = GREEDY, keep_logits: bool = False,
+             on_token: Callable[[int], None] | None = None) -> Generation:
+    """Generate `new_tokens` tokens after `prompt` (B, P)."""
+    B, P = prompt.shape
+    total = P + new_tokens
+    if total > model.config.block_size:
+        raise ValueError(f"prompt_len + new_tokens = {total} exceeds block_size {model.config.block_size}")
+    seq = torch.empty((B, total), dtype=torch.long, device=prompt.device)
+    seq[:, :P] = prompt
+    # The last generated token is never fed back: the cache needs total - 1 positions.
+    cache = new_cache(model, kv_mode, B, total - 1)
+    kept: list[torch.Tensor] | None = [] if keep_logits else None
+
+    logits = model(prompt, cache, 0)
+    for i in range(new_tokens):
+        if i > 0:
+            pos = P + i - 1  # the position of the token fed this step
+            if cache is None:
+                logits = model(seq[:, : pos + 1])
+            else:
+                logits = model(seq[:, pos : pos + 1], cache, pos)
+        last = logits[:, -1, :]
+        if kept is not None:
+            kept.append(last.float())
+        seq[:, P + i] = sampling.pick(last)
+        if on_token is not None:
+            on_token(i)
+    return Generation(tokens=seq[:, P:], cache=cache, logits=kept)

@@ -1,0 +1,92 @@
+"""Key/value caches for decoding: how past keys and values are kept between steps.
+
+`ConcatCache` is the write-ups' cache: every step concatenates the new K,V onto the old
+ones, so each step allocates and copies the whole cache again. `StaticCache` preallocates
+(B, H_kv, T_max, D) per layer once and writes each step's K,V in place, as gpt-fast,
+nanochat and Hugging Face's StaticCache do.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+def kv_cache_bytes(n_layer: int, batch: int, n_kv_head: int, tokens: int, head_dim: int,
+                   element_bytes: int) -> int:
+    """2 (K and V) x layers x batch x kv heads x tokens x head dim x bytes per element."""
+    return 2 * n_layer * batch * n_kv_head * tokens * head_dim * element_bytes
+
+
+class KVCache(ABC):
+    """Interface: `update` stores the new K,V of one layer and returns all K,V so far."""
+
+    @abstractmethod
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, past_len: int
+               ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache's tensors, measured from the tensors themselves."""
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    @abstractmethod
+    def tensors(self) -> list[torch.Tensor]: ...
+
+
+class ConcatCache(KVCache):
+    def __init__(self, n_layer: int):
+        self.k: list[torch.Tensor | None] = [None] * n_layer
+        self.v: list[torch.Tensor | None] = [None] * n_layer
+
+    def update(self, layer, k, v, past_len):
+        if self.k[layer] is None:
+            self.k[layer], self.v[layer] = k, v
+        else:
+            if self.k[layer].size(2) != past_len:
+                raise ValueError(f"cache holds {self.k[layer].size(2)} positions, step claims {past_len}")
+            self.k[layer] = torch.cat([self.k[layer], k], dim=2)
+            self.v[layer] = torch.cat([self.v[layer], v], dim=2)
+        return self.k[layer], self.v[layer]
+
+    def tensors(self):
+        return [t for t in self.k + self.v if t is not None]
+
+    def length(self) -> int:
+        return 0 if self.k[0] is None else self.k[0].size(2)
+
+
+class StaticCache(KVCache):
+    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+
+    def update(self, layer, k, v, past_len):
+        end = past_len + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"static cache holds {self.max_len} positions, step needs {end}")
+        self.k[layer, :, :, past_len:end] = k
+        self.v[layer, :, :, past_len:end] = v
+        # Views of the prefix: no copy, and the buffer's storage never moves.
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def tensors(self):
+        return [self.k, self.v]
+
+
+KV_MODES = ("none", "concat", "static")
+
+
+def make_cache(kv_mode: str, *, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
+               dtype: torch.dtype, device: torch.device | str) -> KVCache | None:
+    """A fresh cache for one generation of at most `max_len` cached positions (None for mode 'none')."""
+    if kv_mode == "none":
+        return None
+    if kv_mode == "concat":
+        return ConcatCache(n_layer)
+    if kv_mode == "static":
+        return StaticCache(n_layer, batch, n_kv_head, max_len, head_dim, dtype, device)
+    raise ValueError(f"kv_mode: {kv_mode!r} is not one of {', '.join(KV_MODES)}")

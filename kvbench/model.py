@@ -1,0 +1,220 @@
+"""A nanoGPT-style GPT-2: learned positions, pre-LayerNorm blocks, GELU MLP, tied LM head.
+
+The only addition to nanoGPT's model is an optional KV cache threaded through `forward`:
+positions continue from the cache length, and the causal mask is offset when there are
+fewer queries than keys. Optional grouped-query attention (`n_kv_head < n_head`) shrinks
+the cache for the GQA experiment; GPT-2 itself has `n_kv_head == n_head`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kvbench.kv_cache import KVCache
+
+ATTENTION_IMPLS = ("sdpa", "math")
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_kv_head: int | None = None  # None: same as n_head (plain multi-head attention)
+    bias: bool = True
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def validate(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.kv_heads:
+            raise ValueError(f"n_kv_head: {self.kv_heads} must divide n_head ({self.n_head})")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, GPTConfig] = {
+    # `tiny` keeps the GPT-2 vocabulary so tokenizer paths stay real, but is small enough for tests.
+    "tiny": GPTConfig(block_size=64, vocab_size=50257, n_layer=2, n_head=4, n_embd=64),
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),
+}
+
+
+def preset(name: str, **overrides) -> GPTConfig:
+    if name not in PRESETS:
+        raise ValueError(f"model: {name!r} is not one of {', '.join(PRESETS)}")
+    cfg = replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    cfg.validate()
+    return cfg
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        qkv_out = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        self.c_attn = nn.Linear(config.n_embd, qkv_out, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attention = "sdpa"
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None, past_len: int) -> torch.Tensor:
+        B, T, C = x.shape
+        hd = self.head_dim
+        q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v, past_len)  # all keys so far: (B, Hkv, past+T, hd)
+        y = attend(q, k, v, past_len, self.attention)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+def causal_mask(t_q: int, t_k: int, device: torch.device) -> torch.Tensor:
+    """Boolean (t_q, t_k) mask, True = may attend. Query i sits at absolute position t_k - t_q + i."""
+    offset = t_k - t_q
+    q_pos = torch.arange(t_q, device=device).unsqueeze(1) + offset
+    return torch.arange(t_k, device=device).unsqueeze(0) <= q_pos
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_len: int, impl: str) -> torch.Tensor:
+    """Causal attention of T new queries over past_len + T keys."""
+    t_q, t_k = q.size(2), k.size(2)
+    if k.size(1) != q.size(1):  # grouped-query attention: each K/V head serves n_head / n_kv_head queries
+        rep = q.size(1) // k.size(1)
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    if impl == "sdpa":
+        # SDPA's is_causal aligns the mask top-left, which is wrong once keys outnumber queries
+        # (a cached decode step would see only key 0), so it is used only without a past.
+        if t_k == t_q:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if t_q == 1:  # one new token attends to everything before it: no mask at all
+            return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(t_q, t_k, q.device))
+    if impl == "math":
+        # Explicit softmax attention, as write-up 003 used to keep fused kernels out of the comparison.
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+        if t_q > 1:
+            att = att.masked_fill(~causal_mask(t_q, t_k, q.device), float("-inf"))
+        att = F.softmax(att.float(), dim=-1).to(q.dtype)
+        return att @ v
+    raise ValueError(f"attention: {impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's gelu_new
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None, past_len: int) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, past_len)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        self.lm_head.weight = self.transformer.wte.weight
+
+    def set_attention(self, impl: str) -> None:
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention: {impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
+        for block in self.transformer.h:
+            block.attn.attention = impl
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator) -> None:
+        """nanoGPT's init: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer)."""
+        std_proj = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                p.normal_(0.0, std_proj, generator=generator)
+            elif p.dim() >= 2:
+                p.normal_(0.0, 0.02, generator=generator)
+            elif ".ln" in name or name.startswith("transformer.ln_f"):
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            else:
+                p.zero_()
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied head counted once
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, past_len: int = 0,
+                last_only: bool = True) -> torch.Tensor:
+        """Logits for idx (B, T) placed after `past_len` cached positions.
+
+        last_only: return only the last position's logits (B, 1, V), all generation needs,
+        which skips most of the LM-head work during prefill, as nanoGPT does at inference.
+        """
+        B, T = idx.shape
+        if past_len + T > self.config.block_size:
+            raise ValueError(f"sequence of {past_len + T} tokens exceeds block_size {self.config.block_size}")
+        pos = torch.arange(past_len, past_len + T, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        for block in self.transformer.h:
+            x = block(x, cache, past_len)
+        x = self.transformer.ln_f(x)
+        if last_only:
+            x = x[:, -1:, :]
+        return self.lm_head(x)
+
+
+def build_random(config: GPTConfig, device: torch.device | str, dtype: torch.dtype, seed: int) -> GPT:
+    """A GPT with seeded random weights, allocated directly on `device` in `dtype`.
+
+    Built on the meta device first so no default (Kaiming) init runs and no fp32 CPU copy
+    is made: a gpt2-xl on a GPU takes seconds instead of a minute of CPU init.
+    """
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = GPT(config)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    model.tie_weights()  # to_empty materialises the shared parameter twice; tie it again
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    model.init_weights(gen)
+    return model.eval()
