@@ -11,6 +11,7 @@ import gc
 import hashlib
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ class CellSpec:
     iters: int = 3
     check_steps: int = 16
     n_kv_head: int | None = None
+    block_size: int | None = None
     checkpoint: str | None = None
     prompt_file: str | None = None
     encoding: str = "gpt2"
@@ -75,22 +77,23 @@ class CellSpec:
         at_least("warmup", self.warmup, 0)
         at_least("iters", self.iters, 1)
         at_least("check_steps", self.check_steps, 0)
-        if self.threads is not None:
-            at_least("threads", self.threads, 1)
+        for field in ("threads", "block_size", "n_kv_head"):
+            if getattr(self, field) is not None:
+                at_least(field, getattr(self, field), 1)
         try:
             device = resolve_device(self.device)
         except ValueError as e:
             raise UsageError(str(e)) from None
         if self.checkpoint is not None:
-            if self.n_kv_head is not None:
-                raise UsageError("n_kv_head: only for random weights (a GPT-2 checkpoint has n_kv_head = n_head)")
+            if self.n_kv_head is not None or self.block_size is not None:
+                raise UsageError("n_kv_head, block_size: only for random weights (a checkpoint fixes both)")
             try:
                 cfg = checkpoint.read_config(self.checkpoint)
             except checkpoint.CheckpointError as e:
                 raise UsageError(str(e)) from None
         else:
             try:
-                cfg = preset(self.model, n_kv_head=self.n_kv_head)
+                cfg = preset(self.model, n_kv_head=self.n_kv_head, block_size=self.block_size)
             except ValueError as e:
                 raise UsageError(str(e)) from None
         if self.prompt_len + self.new_tokens > cfg.block_size:
@@ -108,7 +111,7 @@ class CellSpec:
             "new_tokens": self.new_tokens, "dtype": self.dtype, "attention": self.attention, "device": str(device),
             "prompt_source": f"file:{self.prompt_file}" if self.prompt_file else "random",
             "seed": self.seed, "warmup": self.warmup, "iters": self.iters, "engine": self.engine,
-            "n_kv_head": self.n_kv_head, "compile": False, "checkpoint": self.checkpoint,
+            "n_kv_head": self.n_kv_head, "block_size": self.block_size, "compile": False, "checkpoint": self.checkpoint,
             "check_steps": min(self.check_steps, self.new_tokens),
         }
 
@@ -119,6 +122,8 @@ def check_writable(out: Path) -> None:
     parent = out.parent
     while not parent.exists():  # the nearest existing ancestor must let us create the rest
         parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"out: {str(out)!r} is not writable ({str(parent)!r} is not a directory)")
     if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise UsageError(f"out: {str(out)!r} is not writable")
 
@@ -305,6 +310,8 @@ def run_cell(spec: CellSpec) -> dict:
             model = build_random(cfg, device, dtype, spec.seed)
         model.set_attention(spec.attention)
         record["model_info"] = model_info(model)
+        print(f"kvbench cell: built {spec.model} ({record['model_info']['n_params']:,} parameters) on {device}; "
+              f"measuring {spec.kv_mode} b{spec.batch} p{spec.prompt_len} n{spec.new_tokens}", file=sys.stderr, flush=True)
         prompt = make_prompt(spec, cfg.vocab_size).to(device)
         measure(model, prompt, spec, device, record)
     except UsageError:

@@ -98,7 +98,7 @@ def _hf_state_dict(d: Path) -> dict[str, torch.Tensor]:
         raw = torch.load(f, map_location="cpu", weights_only=True)
     out = {}
     for k, v in raw.items():
-        if k.endswith(("attn.bias", "attn.masked_bias")):  # causal-mask buffers, not weights
+        if k.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers, not weights
             continue
         k = k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k
         out[k] = v.t() if k.endswith(_CONV1D) else v

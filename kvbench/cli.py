@@ -40,6 +40,8 @@ def add_cell_parser(sub) -> None:
     p.add_argument("--check-steps", type=int, default=d.check_steps,
                    help="tokens compared against the 'none' mode (0 = no check)")
     p.add_argument("--n-kv-head", type=int, default=None, help="grouped-query attention: K/V heads (random weights)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="positions of a random-weight model (default: the preset's, 1024 for GPT-2)")
     p.add_argument("--prompt-file", default=None, help="text file encoded with tiktoken instead of a random prefix")
     p.add_argument("--encoding", default=d.encoding, help="tiktoken encoding name or a local .tiktoken file")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -72,26 +74,27 @@ def cmd_cell(args: argparse.Namespace) -> int:
     return 1 if status == "error" else 0
 
 
-def add_delegated(sub, name: str, module: str, help_text: str) -> None:
-    p = sub.add_parser(name, help=help_text, add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(module=module)
+# Commands whose module parses its own arguments (and imports nothing heavy until it runs).
+DELEGATED = {
+    "aggregate": ("kvbench.analysis.aggregate", "records -> tables (pandas)"),
+    "figures": ("kvbench.analysis.figures", "tables -> seaborn figures"),
+    "bundle": ("kvbench.analysis.bundle", "a sweep's outputs -> bundle.zip with a sha256 manifest"),
+    "publish": ("kvbench.analysis.publish", "copy a bundle to results/published/<device>/<sweep>/"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0
     parser = OneLineParser(prog="kvbench", description="Measure what a KV cache does to GPT-2 inference.")
     parser.add_argument("--version", action="version", version=f"kvbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_cell_parser(sub)
-    add_delegated(sub, "aggregate", "kvbench.analysis.aggregate", "records -> tables (pandas)")
-    add_delegated(sub, "figures", "kvbench.analysis.figures", "tables -> seaborn figures")
-    add_delegated(sub, "bundle", "kvbench.analysis.bundle", "a sweep's outputs -> bundle.zip with a manifest")
-    add_delegated(sub, "publish", "kvbench.analysis.publish", "copy a bundle to results/published/<device>/")
-    args = parser.parse_args(argv)
-    if args.command == "cell":
-        return cmd_cell(args)
-    import importlib
-    return importlib.import_module(args.module).main(args.rest) or 0
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return cmd_cell(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

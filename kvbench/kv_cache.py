@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from kvbench.presets import KV_MODES
+
 
 def kv_cache_bytes(n_layer: int, batch: int, n_kv_head: int, tokens: int, head_dim: int,
                    element_bytes: int) -> int:
@@ -75,9 +77,6 @@ class StaticCache(KVCache):
 
     def tensors(self):
         return [self.k, self.v]
-
-
-KV_MODES = ("none", "concat", "static")
 
 
 def make_cache(kv_mode: str, *, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,

@@ -1,0 +1,24 @@
+# kvbench: one job per cell -> JSON records -> CSV tables (pandas) -> figures (seaborn) -> bundle.zip
+#   snakemake                       # the sweeps in config/config.yaml's `run` (default: cpu)
+#   snakemake --config run='[tiny]' # another sweep
+# Profiles: workflow/profiles/default (local, used automatically), gpu, slurm.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/cells.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/bundle.smk"
+
+
+rule all:
+    input:
+        expand("results/{sweep}/bundle.zip", sweep=config.get("run", [])),
+    default_target: True

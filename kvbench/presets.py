@@ -1,0 +1,59 @@
+"""Model shapes: GPT-2's configuration and the named presets, importable without torch.
+
+The Snakefile validates sweeps against these (block size, head counts) when it parses,
+so this module must stay free of heavy imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+# The choices a cell and a sweep accept; the modules that implement them import these names.
+KV_MODES = ("none", "concat", "static")
+ATTENTION_IMPLS = ("sdpa", "math")
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
+
+@dataclass(frozen=True)
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_kv_head: int | None = None  # None: same as n_head (plain multi-head attention)
+    bias: bool = True
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def validate(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.kv_heads:
+            raise ValueError(f"n_kv_head: {self.kv_heads} must divide n_head ({self.n_head})")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, GPTConfig] = {
+    # `tiny` keeps the GPT-2 vocabulary so tokenizer paths stay real, but is small enough for tests.
+    "tiny": GPTConfig(block_size=64, vocab_size=50257, n_layer=2, n_head=4, n_embd=64),
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),
+}
+
+
+def preset(name: str, **overrides) -> GPTConfig:
+    if name not in PRESETS:
+        raise ValueError(f"model: {name!r} is not one of {', '.join(PRESETS)}")
+    cfg = replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    cfg.validate()
+    return cfg

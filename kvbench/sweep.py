@@ -1,0 +1,109 @@
+"""Sweeps: a named grid of cell axes plus fixed settings, expanded into cells.
+
+The Snakefile calls `check` when it parses the config, so a bad sweep stops the run before
+any job starts with one message naming the sweep, the key and what is allowed. Nothing
+here imports torch: parsing the DAG of a 1,000-cell sweep must stay fast.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+from kvbench.presets import ATTENTION_IMPLS, DTYPE_NAMES, KV_MODES, PRESETS
+
+# Grid axes in the order they appear in a cell's path; every axis has a default.
+AXES: dict[str, object] = {
+    "model": ["gpt2"], "dtype": ["fp32"], "kv_mode": list(KV_MODES), "batch": [1], "prompt_len": [128],
+    "new_tokens": [32], "attention": ["sdpa"],
+}
+ALLOWED = {"model": tuple(PRESETS), "dtype": DTYPE_NAMES, "kv_mode": KV_MODES, "attention": ATTENTION_IMPLS}
+SETTINGS: dict[str, object] = {
+    "device": "auto", "warmup": 1, "iters": 3, "seed": 0, "check_steps": 16, "threads": None,
+    "block_size": None,
+}
+# Settings that only schedule a job (resources), not change what it measures.
+JOB_SETTINGS = ("mem_mb", "runtime")
+CELL_PATTERN = ("results/{sweep}/cells/{model}/{dtype}/{kv_mode}/"
+                "b{batch}-p{prompt_len}-n{new_tokens}-{attention}.json")
+
+
+class SweepError(ValueError):
+    pass
+
+
+def _schema_errors(config: dict, schema_path: Path) -> list[str]:
+    import jsonschema
+    import yaml
+    schema = yaml.safe_load(schema_path.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    out = []
+    for e in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.path]):
+        path = list(e.path)
+        if len(path) >= 2 and path[0] == "sweeps":
+            where = f"sweep {path[1]!r}: " + (".".join(str(p) for p in path[2:]) or "<sweep>")
+        else:
+            where = ".".join(str(p) for p in path) or "<config>"
+        out.append(f"config: {where}: {_short(e)}")
+    return out
+
+
+def _short(e) -> str:
+    """jsonschema's message, with the allowed values spelled out for enums."""
+    if e.validator == "enum":
+        return f"{e.instance!r} is not one of {', '.join(map(str, e.validator_value))}"
+    if e.validator == "additionalProperties":
+        allowed = ", ".join(e.schema.get("properties", {}))
+        return f"{e.message} (allowed: {allowed})"
+    return e.message
+
+
+def sweep_axes(sweep: dict) -> dict[str, list]:
+    return {axis: list(sweep.get("grid", {}).get(axis, default)) for axis, default in AXES.items()}
+
+
+def sweep_settings(sweep: dict) -> dict:
+    return {**SETTINGS, **sweep.get("settings", {})}
+
+
+def cells(sweep: dict) -> list[dict]:
+    """Every cell of a sweep, in a stable order."""
+    axes = sweep_axes(sweep)
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def check(config: dict, schema_path: Path) -> None:
+    """Raise SweepError naming the sweep, the key and what is allowed, for the first problem found."""
+    errors = _schema_errors(config, schema_path)
+    if errors:
+        raise SweepError(errors[0])
+    sweeps = config["sweeps"]
+    for name in config.get("run", []):
+        if name not in sweeps:
+            raise SweepError(f"config: run: {name!r} is not a defined sweep (defined: {', '.join(sweeps)})")
+    for name, sweep in sweeps.items():
+        for axis, values in sweep_axes(sweep).items():
+            if not values:
+                raise SweepError(f"config: sweep {name!r}: grid.{axis} is empty")
+        block_override = sweep_settings(sweep)["block_size"]
+        for cell in cells(sweep):
+            block = block_override or PRESETS[cell["model"]].block_size
+            if cell["prompt_len"] + cell["new_tokens"] > block:
+                raise SweepError(
+                    f"config: sweep {name!r}: grid.prompt_len + grid.new_tokens = {cell['prompt_len']} + "
+                    f"{cell['new_tokens']} exceeds {cell['model']}'s block_size {block}")
+
+
+def cell_path(sweep_name: str, cell: dict) -> str:
+    return CELL_PATTERN.format(sweep=sweep_name, **cell)
+
+
+def cell_flags(cell: dict, settings: dict) -> str:
+    """The `kvbench cell` flags of one cell: every setting that changes its result."""
+    merged = {**cell, **{k: v for k, v in settings.items() if v is not None and k not in JOB_SETTINGS}}
+    return " ".join(f"--{k.replace('_', '-')} {merged[k]}" for k in sorted(merged))
+
+
+def describe(config: dict) -> str:
+    return json.dumps({n: len(cells(s)) for n, s in config["sweeps"].items()})

@@ -1,0 +1,19 @@
+# Figures + tables + records + config + environment -> one deterministic zip with a sha256 manifest.
+
+
+rule bundle:
+    input:
+        records=cell_records,
+        tables="results/{sweep}/tables",
+        figures="results/{sweep}/figures",
+        config=workflow.configfiles[0] if workflow.configfiles else "config/config.yaml",
+        code=REPO / "kvbench" / "analysis" / "bundle.py",
+    output:
+        bundle="results/{sweep}/bundle.zip",
+    log:
+        "results/{sweep}/logs/bundle.log",
+    localrule: True
+    conda:
+        "../../envs/kvbench.yaml"
+    shell:
+        "kvbench bundle --sweep-dir results/{wildcards.sweep} --config {input.config} --out {output.bundle} 2> {log}"

@@ -1,0 +1,48 @@
+# Config validation and the sweep -> cell helpers every rule uses.
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+REPO = Path(workflow.basedir)
+sys.path.insert(0, str(REPO))  # kvbench importable even without `pip install -e .`
+
+from kvbench import sweep as kvsweep
+
+# A friendly one-line message first (sweep, key, allowed values), then Snakemake's own validation.
+kvsweep.check(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+validate(config, "../schemas/config.schema.yaml")
+
+SWEEPS = config["sweeps"]
+# The code a cell's measurement depends on: a change here reruns cells, a plotting change does not.
+MEASUREMENT_CODE = sorted(str(p) for p in (REPO / "kvbench").glob("*.py") if p.name != "sweep.py") + [
+    str(REPO / "kvbench" / "schemas" / "record.schema.json")
+]
+
+
+def sweep_cells(sweep):
+    return kvsweep.cells(SWEEPS[sweep])
+
+
+def cell_records(wildcards):
+    return [kvsweep.cell_path(wildcards.sweep, c) for c in sweep_cells(wildcards.sweep)]
+
+
+def settings(wildcards):
+    return kvsweep.sweep_settings(SWEEPS[wildcards.sweep])
+
+
+def cell_flags(wildcards):
+    cell = {axis: getattr(wildcards, axis) for axis in kvsweep.AXES}
+    return kvsweep.cell_flags(cell, settings(wildcards))
+
+
+def on_gpu(wildcards):
+    return settings(wildcards)["device"].startswith("cuda")
+
+
+def cell_threads(wildcards):
+    # On a CPU a cell gets every core so no two cells share one (their timings would lie);
+    # on a GPU the `gpu` resource keeps cells apart and a few cores feed the device.
+    explicit = settings(wildcards)["threads"]
+    return explicit or (min(4, workflow.cores) if on_gpu(wildcards) else workflow.cores)
