@@ -4,7 +4,7 @@
 rule aggregate:
     input:
         records=cell_records,
-        code=REPO / "kvbench" / "analysis" / "aggregate.py",
+        code=PACKAGE / "analysis" / "aggregate.py",
     output:
         tables=directory("results/{sweep}/tables"),
     log:

@@ -14,9 +14,10 @@ kvsweep.check(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
 validate(config, "../schemas/config.schema.yaml")
 
 SWEEPS = config["sweeps"]
+PACKAGE = Path(kvsweep.__file__).parent  # the kvbench the jobs run: this checkout's, or the installed one
 # The code a cell's measurement depends on: a change here reruns cells, a plotting change does not.
-MEASUREMENT_CODE = sorted(str(p) for p in (REPO / "kvbench").glob("*.py") if p.name != "sweep.py") + [
-    str(REPO / "kvbench" / "schemas" / "record.schema.json")
+MEASUREMENT_CODE = sorted(str(p) for p in PACKAGE.glob("*.py") if p.name != "sweep.py") + [
+    str(PACKAGE / "schemas" / "record.schema.json")
 ]
 
 

@@ -4,7 +4,7 @@
 rule figures:
     input:
         tables="results/{sweep}/tables",
-        code=REPO / "kvbench" / "analysis" / "figures.py",
+        code=PACKAGE / "analysis" / "figures.py",
     output:
         figures=report(
             directory("results/{sweep}/figures"),
