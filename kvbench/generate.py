@@ -22,9 +22,14 @@ class Sampling:
     temperature: float = 0.0  # 0 = greedy
     top_k: int | None = None
     generator: torch.Generator | None = None
+    # Only ids below this can be chosen: a tokenizer smaller than the model's (padded) vocabulary
+    # (nanoGPT pads 50257 to 50304) cannot decode the rest.
+    vocab_limit: int | None = None
 
     def pick(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, V) logits -> (B,) next tokens."""
+        if self.vocab_limit is not None and self.vocab_limit < logits.size(-1):
+            logits = logits[:, : self.vocab_limit]
         if self.temperature <= 0:
             return logits.argmax(dim=-1)
         logits = logits.float() / self.temperature

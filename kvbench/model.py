@@ -9,6 +9,7 @@ the cache for the GQA experiment; GPT-2 itself has `n_kv_head == n_head`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,8 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, qkv_out, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attention = "sdpa"
+        # Optional observer of (q, all K, all V) after the cache update; the visualizer sets it.
+        self.probe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None, past_len: int) -> torch.Tensor:
         B, T, C = x.shape
@@ -37,6 +40,8 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, past_len)  # all keys so far: (B, Hkv, past+T, hd)
+        if self.probe is not None:
+            self.probe(q, k, v)
         y = attend(q, k, v, past_len, self.attention)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 

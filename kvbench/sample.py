@@ -1,0 +1,113 @@
+"""`kvbench generate`: text in, text out, like nanoGPT's sample.py, in any decode mode.
+
+Prints each sample, then the mean time per sample and tokens/s (write-up 003 timed whole
+samples this way). A prompt that leaves no room below the block size is refused, and one
+that fills it part-way is cut short with a warning (write-up 000's safety check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from kvbench.cli import OneLineParser
+from kvbench.presets import KV_MODES, PRESETS
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = OneLineParser(prog="kvbench generate", description="Generate text with GPT-2 in any decode mode.")
+    p.add_argument("--start", default="\n", help="prompt text, or FILE:<path> to read it from a file")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=200)
+    p.add_argument("--kv-mode", default="static", help=", ".join(KV_MODES))
+    p.add_argument("--model", default="gpt2", help=f"random-weight preset ({', '.join(PRESETS)}) when no --checkpoint")
+    p.add_argument("--checkpoint", default=None, help="HF GPT-2 directory, nanoGPT ckpt.pt, or hf:<name>")
+    p.add_argument("--encoding", default="gpt2", help="tiktoken encoding name or a local .tiktoken file")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--seed", type=int, default=1337)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    import torch
+
+    from kvbench import checkpoint
+    from kvbench.cell import CellSpec, UsageError
+    from kvbench.devices import DTYPES
+    from kvbench.generate import Sampling, generate
+    from kvbench.model import build_random
+    from kvbench.tokenizer import EncodingError, load_encoding
+
+    def fail(msg: str) -> int:
+        print(f"kvbench generate: error: {msg}", file=sys.stderr)
+        return 2
+
+    if args.kv_mode not in KV_MODES:
+        return fail(f"kv_mode: {args.kv_mode!r} is not one of {', '.join(KV_MODES)}")
+    if args.num_samples < 1 or args.max_new_tokens < 1:
+        return fail("num_samples and max_new_tokens must be >= 1")
+    if args.top_k is not None and args.top_k < 1:
+        return fail(f"top_k: {args.top_k} must be >= 1")
+    spec = CellSpec(model=args.model, kv_mode=args.kv_mode, dtype=args.dtype, device=args.device,
+                    checkpoint=args.checkpoint, prompt_len=1, new_tokens=2)
+    try:
+        cfg, device = spec.check()
+        enc = load_encoding(args.encoding)
+    except (UsageError, EncodingError) as e:
+        return fail(str(e))
+    text = args.start
+    if text.startswith("FILE:"):
+        try:
+            with open(text[5:], encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            return fail(f"start: cannot read {text[5:]!r} ({e.strerror})")
+    ids = enc.encode(text, allowed_special={"<|endoftext|>"})
+    if not ids:
+        return fail("start: the prompt encodes to no tokens")
+    if max(ids) >= cfg.vocab_size:
+        return fail(f"encoding: token id {max(ids)} is outside the model's vocabulary of {cfg.vocab_size}")
+    room = cfg.block_size - len(ids)
+    if room < 1:
+        return fail(f"start: the prompt is {len(ids)} tokens; the model's block_size {cfg.block_size} leaves no room")
+    new_tokens = args.max_new_tokens
+    if new_tokens > room:
+        print(f"kvbench generate: warning: {len(ids)} prompt + {new_tokens} new tokens exceed block_size "
+              f"{cfg.block_size}; stopping after {room} new tokens", file=sys.stderr)
+        new_tokens = room
+
+    dtype = DTYPES[args.dtype]
+    if args.checkpoint:
+        model = checkpoint.load(args.checkpoint, device, dtype)
+    else:
+        model = build_random(cfg, device, dtype, args.seed)
+    prompt = torch.tensor([ids], device=device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, generator=gen, vocab_limit=enc.n_vocab)
+    generate(model, prompt, min(new_tokens, 4), args.kv_mode)  # warm-up, untimed
+
+    times = []
+    for i in range(args.num_samples):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        out = generate(model, prompt, new_tokens, args.kv_mode, sampling=sampling)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+        print(enc.decode(ids + out.tokens[0].tolist()))
+        print("---------------")
+    mean = statistics.mean(times)
+    print(f"kv_mode {args.kv_mode}: {mean:.3f} s per sample (mean of {len(times)}), "
+          f"{new_tokens / mean:.1f} tokens/s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
