@@ -87,6 +87,19 @@ def load_sorted(record_paths: Sequence[Path]) -> Loaded:
     return loaded
 
 
+def _column_key(name: str) -> tuple:
+    """Schema section order; known columns in CORE_COLUMNS order, the rest alphabetical."""
+    known = CORE_COLUMNS.index(name) if name in CORE_COLUMNS else len(CORE_COLUMNS)
+    return (*column_sort_key(name)[:2], known, name)
+
+
+def _frame(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """object dtype on the way in keeps Python ints/bools intact (no NaN-forced floats) for
+    _tidy_types to type each column once."""
+    df = pd.DataFrame(rows, columns=list(columns) if columns is not None else None, dtype=object)
+    return _tidy_types(df)
+
+
 def _tidy_types(df: pd.DataFrame) -> pd.DataFrame:
     """Integer columns with gaps stay integers (Int64), not floats like 1.2e+09."""
     for col in df.columns:
@@ -98,14 +111,15 @@ def _tidy_types(df: pd.DataFrame) -> pd.DataFrame:
             df[col] = df[col].astype("boolean")
         elif all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
             df[col] = df[col].astype("Int64")
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            df[col] = df[col].astype("float64")
     return df
 
 
 def cells_table(loaded: Loaded) -> pd.DataFrame:
     """One flat row per record, non-ok ones included with empty measurements."""
     rows = [{"record": name, **flatten(rec)} for name, rec in loaded]
-    # object dtype on the way in keeps Python ints/bools intact for _tidy_types.
-    df = pd.DataFrame.from_records(rows).astype(object) if rows else pd.DataFrame()
+    df = _frame(rows)
     for col in CORE_COLUMNS:
         if col not in df.columns:
             df[col] = None
@@ -114,8 +128,7 @@ def cells_table(loaded: Loaded) -> pd.DataFrame:
     names = set(df.columns)
     bare = [c for c in names if any(o.startswith(c + ".") for o in names) and df[c].isna().all()]
     df = df.drop(columns=bare)
-    df = df[sorted(df.columns, key=column_sort_key)]
-    return _tidy_types(df.reset_index(drop=True))
+    return df[sorted(df.columns, key=_column_key)].reset_index(drop=True)
 
 
 def per_step_table(loaded: Loaded) -> pd.DataFrame:
@@ -140,21 +153,29 @@ def per_step_table(loaded: Loaded) -> pd.DataFrame:
                          "kv_cache_bytes": kv, "kv_cache_mib": None if kv is None else kv / MIB})
     cols = ["record", *CELL_COLUMNS, "step", "context_tokens", "decode_ms", "kv_cache_bytes",
             "kv_cache_mib"]
-    return _tidy_types(pd.DataFrame.from_records(rows, columns=cols).astype(object))
+    return _frame(rows, cols)
 
 
 def peak_memory(rec: dict[str, Any]) -> tuple[int | None, str | None]:
-    """Torch's peak allocation on a GPU; the process RSS peak where torch reports none (CPU)."""
+    """Torch's peak allocation on a GPU; the process RSS peak where torch reports none (CPU;
+    a 0 from torch there means 'not tracked', not 'no memory')."""
     for key, source in (("torch_peak_allocated_bytes", "torch_peak_allocated"),
                         ("rss_peak_bytes", "rss_peak")):
         value = _get(rec, f"memory.{key}")
-        if value is not None:
+        if value is not None and value > 0:
             return value, source
     return None, None
 
 
+def _sig(value: Any, digits: int = 6) -> float | None:
+    """Round to significant digits: the per-mode tables are for reading, cells.csv is exact."""
+    f = _num(value)
+    return None if f is None else float(f"{f:.{digits}g}")
+
+
 def sweep_table(loaded: Loaded, kv_mode: str) -> pd.DataFrame:
-    """Write-up 001's per-mode table, with non-ok cells kept as rows with a status."""
+    """Write-up 001's per-mode table, with non-ok cells kept as rows with a status; floats to
+    6 significant digits."""
     rows = []
     for _, rec in loaded:
         cell = rec["cell"]
@@ -166,18 +187,18 @@ def sweep_table(loaded: Loaded, kv_mode: str) -> pd.DataFrame:
             "model": cell["model"], "dtype": cell["dtype"], "attention": cell["attention"],
             "new_tokens": cell["new_tokens"], "batch": cell["batch"],
             "prompt_len": cell["prompt_len"], "status": rec["status"],
-            "prefill_ms": _get(rec, "latency.prefill_ms.median"),
-            "decode_ms_per_token": _get(rec, "latency.decode_ms_per_token.median"),
-            "decode_tokens_per_s": _get(rec, "latency.decode_tokens_per_s"),
-            "total_generate_ms": _get(rec, "latency.total_generate_ms.median"),
-            "peak_memory_mib": None if peak is None else peak / MIB,
+            "prefill_ms": _sig(_get(rec, "latency.prefill_ms.median")),
+            "decode_ms_per_token": _sig(_get(rec, "latency.decode_ms_per_token.median")),
+            "decode_tokens_per_s": _sig(_get(rec, "latency.decode_tokens_per_s")),
+            "total_generate_ms": _sig(_get(rec, "latency.total_generate_ms.median")),
+            "peak_memory_mib": None if peak is None else _sig(peak / MIB),
             "peak_memory_source": source,
-            "kv_cache_mib": None if kv is None else kv / MIB,
+            "kv_cache_mib": None if kv is None else _sig(kv / MIB),
         })
     cols = ["model", "dtype", "attention", "new_tokens", "batch", "prompt_len", "status",
             "prefill_ms", "decode_ms_per_token", "decode_tokens_per_s", "total_generate_ms",
             "peak_memory_mib", "peak_memory_source", "kv_cache_mib"]
-    return _tidy_types(pd.DataFrame.from_records(rows, columns=cols).astype(object))
+    return _frame(rows, cols)
 
 
 def speedup_table(loaded: Loaded) -> pd.DataFrame:
@@ -207,7 +228,7 @@ def speedup_table(loaded: Loaded) -> pd.DataFrame:
     cols = ["record", *CELL_COLUMNS, "status", "none_status"]
     for metric, _ in SPEEDUP_METRICS:
         cols += [f"{metric}_ms", f"none_{metric}_ms", f"{metric}_speedup"]
-    return _tidy_types(pd.DataFrame.from_records(rows, columns=cols).astype(object))
+    return _frame(rows, cols)
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:
@@ -223,16 +244,14 @@ def summary_markdown(loaded: Loaded, speedup: pd.DataFrame, sweep: str | None) -
     """A page a person reads first: what ran, what failed, the headline numbers."""
     cells = [rec["cell"] for _, rec in loaded]
     # Name a cell by the settings that actually vary in this sweep, plus the grid's main axes.
-    varying = [k for k in CELL_KEYS
-               if k != "kv_mode" and len({str(c.get(k)) for c in cells}) > 1]
-    for k in ("batch", "prompt_len"):
-        if k not in varying:
-            varying.append(k)
+    varying = [k for k in CELL_KEYS if k not in ("kv_mode", "batch", "prompt_len")
+               and len({str(c.get(k)) for c in cells}) > 1] + ["batch", "prompt_len"]
     statuses = Counter(rec["status"] for _, rec in loaded)
     status_text = ", ".join(f"{s} {statuses[s]}" for s in sorted(
         statuses, key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s)))
-    devices = sorted({str(_get(rec, "environment.device_name") or rec["cell"].get("device"))
-                      for _, rec in loaded})
+    # the accelerator's name; on a CPU run (no device_name) the CPU's, as publish names it
+    devices = sorted({str(_get(rec, "environment.device_name") or _get(rec, "environment.cpu")
+                          or rec["cell"].get("device")) for _, rec in loaded})
     lines = [f"# kvbench summary{f': {sweep}' if sweep else ''}", "",
              f"- records: {len(loaded)} ({status_text or 'none'})",
              f"- device: {', '.join(devices) or '–'}"]
@@ -250,8 +269,10 @@ def summary_markdown(loaded: Loaded, speedup: pd.DataFrame, sweep: str | None) -
         if not ok:
             lines.append(f"| {mode} | 0 | – | – | – | – | – |")
             continue
-        key = lambda r: (_get(r, "latency.decode_ms_per_token.median"), cell_sort_key(r["cell"]))
-        fast, slow = min(ok, key=key), max(ok, key=key)
+        def by_decode(r: dict[str, Any]) -> tuple:
+            return (_get(r, "latency.decode_ms_per_token.median"), cell_sort_key(r["cell"]))
+
+        fast, slow = min(ok, key=by_decode), max(ok, key=by_decode)
         best_tps = max(_num(_get(r, "latency.decode_tokens_per_s")) or 0.0 for r in ok)
         lines.append(
             f"| {mode} | {len(ok)} | {_fmt(_get(fast, 'latency.decode_ms_per_token.median'))} "
@@ -328,7 +349,7 @@ def aggregate(record_paths: list[Path], out_dir: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kvbench.analysis.aggregate",
+        prog="kvbench aggregate",
         description="Aggregate kvbench cell records into CSV tables and summary.md.")
     parser.add_argument("--records", nargs="+", required=True, type=Path,
                         help="record files, or directories searched recursively for *.json")

@@ -59,12 +59,22 @@ def load_record(path: Path) -> dict[str, Any]:
 
 
 def relative_names(paths: list[Path]) -> list[str]:
-    """Names relative to the records' common folder: stable whatever the working directory."""
+    """Names that do not depend on the working directory: relative to the sweep's ``cells/``
+    folder when every record has one (the names the bundle stores them under, and stable when
+    a sweep grows), else relative to the records' common folder."""
     if not paths:
         return []
-    parents = [os.path.abspath(p.parent) for p in paths]
-    root = os.path.commonpath(parents)
-    return [Path(os.path.relpath(os.path.abspath(p), root)).as_posix() for p in paths]
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    names = []
+    for p in absolute:
+        idx = [i for i, part in enumerate(p.parts[:-1]) if part == "cells"]
+        if not idx:
+            break
+        names.append(Path(*p.parts[idx[-1] + 1:]).as_posix())
+    else:
+        return names
+    root = os.path.commonpath([str(p.parent) for p in absolute])
+    return [Path(os.path.relpath(p, root)).as_posix() for p in absolute]
 
 
 def sweep_name(paths: list[Path]) -> str | None:

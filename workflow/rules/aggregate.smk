@@ -4,7 +4,7 @@
 rule aggregate:
     input:
         records=cell_records,
-        code=PACKAGE / "analysis" / "aggregate.py",
+        code=[PACKAGE / "analysis" / "aggregate.py", *ANALYSIS_COMMON],
     output:
         tables=directory("results/{sweep}/tables"),
     log:

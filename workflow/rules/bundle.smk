@@ -7,7 +7,7 @@ rule bundle:
         tables="results/{sweep}/tables",
         figures="results/{sweep}/figures",
         config=workflow.configfiles[0] if workflow.configfiles else "config/config.yaml",
-        code=PACKAGE / "analysis" / "bundle.py",
+        code=[PACKAGE / "analysis" / "bundle.py", *ANALYSIS_COMMON],
     output:
         bundle="results/{sweep}/bundle.zip",
     log:

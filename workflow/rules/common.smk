@@ -19,6 +19,8 @@ PACKAGE = Path(kvsweep.__file__).parent  # the kvbench the jobs run: this checko
 MEASUREMENT_CODE = sorted(str(p) for p in PACKAGE.glob("*.py") if p.name != "sweep.py") + [
     str(PACKAGE / "schemas" / "record.schema.json")
 ]
+# Shared by the downstream rules: record loading and atomic writes.
+ANALYSIS_COMMON = [str(PACKAGE / "analysis" / m) for m in ("records.py", "atomic.py")]
 
 
 def sweep_cells(sweep):

@@ -4,7 +4,7 @@
 rule figures:
     input:
         tables="results/{sweep}/tables",
-        code=PACKAGE / "analysis" / "figures.py",
+        code=[PACKAGE / "analysis" / "figures.py", *ANALYSIS_COMMON],
     output:
         figures=report(
             directory("results/{sweep}/figures"),
