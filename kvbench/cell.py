@@ -22,7 +22,7 @@ from kvbench import checkpoint, nvml, roofline
 from kvbench.devices import DTYPES, dtype_unsupported_reason, resolve_device, synchronize
 from kvbench.environment import collect as collect_environment
 from kvbench.generate import generate
-from kvbench.kv_cache import KV_MODES, kv_cache_bytes
+from kvbench.kv_cache import INT8_SCALE_BYTES, KV_MODES, kv_cache_bytes
 from kvbench.model import ATTENTION_IMPLS, GPT, PRESETS, GPTConfig, build_random, preset
 from kvbench.record import SCHEMA_VERSION, now_utc, write_atomic
 from kvbench.timing import TokenTimer, stats
@@ -192,7 +192,7 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     cached_tokens = spec.prompt_len + spec.new_tokens - 1
     formula = None if spec.kv_mode == "none" else kv_cache_bytes(
-        cfg.n_layer, spec.batch, cfg.kv_heads, cached_tokens, cfg.head_dim, element_bytes)
+        cfg.n_layer, spec.batch, cfg.kv_heads, cached_tokens, cfg.head_dim, element_bytes, spec.kv_mode)
     record["memory"] = {
         "torch_peak_allocated_bytes": None, "torch_peak_reserved_bytes": None,
         "prefill_peak_allocated_bytes": None, "decode_peak_allocated_bytes": None,
@@ -286,7 +286,9 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
         record["energy"] = {"decode_joules_per_token": None, "method": None}
 
     limits = roofline.device_limits(device, env["device_name"] or device.type, dtype)
-    record["analytic"] = roofline.analyse(cfg, spec.batch, spec.prompt_len, spec.new_tokens, element_bytes,
+    kv_element_bytes = (cfg.head_dim + INT8_SCALE_BYTES) / cfg.head_dim if spec.kv_mode == "static-int8" \
+        else element_bytes
+    record["analytic"] = roofline.analyse(cfg, spec.batch, spec.prompt_len, spec.new_tokens, kv_element_bytes,
                                           roofline.weights_read_per_step(model), limits, decode_median)
 
 

@@ -16,9 +16,16 @@ from kvbench.presets import KV_MODES
 
 
 def kv_cache_bytes(n_layer: int, batch: int, n_kv_head: int, tokens: int, head_dim: int,
-                   element_bytes: int) -> int:
-    """2 (K and V) x layers x batch x kv heads x tokens x head dim x bytes per element."""
-    return 2 * n_layer * batch * n_kv_head * tokens * head_dim * element_bytes
+                   element_bytes: int, kv_mode: str = "static") -> int:
+    """2 (K and V) x layers x batch x kv heads x tokens x head dim x bytes per element.
+
+    static-int8 stores 1 byte per element plus one fp32 scale per token and head.
+    """
+    per_vector = head_dim + INT8_SCALE_BYTES if kv_mode == "static-int8" else head_dim * element_bytes
+    return 2 * n_layer * batch * n_kv_head * tokens * per_vector
+
+
+INT8_SCALE_BYTES = 4
 
 
 class KVCache(ABC):
@@ -79,6 +86,43 @@ class StaticCache(KVCache):
         return [self.k, self.v]
 
 
+class Int8StaticCache(KVCache):
+    """A static cache stored as int8 with one absmax scale per (token, head): ~4x smaller than fp32.
+
+    Each step quantises only the new K,V; attention reads the dequantised prefix, so the
+    error it costs shows up in the logits (recorded by the cell's token check).
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=torch.int8, device=device)
+        self.v = torch.zeros(shape, dtype=torch.int8, device=device)
+        self.k_scale = torch.zeros(shape[:-1] + (1,), dtype=torch.float32, device=device)
+        self.v_scale = torch.zeros(shape[:-1] + (1,), dtype=torch.float32, device=device)
+        self.max_len, self.dtype = max_len, dtype
+
+    @staticmethod
+    def _quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = x.float().abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / 127.0
+        return torch.round(x.float() / scale).clamp_(-127, 127).to(torch.int8), scale
+
+    def update(self, layer, k, v, past_len):
+        end = past_len + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"static cache holds {self.max_len} positions, step needs {end}")
+        for buf, scales, x in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
+            q, s = self._quantize(x)
+            buf[layer, :, :, past_len:end] = q
+            scales[layer, :, :, past_len:end] = s
+        k_all = (self.k[layer, :, :, :end].float() * self.k_scale[layer, :, :, :end]).to(self.dtype)
+        v_all = (self.v[layer, :, :, :end].float() * self.v_scale[layer, :, :, :end]).to(self.dtype)
+        return k_all, v_all
+
+    def tensors(self):
+        return [self.k, self.v, self.k_scale, self.v_scale]
+
+
 def make_cache(kv_mode: str, *, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
                dtype: torch.dtype, device: torch.device | str) -> KVCache | None:
     """A fresh cache for one generation of at most `max_len` cached positions (None for mode 'none')."""
@@ -88,4 +132,6 @@ def make_cache(kv_mode: str, *, n_layer: int, batch: int, n_kv_head: int, max_le
         return ConcatCache(n_layer)
     if kv_mode == "static":
         return StaticCache(n_layer, batch, n_kv_head, max_len, head_dim, dtype, device)
+    if kv_mode == "static-int8":
+        return Int8StaticCache(n_layer, batch, n_kv_head, max_len, head_dim, dtype, device)
     raise ValueError(f"kv_mode: {kv_mode!r} is not one of {', '.join(KV_MODES)}")

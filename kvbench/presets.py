@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 # The choices a cell and a sweep accept; the modules that implement them import these names.
-KV_MODES = ("none", "concat", "static")
+KV_MODES = ("none", "concat", "static", "static-int8")
 ATTENTION_IMPLS = ("sdpa", "math")
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
 

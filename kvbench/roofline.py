@@ -38,14 +38,14 @@ def spec_bandwidth(device_name: str | None) -> float | None:
     return None
 
 
-def decode_step_cost(cfg: GPTConfig, batch: int, context: float, element_bytes: int,
+def decode_step_cost(cfg: GPTConfig, batch: int, context: float, kv_element_bytes: float,
                      weights_bytes: int) -> tuple[float, float]:
     """(FLOPs, bytes) of one cached decode step for the whole batch at `context` keys per query."""
     C, L, hd, kvh = cfg.n_embd, cfg.n_layer, cfg.head_dim, cfg.kv_heads
     matmul_params = L * (C * (C + 2 * kvh * hd) + C * C + 8 * C * C) + C * cfg.vocab_size
     attention_flops = L * 4 * C * context  # q.K^T and att.V: 2 flops per multiply-add each
     flops = batch * (2 * matmul_params + attention_flops)
-    kv_per_token = 2 * L * kvh * hd * element_bytes
+    kv_per_token = 2 * L * kvh * hd * kv_element_bytes
     nbytes = weights_bytes + batch * kv_per_token * (context + 1)  # read the cache, write one position
     return float(flops), float(nbytes)
 
@@ -108,10 +108,14 @@ def device_limits(device: torch.device, device_name: str, dtype: torch.dtype) ->
     return limits
 
 
-def analyse(cfg: GPTConfig, batch: int, prompt_len: int, new_tokens: int, element_bytes: int,
+def analyse(cfg: GPTConfig, batch: int, prompt_len: int, new_tokens: int, kv_element_bytes: float,
             weights_bytes: int, limits: dict, measured_ms: float | None) -> dict:
+    """The floor of a cached decode step, and how close `measured_ms` came to it.
+
+    For kv_mode 'none' the floor is still the cached step's: it says what recomputing gives up.
+    """
     context = prompt_len + new_tokens / 2  # mean keys per query over the decode steps
-    flops, nbytes = decode_step_cost(cfg, batch, context, element_bytes, weights_bytes)
+    flops, nbytes = decode_step_cost(cfg, batch, context, kv_element_bytes, weights_bytes)
     floor_ms = 1e3 * max(nbytes / limits["bandwidth_bytes_per_s"], flops / limits["peak_flops_per_s"])
     fraction = floor_ms / measured_ms if measured_ms else None
     return {

@@ -16,7 +16,7 @@ from kvbench.presets import ATTENTION_IMPLS, DTYPE_NAMES, KV_MODES, PRESETS
 # Grid axes in the order they appear in a cell's path; every axis has a default.
 AXES: dict[str, object] = {
     "model": ["gpt2"], "dtype": ["fp32"], "kv_mode": list(KV_MODES), "batch": [1], "prompt_len": [128],
-    "new_tokens": [32], "attention": ["sdpa"],
+    "new_tokens": [32], "attention": ["sdpa"], "n_kv_head": ["all"],
 }
 ALLOWED = {"model": tuple(PRESETS), "dtype": DTYPE_NAMES, "kv_mode": KV_MODES, "attention": ATTENTION_IMPLS}
 SETTINGS: dict[str, object] = {
@@ -26,7 +26,7 @@ SETTINGS: dict[str, object] = {
 # Settings that only schedule a job (resources), not change what it measures.
 JOB_SETTINGS = ("mem_mb", "runtime")
 CELL_PATTERN = ("results/{sweep}/cells/{model}/{dtype}/{kv_mode}/"
-                "b{batch}-p{prompt_len}-n{new_tokens}-{attention}.json")
+                "b{batch}-p{prompt_len}-n{new_tokens}-{attention}-kv{n_kv_head}.json")
 
 
 class SweepError(ValueError):
@@ -88,6 +88,10 @@ def check(config: dict, schema_path: Path) -> None:
                 raise SweepError(f"config: sweep {name!r}: grid.{axis} is empty")
         block_override = sweep_settings(sweep)["block_size"]
         for cell in cells(sweep):
+            n_head = PRESETS[cell["model"]].n_head
+            if cell["n_kv_head"] != "all" and n_head % cell["n_kv_head"]:
+                raise SweepError(f"config: sweep {name!r}: grid.n_kv_head: {cell['n_kv_head']} must divide "
+                                 f"{cell['model']}'s n_head {n_head}")
             block = block_override or PRESETS[cell["model"]].block_size
             if cell["prompt_len"] + cell["new_tokens"] > block:
                 raise SweepError(
@@ -101,7 +105,8 @@ def cell_path(sweep_name: str, cell: dict) -> str:
 
 def cell_flags(cell: dict, settings: dict) -> str:
     """The `kvbench cell` flags of one cell: every setting that changes its result."""
-    merged = {**cell, **{k: v for k, v in settings.items() if v is not None and k not in JOB_SETTINGS}}
+    merged = {**{k: v for k, v in cell.items() if not (k == "n_kv_head" and str(v) == "all")},
+              **{k: v for k, v in settings.items() if v is not None and k not in JOB_SETTINGS}}
     return " ".join(f"--{k.replace('_', '-')} {merged[k]}" for k in sorted(merged))
 
 

@@ -172,3 +172,13 @@ def test_atomic_write_interrupted_mid_write(tmp_path, monkeypatch, capsys):
     with pytest.raises(KeyboardInterrupt):
         write_atomic(target, rec)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.json"]
+
+
+def test_int8_and_gqa_cells_record_their_cache_and_logit_error(tmp_path, capsys):
+    out = tmp_path / "q.json"
+    assert run_cli([*FAST, "--kv-mode", "static-int8", "--n-kv-head", "2", "--out", str(out)], capsys)[0] == 0
+    rec = json.loads(out.read_text())
+    assert rec["cell"]["n_kv_head"] == 2 and rec["model_info"]["n_kv_head"] == 2
+    # 2 (K,V) x 2 layers x 1 x 2 kv heads x 13 positions x (16 int8 + 4-byte scale)
+    assert rec["memory"]["kv_cache_bytes_measured"] == rec["memory"]["kv_cache_bytes_formula"] == 2 * 2 * 2 * 13 * 20
+    assert rec["check"]["max_logit_diff"] > 0 and rec["check"]["reference_steps"] == 6

@@ -143,3 +143,24 @@ def test_random_build_in_bf16_lands_in_bf16():
     model = build_random(preset("tiny"), "cpu", torch.bfloat16, seed=0)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert isinstance(model, GPT)
+
+
+def test_int8_cache_keeps_tokens_within_a_stated_logit_tolerance(tiny_model):
+    """Tolerance: every step's logits within 1% of the largest |logit| of the uncached model."""
+    prompt = random_prompt(2, 20)
+    ref = generate(tiny_model, prompt, 20, "none", keep_logits=True)
+    q = generate(tiny_model, prompt, 20, "static-int8", keep_logits=True)
+    scale = max(float(x.abs().max()) for x in ref.logits)
+    worst = max(float((a - b).abs().max()) for a, b in zip(ref.logits, q.logits))
+    assert 0 < worst <= 0.01 * scale  # nonzero: it really is quantised
+    assert torch.equal(ref.tokens, q.tokens)
+    assert q.cache.k.dtype == torch.int8
+
+
+def test_int8_cache_bytes_equal_the_formula_and_are_about_a_quarter_of_fp32(tiny_model):
+    cfg = tiny_model.config
+    gen = generate(tiny_model, random_prompt(2, 10), 5, "static-int8")
+    expected = kv_cache_bytes(cfg.n_layer, 2, cfg.kv_heads, 14, cfg.head_dim, 4, "static-int8")
+    assert gen.cache.nbytes() == expected == 2 * cfg.n_layer * 2 * cfg.kv_heads * 14 * (cfg.head_dim + 4)
+    fp32 = kv_cache_bytes(cfg.n_layer, 2, cfg.kv_heads, 14, cfg.head_dim, 4)
+    assert 0.25 < expected / fp32 < 0.35

@@ -7,11 +7,12 @@ rule cell:
     output:
         record=kvsweep.CELL_PATTERN,
     log:
-        "results/{sweep}/logs/cells/{model}/{dtype}/{kv_mode}/b{batch}-p{prompt_len}-n{new_tokens}-{attention}.log",
+        "results/{sweep}/logs/cells/{model}/{dtype}/{kv_mode}/b{batch}-p{prompt_len}-n{new_tokens}-{attention}-kv{n_kv_head}.log",
     wildcard_constraints:
         batch=r"\d+",
         prompt_len=r"\d+",
         new_tokens=r"\d+",
+        n_kv_head=r"all|\d+",
     params:
         flags=cell_flags,  # every setting that changes the result: a change reruns this cell only
     threads: cell_threads
