@@ -34,7 +34,7 @@ class UsageError(ValueError):
 
 @dataclass
 class CellSpec:
-    model: str = "tiny"
+    model: str = "gpt2"
     kv_mode: str = "static"
     batch: int = 1
     prompt_len: int = 16

@@ -22,8 +22,8 @@ def add_cell_parser(sub) -> None:
                        description="Measure one cell: prefill and decode latency, memory, energy, the token check. "
                                    "Writes one schema-valid JSON record atomically to --out (or prints it). "
                                    "Exit 0 for status ok/oom/unsupported, 1 for error, 2 for bad input.")
-    p.add_argument("--model", default=d.model, help="preset: tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl "
-                   "(a label when --checkpoint is given)")
+    p.add_argument("--model", default=None, help=f"preset: tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl (default "
+                   f"{d.model}); with --checkpoint, a label for the record (default: the checkpoint's name)")
     p.add_argument("--checkpoint", default=None, help="real weights: a local Hugging Face GPT-2 directory, "
                    "a nanoGPT ckpt.pt, or hf:<hub name> (needs internet)")
     p.add_argument("--kv-mode", default=d.kv_mode, help="none (recompute everything each step), "
@@ -52,7 +52,10 @@ def cmd_cell(args: argparse.Namespace) -> int:
     import json
 
     from kvbench.cell import CellSpec, UsageError, run_and_write
+    from pathlib import Path
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    if fields["model"] is None:
+        fields["model"] = Path(args.checkpoint.rstrip("/")).name if args.checkpoint else CellSpec.model
     spec = CellSpec(**fields)
     try:
         record = run_and_write(spec)
