@@ -28,6 +28,9 @@ from kvbench.record import SCHEMA_VERSION, now_utc, write_atomic
 from kvbench.timing import TokenTimer, stats
 
 
+ENGINES = ("kvbench", "hf")  # ours, or Hugging Face transformers' GPT-2 on the same weights
+
+
 class UsageError(ValueError):
     """Bad input: reported as one line, exit code 2, before any heavy work."""
 
@@ -70,7 +73,11 @@ class CellSpec:
         choose("kv_mode", self.kv_mode, KV_MODES)
         choose("dtype", self.dtype, tuple(DTYPES))
         choose("attention", self.attention, ATTENTION_IMPLS)
-        choose("engine", self.engine, ("kvbench",))
+        choose("engine", self.engine, ENGINES)
+        if self.engine == "hf":
+            choose("kv_mode (engine hf)", self.kv_mode, ("none", "concat", "static"))
+            if self.n_kv_head is not None:
+                raise UsageError("n_kv_head: engine hf runs transformers' GPT-2, which has no grouped-query attention")
         at_least("batch", self.batch, 1)
         at_least("prompt_len", self.prompt_len, 1)
         at_least("new_tokens", self.new_tokens, 2)  # one prefill token + at least one decode step
@@ -148,14 +155,14 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
-def token_check(model: GPT, prompt: torch.Tensor, spec: CellSpec) -> tuple[dict, torch.Tensor | None]:
-    """Greedy tokens of this mode vs the recompute ('none') mode over the first check_steps tokens."""
+def token_check(model: GPT, run, prompt: torch.Tensor, spec: CellSpec) -> tuple[dict, torch.Tensor | None]:
+    """Greedy tokens of this cell vs kvbench's recompute ('none') mode over the first check_steps tokens."""
     steps = min(spec.check_steps, spec.new_tokens)
     if steps == 0:
         return {"matches_reference": None, "reference_steps": 0, "first_mismatch_step": None,
                 "max_logit_diff": None}, None
-    mine = generate(model, prompt, steps, spec.kv_mode, keep_logits=True)
-    if spec.kv_mode == "none":  # it is the reference
+    mine = run(prompt, steps, spec.kv_mode, keep_logits=True)
+    if spec.kv_mode == "none" and spec.engine == "kvbench":  # it is the reference
         return {"matches_reference": True, "reference_steps": steps, "first_mismatch_step": None,
                 "max_logit_diff": 0.0}, mine.tokens
     ref = generate(model, prompt, steps, "none", keep_logits=True)
@@ -203,9 +210,22 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
     handle = nvml.handle_for(device)
     env = record["environment"]
 
-    check, check_tokens = token_check(model, prompt, spec)
+    weights_read = roofline.weights_read_per_step(model)
+    if spec.engine == "hf":
+        from kvbench.hf_engine import hf_generate, to_hf
+        hf = to_hf(model)  # its own contiguous (in, out) Conv1D copy of the weights: its native layout
+
+        def run(*args, **kwargs):
+            return hf_generate(hf, *args, **kwargs)
+    else:
+        def run(*args, **kwargs):
+            return generate(model, *args, **kwargs)
+
+    check, check_tokens = token_check(model, run, prompt, spec)
+    if spec.engine == "hf":
+        model.to("meta")  # ours was needed only as the token reference: free it so memory is HF's alone
     for _ in range(spec.warmup):
-        generate(model, prompt, spec.new_tokens, spec.kv_mode)
+        run(prompt, spec.new_tokens, spec.kv_mode)
 
     timer = TokenTimer(device)
     prefill_peaks: list[int] = []
@@ -230,7 +250,7 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
         for _ in range(spec.iters):
             gen = None  # drop the last iteration's cache before building a fresh one
             timer.start()
-            gen = generate(model, prompt, spec.new_tokens, spec.kv_mode, on_token=on_token)
+            gen = run(prompt, spec.new_tokens, spec.kv_mode, on_token=on_token)
             runs.append(timer.intervals_ms())  # synchronizes on CUDA
             if handle is not None:
                 e1, t1 = nvml.energy_mj(handle), time.monotonic()
@@ -268,7 +288,7 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
             if i == 0:
                 torch.cuda.reset_peak_memory_stats(device)
         gen = None
-        generate(model, prompt, spec.new_tokens, spec.kv_mode, on_token=reset_after_prefill)
+        run(prompt, spec.new_tokens, spec.kv_mode, on_token=reset_after_prefill)
         mem["decode_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
 
     tokens = gen.tokens if gen is not None else check_tokens
@@ -289,7 +309,7 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
     kv_element_bytes = (cfg.head_dim + INT8_SCALE_BYTES) / cfg.head_dim if spec.kv_mode == "static-int8" \
         else element_bytes
     record["analytic"] = roofline.analyse(cfg, spec.batch, spec.prompt_len, spec.new_tokens, kv_element_bytes,
-                                          roofline.weights_read_per_step(model), limits, decode_median)
+                                          weights_read, limits, decode_median)
 
 
 def run_cell(spec: CellSpec) -> dict:

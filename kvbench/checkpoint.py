@@ -15,7 +15,7 @@ from kvbench.model import GPT, GPTConfig
 
 HUB_PREFIX = "hf:"
 # Hugging Face GPT-2 stores these as Conv1D (in, out); nn.Linear wants (out, in).
-_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 class CheckpointError(ValueError):
@@ -101,7 +101,7 @@ def _hf_state_dict(d: Path) -> dict[str, torch.Tensor]:
         if k.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers, not weights
             continue
         k = k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k
-        out[k] = v.t() if k.endswith(_CONV1D) else v
+        out[k] = v.t() if k.endswith(CONV1D_WEIGHTS) else v
     return out
 
 

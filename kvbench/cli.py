@@ -39,6 +39,8 @@ def add_cell_parser(sub) -> None:
     p.add_argument("--iters", type=int, default=d.iters, help="timed generations, each from a fresh cache")
     p.add_argument("--check-steps", type=int, default=d.check_steps,
                    help="tokens compared against the 'none' mode (0 = no check)")
+    p.add_argument("--engine", default=d.engine, help="kvbench (this model) or hf (transformers' GPT-2 on the "
+                   "same weights, its own caches: none, concat = DynamicCache, static = StaticCache)")
     p.add_argument("--n-kv-head", type=int, default=None, help="grouped-query attention: K/V heads (random weights)")
     p.add_argument("--block-size", type=int, default=None,
                    help="positions of a random-weight model (default: the preset's, 1024 for GPT-2)")

@@ -15,17 +15,16 @@ from kvbench.presets import ATTENTION_IMPLS, DTYPE_NAMES, KV_MODES, PRESETS
 
 # Grid axes in the order they appear in a cell's path; every axis has a default.
 AXES: dict[str, object] = {
-    "model": ["gpt2"], "dtype": ["fp32"], "kv_mode": list(KV_MODES), "batch": [1], "prompt_len": [128],
+    "engine": ["kvbench"], "model": ["gpt2"], "dtype": ["fp32"], "kv_mode": list(KV_MODES), "batch": [1], "prompt_len": [128],
     "new_tokens": [32], "attention": ["sdpa"], "n_kv_head": ["all"],
 }
-ALLOWED = {"model": tuple(PRESETS), "dtype": DTYPE_NAMES, "kv_mode": KV_MODES, "attention": ATTENTION_IMPLS}
 SETTINGS: dict[str, object] = {
     "device": "auto", "warmup": 1, "iters": 3, "seed": 0, "check_steps": 16, "threads": None,
     "block_size": None,
 }
 # Settings that only schedule a job (resources), not change what it measures.
 JOB_SETTINGS = ("mem_mb", "runtime")
-CELL_PATTERN = ("results/{sweep}/cells/{model}/{dtype}/{kv_mode}/"
+CELL_PATTERN = ("results/{sweep}/cells/{engine}/{model}/{dtype}/{kv_mode}/"
                 "b{batch}-p{prompt_len}-n{new_tokens}-{attention}-kv{n_kv_head}.json")
 
 
@@ -88,6 +87,9 @@ def check(config: dict, schema_path: Path) -> None:
                 raise SweepError(f"config: sweep {name!r}: grid.{axis} is empty")
         block_override = sweep_settings(sweep)["block_size"]
         for cell in cells(sweep):
+            if cell["engine"] == "hf" and (cell["kv_mode"] == "static-int8" or cell["n_kv_head"] != "all"):
+                raise SweepError(f"config: sweep {name!r}: engine hf runs transformers' GPT-2: kv_mode none, "
+                                 f"concat or static and n_kv_head all only")
             n_head = PRESETS[cell["model"]].n_head
             if cell["n_kv_head"] != "all" and n_head % cell["n_kv_head"]:
                 raise SweepError(f"config: sweep {name!r}: grid.n_kv_head: {cell['n_kv_head']} must divide "

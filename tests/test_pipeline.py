@@ -66,7 +66,7 @@ def downstream() -> set[tuple[str, str]]:
 
 
 def cell(mode: str, prompt: int, batch: int = 1) -> tuple[str, str]:
-    return ("cell", f"results/t/cells/tiny/fp32/{mode}/b{batch}-p{prompt}-n4-sdpa-kvall.json")
+    return ("cell", f"results/t/cells/kvbench/tiny/fp32/{mode}/b{batch}-p{prompt}-n4-sdpa-kvall.json")
 
 
 def copy_workflow(d: Path, with_package: bool = True) -> None:

@@ -7,7 +7,7 @@ rule cell:
     output:
         record=kvsweep.CELL_PATTERN,
     log:
-        "results/{sweep}/logs/cells/{model}/{dtype}/{kv_mode}/b{batch}-p{prompt_len}-n{new_tokens}-{attention}-kv{n_kv_head}.log",
+        "results/{sweep}/logs/cells/{engine}/{model}/{dtype}/{kv_mode}/b{batch}-p{prompt_len}-n{new_tokens}-{attention}-kv{n_kv_head}.log",
     wildcard_constraints:
         batch=r"\d+",
         prompt_len=r"\d+",

@@ -1,0 +1,96 @@
+"""The peer: Hugging Face transformers' GPT-2 on the same weights, through the same cell.
+
+`engine: hf` runs transformers' GPT2LMHeadModel with its own caches — kv_mode `none`
+(use_cache=False, recompute), `concat` (its default DynamicCache, which grows by torch.cat)
+and `static` (its StaticCache, preallocated) — in a plain loop with the same `on_token`
+timestamps as ours, so both engines' numbers come out of one measurement code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from kvbench.checkpoint import CONV1D_WEIGHTS
+from kvbench.generate import GREEDY, Generation, Sampling
+from kvbench.model import GPT
+
+HF_KV_MODES = ("none", "concat", "static")
+
+
+def to_hf(model: GPT):
+    """A transformers GPT2LMHeadModel holding exactly `model`'s weights, same device and dtype."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    c = model.config
+    if c.kv_heads != c.n_head:
+        raise ValueError("engine hf: transformers' GPT-2 has no grouped-query attention (n_kv_head must be n_head)")
+    impl = {"sdpa": "sdpa", "math": "eager"}[model.transformer.h[0].attn.attention]
+    w = model.transformer.wte.weight
+    cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                     n_head=c.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
+    cfg._attn_implementation = impl
+    with torch.device("meta"):
+        hf = GPT2LMHeadModel(cfg)
+    hf = hf.to(dtype=w.dtype).to_empty(device=w.device)
+    state = {k: (v.t() if k.endswith(CONV1D_WEIGHTS) else v) for k, v in model.state_dict().items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    # The causal-mask buffers are not weights; anything else missing would be a real mismatch.
+    if unexpected or any(not k.endswith((".attn.bias", ".attn.masked_bias")) for k in missing):
+        raise ValueError(f"engine hf: weights do not map: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    hf.tie_weights()
+    return hf.eval()
+
+
+@torch.inference_mode()
+def hf_generate(hf, prompt: torch.Tensor, new_tokens: int, kv_mode: str, *, sampling: Sampling = GREEDY,
+                keep_logits: bool = False, on_token: Callable[[int], None] | None = None) -> Generation:
+    from transformers import DynamicCache, StaticCache
+    B, P = prompt.shape
+    total = P + new_tokens
+    if total > hf.config.n_positions:
+        raise ValueError(f"prompt_len + new_tokens = {total} exceeds block_size {hf.config.n_positions}")
+    seq = torch.empty((B, total), dtype=torch.long, device=prompt.device)
+    seq[:, :P] = prompt
+    if kv_mode == "none":
+        cache = None
+    elif kv_mode == "concat":
+        cache = DynamicCache(config=hf.config)
+    elif kv_mode == "static":
+        cache = StaticCache(config=hf.config, max_cache_len=total - 1)
+    else:
+        raise ValueError(f"kv_mode: {kv_mode!r} is not one of {', '.join(HF_KV_MODES)} for engine hf")
+    kept: list[torch.Tensor] | None = [] if keep_logits else None
+    dev = prompt.device
+
+    def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
+        if cache is None:
+            return hf(ids, use_cache=False, logits_to_keep=1).logits
+        positions = torch.arange(start, start + ids.size(1), device=dev)
+        return hf(ids, past_key_values=cache, use_cache=True, position_ids=positions.unsqueeze(0).expand(B, -1),
+                  cache_position=positions, logits_to_keep=1).logits
+
+    logits = forward(prompt, 0)
+    for i in range(new_tokens):
+        if i > 0:
+            pos = P + i - 1
+            logits = forward(seq[:, : pos + 1], 0) if cache is None else forward(seq[:, pos : pos + 1], pos)
+        last = logits[:, -1, :]
+        if kept is not None:
+            kept.append(last.float())
+        seq[:, P + i] = sampling.pick(last)
+        if on_token is not None:
+            on_token(i)
+    return Generation(tokens=seq[:, P:], cache=None if cache is None else HFCacheBytes(cache), logits=kept)
+
+
+class HFCacheBytes:
+    """What a transformers cache holds, measured from its tensors like ours (`KVCache.nbytes`)."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers
+                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)

@@ -1,0 +1,62 @@
+"""The peer engine: transformers' GPT-2 on our weights, measured through the same cell."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from kvbench.cli import main  # noqa: E402
+from kvbench.generate import generate  # noqa: E402
+from kvbench.hf_engine import hf_generate, to_hf  # noqa: E402
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
+def test_hf_tokens_and_logits_equal_ours_in_every_mode(tiny_model, attention):
+    tiny_model.set_attention(attention)
+    hf = to_hf(tiny_model)
+    prompt = torch.randint(0, 50257, (2, 9), generator=torch.Generator().manual_seed(1))
+    ours = generate(tiny_model, prompt, 12, "static", keep_logits=True)
+    for mode in ("none", "concat", "static"):
+        theirs = hf_generate(hf, prompt, 12, mode, keep_logits=True)
+        assert torch.equal(theirs.tokens, ours.tokens), mode
+        for a, b in zip(theirs.logits, ours.logits):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_hf_cell_record(tmp_path, capsys):
+    out = tmp_path / "hf.json"
+    code = main(["cell", "--engine", "hf", "--model", "tiny", "--kv-mode", "static", "--prompt-len", "8",
+                 "--new-tokens", "6", "--iters", "2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "ok" and rec["cell"]["engine"] == "hf"
+    assert rec["check"]["matches_reference"] is True  # HF's static cache == our recompute
+    assert rec["memory"]["kv_cache_bytes_measured"] == rec["memory"]["kv_cache_bytes_formula"]
+
+
+def test_hf_engine_refuses_what_transformers_gpt2_lacks(tmp_path, capsys):
+    for args, message in ((["--kv-mode", "static-int8"], "kv_mode (engine hf): 'static-int8' is not one of"),
+                          (["--n-kv-head", "2"], "n_kv_head: engine hf"),
+                          (["--engine", "vllm"], "engine: 'vllm' is not one of kvbench, hf")):
+        code = main(["cell", "--engine", "hf", "--model", "tiny", *args, "--out", str(tmp_path / "x.json")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_vs_hf_sweep_runs_on_tiny(tmp_path):
+    """The shipped vs-hf-tiny sweep through the real snakemake: both engines side by side."""
+    import pandas as pd
+
+    from test_pipeline import REPO, copy_workflow, snakemake
+    copy_workflow(tmp_path)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text((REPO / "config" / "config.yaml").read_text())
+    snakemake(tmp_path, "--config", "run=[vs-hf-tiny]")
+    cells = pd.read_csv(tmp_path / "results/vs-hf-tiny/tables/cells.csv")
+    assert sorted(set(cells["cell.engine"])) == ["hf", "kvbench"] and (cells["status"] == "ok").all()
+    assert cells["check.matches_reference"].all()
+    speedup = pd.read_csv(tmp_path / "results/vs-hf-tiny/tables/speedup.csv")
+    assert set(zip(speedup["cell.engine"], speedup["cell.kv_mode"])) >= {("hf", "static"), ("kvbench", "static")}
