@@ -57,6 +57,7 @@ class CellSpec:
     threads: int | None = None
     out: str | None = None
     engine: str = "kvbench"
+    compile: bool = False
 
     def check(self) -> tuple[GPTConfig, torch.device]:
         """Validate every field; return the model config and device. Raises UsageError."""
@@ -118,7 +119,7 @@ class CellSpec:
             "new_tokens": self.new_tokens, "dtype": self.dtype, "attention": self.attention, "device": str(device),
             "prompt_source": f"file:{self.prompt_file}" if self.prompt_file else "random",
             "seed": self.seed, "warmup": self.warmup, "iters": self.iters, "engine": self.engine,
-            "n_kv_head": self.n_kv_head, "block_size": self.block_size, "compile": False, "checkpoint": self.checkpoint,
+            "n_kv_head": self.n_kv_head, "block_size": self.block_size, "compile": self.compile, "checkpoint": self.checkpoint,
             "check_steps": min(self.check_steps, self.new_tokens),
         }
 
@@ -213,13 +214,22 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
     weights_read = roofline.weights_read_per_step(model)
     if spec.engine == "hf":
         from kvbench.hf_engine import hf_generate, to_hf
-        hf = to_hf(model)  # its own contiguous (in, out) Conv1D copy of the weights: its native layout
-
-        def run(*args, **kwargs):
-            return hf_generate(hf, *args, **kwargs)
+        engine = to_hf(model)  # its own contiguous (in, out) Conv1D copy of the weights: its native layout
+        engine_generate = hf_generate
     else:
-        def run(*args, **kwargs):
-            return generate(model, *args, **kwargs)
+        engine, engine_generate = model, generate
+    compile_s = None
+    if spec.compile:
+        # Compiled once here, outside every timing: one full generation traces the prefill and
+        # decode shapes (dynamic, so a growing cache does not recompile every step).
+        engine = torch.compile(engine, dynamic=True)
+        t0 = time.perf_counter()
+        engine_generate(engine, prompt, spec.new_tokens, spec.kv_mode)
+        synchronize(device)
+        compile_s = time.perf_counter() - t0
+
+    def run(*args, **kwargs):
+        return engine_generate(engine, *args, **kwargs)
 
     check, check_tokens = token_check(model, run, prompt, spec)
     if spec.engine == "hf":
@@ -274,6 +284,7 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
         "decode_tokens_per_s": spec.batch * 1e3 / decode_median,
         "total_generate_ms": stats(total),
         "decode_steps": steps,
+        "compile_s": compile_s,
     }
     mem = record["memory"]
     if cuda:

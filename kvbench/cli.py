@@ -41,6 +41,8 @@ def add_cell_parser(sub) -> None:
                    help="tokens compared against the 'none' mode (0 = no check)")
     p.add_argument("--engine", default=d.engine, help="kvbench (this model) or hf (transformers' GPT-2 on the "
                    "same weights, its own caches: none, concat = DynamicCache, static = StaticCache)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.compile,
+                   help="torch.compile the model (dynamic shapes); compile time is recorded apart as latency.compile_s")
     p.add_argument("--n-kv-head", type=int, default=None, help="grouped-query attention: K/V heads (random weights)")
     p.add_argument("--block-size", type=int, default=None,
                    help="positions of a random-weight model (default: the preset's, 1024 for GPT-2)")

@@ -182,3 +182,15 @@ def test_int8_and_gqa_cells_record_their_cache_and_logit_error(tmp_path, capsys)
     # 2 (K,V) x 2 layers x 1 x 2 kv heads x 13 positions x (16 int8 + 4-byte scale)
     assert rec["memory"]["kv_cache_bytes_measured"] == rec["memory"]["kv_cache_bytes_formula"] == 2 * 2 * 2 * 13 * 20
     assert rec["check"]["max_logit_diff"] > 0 and rec["check"]["reference_steps"] == 6
+
+
+@pytest.mark.slow
+def test_compiled_decode_gives_the_eager_tokens_and_records_compile_time_apart(tmp_path, capsys):
+    out = tmp_path / "compiled.json"
+    code, err = run_cli([*FAST, "--kv-mode", "static", "--compile", "--out", str(out)], capsys)
+    assert code == 0, err
+    rec = json.loads(out.read_text())
+    assert rec["cell"]["compile"] is True and rec["latency"]["compile_s"] > 0
+    assert rec["check"]["matches_reference"] is True and rec["check"]["timed_equals_checked"] is True
+    # compile time is far longer than any timed generation: it was not inside one
+    assert rec["latency"]["total_generate_ms"]["max"] < 1e3 * rec["latency"]["compile_s"]

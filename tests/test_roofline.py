@@ -1,0 +1,52 @@
+"""The decode floor: measured bandwidth and matmul rate, the byte/FLOP count, and the verdict."""
+
+import pytest
+import torch
+
+from kvbench import roofline
+from kvbench.model import build_random, preset
+
+
+def test_probe_measures_sane_values_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path))
+    limits = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
+    assert 1e9 < limits["bandwidth_bytes_per_s"] < 2e12  # a CPU copies GB/s, not KB/s nor PB/s
+    assert 1e9 < limits["peak_flops_per_s"] < 1e14
+    assert limits["bandwidth_source"].startswith("measured")
+
+    def must_not_run(*a):
+        raise AssertionError("the cached probe was measured again")
+    monkeypatch.setattr(roofline, "measure", must_not_run)
+    assert roofline.device_limits(torch.device("cpu"), "cpu", torch.float32) == limits
+    assert len(list(tmp_path.glob("probe-*.json"))) == 1
+
+
+def test_decode_step_cost_counts_weights_and_cache():
+    cfg = preset("gpt2")
+    model = build_random(preset("tiny"), "cpu", torch.float32, 0)
+    weights = roofline.weights_read_per_step(model)
+    assert weights == sum(p.numel() * 4 for n, p in model.named_parameters() if "wpe" not in n)
+    flops, nbytes = roofline.decode_step_cost(cfg, batch=1, context=0, kv_element_bytes=2, weights_bytes=0)
+    # with no context: 2 FLOPs per weight of every matmul (12 layers x 12 C^2 + the C x V head)
+    assert flops == 2 * (12 * 12 * 768**2 + 768 * 50257)
+    assert nbytes == 2 * 12 * 12 * 64 * 2  # writing one position of K and V
+    _, more = roofline.decode_step_cost(cfg, batch=4, context=100, kv_element_bytes=2, weights_bytes=10)
+    assert more == 10 + 4 * 2 * 12 * 12 * 64 * 2 * 101
+
+
+def test_floor_fraction_and_suspect_flag():
+    cfg = preset("tiny")
+    limits = {"bandwidth_bytes_per_s": 1e10, "peak_flops_per_s": 1e12, "bandwidth_source": "t",
+              "peak_flops_source": "t"}
+    a = roofline.analyse(cfg, 1, 8, 8, 4, 10_000_000, limits, measured_ms=2.0)
+    assert a["floor_ms_per_token"] == pytest.approx(1e3 * a["decode_bytes_per_token"] / 1e10)
+    assert a["fraction_of_floor"] == pytest.approx(a["floor_ms_per_token"] / 2.0) and not a["suspect"]
+    fast = roofline.analyse(cfg, 1, 8, 8, 4, 10_000_000, limits, measured_ms=a["floor_ms_per_token"] / 2)
+    assert fast["suspect"] and fast["fraction_of_floor"] == pytest.approx(2.0)
+
+
+def test_spec_bandwidth_table_prefers_the_specific_part():
+    assert roofline.spec_bandwidth("NVIDIA H100 PCIe") == 2.0e12
+    assert roofline.spec_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
+    assert roofline.spec_bandwidth("NVIDIA H200") == 4.8e12
+    assert roofline.spec_bandwidth("cpu") is None
