@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/cells.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/explain.smk"
 include: "workflow/rules/bundle.smk"
 
 

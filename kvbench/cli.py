@@ -88,6 +88,7 @@ DELEGATED = {
     "aggregate": ("kvbench.analysis.aggregate", "records -> tables (pandas)"),
     "figures": ("kvbench.analysis.figures", "tables -> seaborn figures"),
     "bundle": ("kvbench.analysis.bundle", "a sweep's outputs -> bundle.zip with a sha256 manifest"),
+    "explain": ("kvbench.analysis.explain", "tables -> explanation.md: the formula, the speedups, the claims vs measured"),
     "publish": ("kvbench.analysis.publish", "copy a bundle to results/published/<device>/<sweep>/"),
 }
 

@@ -62,6 +62,7 @@ def planned(workdir: Path) -> set[tuple[str, str]]:
 
 def downstream() -> set[tuple[str, str]]:
     return {("aggregate", "results/t/tables"), ("figures", "results/t/figures"),
+            ("explain", "results/t/explanation.md"),
             ("bundle", "results/t/bundle.zip"), ("all", "")}
 
 
@@ -86,7 +87,8 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def test_full_run_produces_records_tables_figures_and_a_verified_bundle(workdir):
-    assert planned(workdir) == {cell(m, p) for m in ("none", "static") for p in (8, 16)} | downstream()
+    assert planned(workdir) == ({cell(m, p) for m in ("none", "static") for p in (8, 16)} | downstream()
+                                | {("visualize", "results/t/kv_attention.gif")})
     snakemake(workdir)
     records = sorted((workdir / "results/t/cells").rglob("*.json"))
     assert len(records) == 4
@@ -102,6 +104,9 @@ def test_full_run_produces_records_tables_figures_and_a_verified_bundle(workdir)
     names = zipfile.ZipFile(bundle).namelist()
     assert "MANIFEST.sha256" in names and "tables/cells.csv" in names and "figures/speedup_heatmap.png" in names
     assert sum(n.startswith("cells/") for n in names) == 4
+    assert "extra/explanation.md" in names and "extra/kv_attention.gif" in names
+    explanation = (workdir / "results/t/explanation.md").read_text()
+    assert "2 × n_layer × batch × n_kv_head × tokens × head_dim × bytes" in explanation
 
 
 def test_nothing_changed_nothing_runs(workdir):

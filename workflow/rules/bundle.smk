@@ -6,6 +6,8 @@ rule bundle:
         records=cell_records,
         tables="results/{sweep}/tables",
         figures="results/{sweep}/figures",
+        explanation="results/{sweep}/explanation.md",
+        gif="results/{sweep}/kv_attention.gif",
         config=workflow.configfiles[0] if workflow.configfiles else "config/config.yaml",
         code=[PACKAGE / "analysis" / "bundle.py", *ANALYSIS_COMMON],
     output:
@@ -16,4 +18,5 @@ rule bundle:
     conda:
         "../../envs/kvbench.yaml"
     shell:
-        "kvbench bundle --sweep-dir results/{wildcards.sweep} --config {input.config} --out {output.bundle} 2> {log}"
+        "kvbench bundle --sweep-dir results/{wildcards.sweep} --config {input.config} --out {output.bundle} "
+        "--extra {input.explanation} {input.gif} 2> {log}"

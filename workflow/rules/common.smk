@@ -40,6 +40,16 @@ def cell_flags(wildcards):
     return kvsweep.cell_flags(cell, settings(wildcards))
 
 
+def visualize_flags(wildcards):
+    # Write-up 000's dashboard (layer 5, head 0 of gpt2) for the sweep's first model, clamped to its size.
+    from kvbench.presets import PRESETS
+
+    model = kvsweep.sweep_axes(SWEEPS[wildcards.sweep])["model"][0]
+    cfg = PRESETS[model]
+    return (f"--model {model} --layer {min(5, cfg.n_layer - 1)} --head 0 --prompt-len 8 --new-tokens 16 "
+            f"--seed {settings(wildcards)['seed']}")
+
+
 def on_gpu(wildcards):
     return settings(wildcards)["device"].startswith("cuda")
 
