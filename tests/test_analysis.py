@@ -43,18 +43,36 @@ SWEEP = "tiny"
 # ratios are not round and a rounded speedup would fail the exact-equality assertions.
 COST = {"none": (1.0 / 3.0, 0.05), "concat": (0.7, 0.004 / 3.0), "static": (0.6, 0.001),
         "static-int8": (0.55, 0.0007)}
+# Model shapes: (n_layer, n_head, n_embd, n_params, cost scale of the per-context term).
+MODELS = {"gpt2-tiny": (N_LAYER, N_HEAD, N_EMBD, 150_000, 1.0),
+          "gpt2": (12, 12, 768, 124_439_808, 3.0),
+          "gpt2-medium": (24, 16, 1024, 354_823_168, 7.0)}
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+INT8_LOGIT_DIFF = 0.0123  # the synthetic int8 cache's logit error
 
 
 # ---------------------------------------------------------------------------------- factory
 
+def kv_bytes_for(model: str, kv_mode: str, batch: int, tokens: int, dtype: str = "fp32",
+                 n_kv_head: int | None = None) -> int:
+    """The KV-cache formula, written out independently of kvbench: 2 x layers x batch x kv heads
+    x tokens x head_dim x bytes (int8: 1 byte per element + a 4-byte scale per token and head)."""
+    n_layer, n_head, n_embd, _, _ = MODELS[model]
+    head_dim, kv = n_embd // n_head, n_kv_head or n_head
+    per_vector = head_dim + 4 if kv_mode == "static-int8" else head_dim * DTYPE_BYTES[dtype]
+    return 2 * n_layer * batch * kv * tokens * per_vector
+
+
 def make_record(kv_mode: str, batch: int, prompt_len: int, *, status: str = "ok",
                 new_tokens: int = NEW_TOKENS, dtype: str = "fp32", model: str = "gpt2-tiny",
-                device_name: str | None = DEVICE_NAME) -> dict[str, Any]:
+                device_name: str | None = DEVICE_NAME, n_kv_head: int | None = None,
+                mismatch_step: int | None = None) -> dict[str, Any]:
     """One record exactly as record.schema.json describes it (non-ok: null sections)."""
+    n_layer, n_head, n_embd, n_params, scale = MODELS[model]
     cell = {"model": model, "kv_mode": kv_mode, "batch": batch, "prompt_len": prompt_len,
             "new_tokens": new_tokens, "dtype": dtype, "attention": "sdpa", "device": "cuda:0",
             "prompt_source": "random", "seed": 1337, "warmup": 1, "iters": 3,
-            "engine": "kvbench", "n_kv_head": None, "compile": False, "checkpoint": None,
+            "engine": "kvbench", "n_kv_head": n_kv_head, "compile": False, "checkpoint": None,
             "check_steps": 4}
     env = {"kvbench_version": "0.1.0", "git_commit": "0" * 40, "python": "3.11.9",
            "torch": "2.13.0", "cuda": "12.8", "driver": "570.1", "device_name": device_name,
@@ -66,27 +84,29 @@ def make_record(kv_mode: str, batch: int, prompt_len: int, *, status: str = "ok"
         "created_utc": "2025-01-01T00:00:00Z", "cell": cell, "model_info": None,
         "latency": None, "memory": None, "energy": None, "analytic": None, "check": None,
         "environment": env}
-    bytes_per_token = 2 * N_LAYER * N_EMBD * 4 * batch  # K and V, fp32, whole batch
-    kv_bytes = bytes_per_token * (prompt_len + new_tokens - 1)
+    kv_bytes = kv_bytes_for(model, kv_mode, batch, prompt_len + new_tokens - 1, dtype,
+                            n_kv_head)
+    weights = n_params * DTYPE_BYTES[dtype]
     if status == "oom":
         rec["error"] = "CUDA out of memory. Tried to allocate 2.00 MiB"
         rec["memory"] = {"torch_peak_allocated_bytes": 79 * 2**30,
                          "torch_peak_reserved_bytes": 80 * 2**30, "nvml_peak_used_bytes": None,
-                         "rss_peak_bytes": None, "weights_bytes": 1_000_000,
+                         "rss_peak_bytes": None, "weights_bytes": weights,
                          "kv_cache_bytes_formula": kv_bytes, "kv_cache_bytes_measured": None}
         return rec
     if status != "ok":
         rec["error"] = f"{status}: synthetic"
         return rec
     fixed, per_ctx = COST[kv_mode]
+    per_ctx *= scale
     steps = [fixed + per_ctx * batch * (prompt_len + s) for s in range(1, new_tokens)]
     decode = sum(steps) / len(steps)
     prefill = 0.25 + 0.01 * batch * prompt_len + (0.01 if kv_mode != "none" else 0.0)
     total = prefill + sum(steps)
     stats = lambda m: {"median": m, "min": m * 0.95, "max": m * 1.1}  # noqa: E731
-    rec["model_info"] = {"n_layer": N_LAYER, "n_head": N_HEAD, "n_kv_head": N_HEAD,
-                         "n_embd": N_EMBD, "block_size": 128, "vocab_size": 512,
-                         "n_params": 150_000}
+    rec["model_info"] = {"n_layer": n_layer, "n_head": n_head, "n_kv_head": n_kv_head or n_head,
+                         "n_embd": n_embd, "block_size": 128, "vocab_size": 512,
+                         "n_params": n_params - (0 if n_kv_head is None else 1000 * n_kv_head)}
     rec["latency"] = {"prefill_ms": stats(prefill), "decode_ms_per_token": stats(decode),
                       "per_step_decode_ms": steps,
                       "decode_tokens_per_s": batch * len(steps) / (sum(steps) / 1000.0),
@@ -94,7 +114,7 @@ def make_record(kv_mode: str, batch: int, prompt_len: int, *, status: str = "ok"
     cached = kv_mode != "none"
     rec["memory"] = {"torch_peak_allocated_bytes": 2_000_000 + 5000 * batch * prompt_len,
                      "torch_peak_reserved_bytes": 4_194_304, "nvml_peak_used_bytes": 500_000_000,
-                     "rss_peak_bytes": 300_000_000, "weights_bytes": 600_000,
+                     "rss_peak_bytes": 300_000_000, "weights_bytes": weights,
                      "kv_cache_bytes_formula": kv_bytes if cached else None,
                      "kv_cache_bytes_measured": kv_bytes if cached else None}
     rec["energy"] = {"decode_joules_per_token": 0.01 * batch, "method": "nvml_energy_counter"}
@@ -104,13 +124,21 @@ def make_record(kv_mode: str, batch: int, prompt_len: int, *, status: str = "ok"
                        "fraction_of_floor": floor / decode, "bandwidth_bytes_per_s": 3.0e12,
                        "bandwidth_source": "table", "suspect": False}
     rec["check"] = {"tokens_sha256": "ab" * 32, "matches_reference": True if cached else None}
+    if kv_mode == "static-int8":  # a lossy cache: a logit error, the tokens may differ
+        rec["check"].update({"reference_steps": 4, "first_mismatch_step": mismatch_step,
+                             "max_logit_diff": INT8_LOGIT_DIFF * scale,
+                             "matches_reference": mismatch_step is None})
+    elif cached:
+        rec["check"].update({"reference_steps": 4, "first_mismatch_step": None,
+                             "max_logit_diff": 0.0})
     return rec
 
 
 def cell_path(root: Path, rec: dict[str, Any]) -> Path:
     c = rec["cell"]
+    kv = "" if c["n_kv_head"] is None else f"-kv{c['n_kv_head']}"
     return (root / "cells" / c["model"] / c["dtype"] / c["kv_mode"]
-            / f"b{c['batch']}-p{c['prompt_len']}-n{c['new_tokens']}-{c['attention']}.json")
+            / f"b{c['batch']}-p{c['prompt_len']}-n{c['new_tokens']}-{c['attention']}{kv}.json")
 
 
 def write_records(root: Path, records: list[dict[str, Any]]) -> list[Path]:
@@ -127,6 +155,33 @@ def write_records(root: Path, records: list[dict[str, Any]]) -> list[Path]:
 def grid_records(modes: tuple[str, ...] = MODES) -> list[dict[str, Any]]:
     return [make_record(m, b, p, status="oom" if (m, b, p) == OOM_CELL else "ok")
             for m in modes for b in BATCHES for p in PROMPTS]
+
+
+# A second synthetic sweep over the axes of write-ups 002/003 and 002's extensions: two models,
+# two generation lengths, every kv mode, and a grouped-query variant (none and static at 4 K/V
+# heads). One oom cell, and one int8 cell whose greedy tokens diverge.
+AXIS_MODELS = ("gpt2", "gpt2-medium")
+AXIS_LENGTHS = (20, 50)
+AXIS_MODES = ("none", "concat", "static", "static-int8")
+AXIS_PROMPT = 16
+GQA_HEADS = 4
+AXIS_OOM = ("gpt2-medium", "concat", 50)
+INT8_MISMATCH = ("gpt2-medium", 50, 3)  # model, new_tokens, first mismatching step
+
+
+def axis_records() -> list[dict[str, Any]]:
+    recs = []
+    for model in AXIS_MODELS:
+        for n in AXIS_LENGTHS:
+            for mode in AXIS_MODES:
+                mismatch = (INT8_MISMATCH[2] if mode == "static-int8"
+                            and (model, n) == INT8_MISMATCH[:2] else None)
+                recs.append(make_record(mode, 1, AXIS_PROMPT, new_tokens=n, model=model,
+                                        status="oom" if (model, mode, n) == AXIS_OOM else "ok",
+                                        mismatch_step=mismatch))
+            recs += [make_record(mode, 1, AXIS_PROMPT, new_tokens=n, model=model,
+                                 n_kv_head=GQA_HEADS) for mode in ("none", "static")]
+    return recs
 
 
 def by_coords(records: list[dict[str, Any]]) -> dict[tuple[str, int, int], dict[str, Any]]:
@@ -563,3 +618,203 @@ def test_publish_names_cpu_runs_by_cpu_and_refuses_broken_bundles(tmp_path: Path
     with pytest.raises(pub.PublishError, match="does not verify"):
         pub.publish(broken, tmp_path / "pub2")
     assert not (tmp_path / "pub2").exists()
+
+
+# ------------------------------------------------------- speedup by model / length, kv variants
+
+NEW_STEMS = ("speedup_vs_model", "speedup_vs_new_tokens", "kv_variants")
+AXIS_TABLES = ("speedup_by_model.csv", "speedup_by_length.csv", "kv_variants.csv")
+
+
+@pytest.fixture(scope="module")
+def axis_sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+    s = Sweep(tmp_path_factory.mktemp("axes"), axis_records())
+    agg.aggregate(s.paths, s.tables)
+    s.rendered = fig.render(s.tables, s.figures, only=NEW_STEMS)
+    return s
+
+
+def axis_key(cell: dict[str, Any]) -> tuple:
+    return (cell["model"], cell["kv_mode"], cell["new_tokens"], cell["n_kv_head"])
+
+
+def axis_lookup(records: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    return {axis_key(r["cell"]): r for r in records}
+
+
+def kv_setting(value: Any) -> int | None:
+    return None if pd.isna(value) else int(value)
+
+
+def test_axis_tables_absent_when_their_axis_does_not_vary(sweep: Sweep) -> None:
+    # the base sweep: one model, one length, no int8 cache, no n_kv_head
+    for name in AXIS_TABLES:
+        assert not (sweep.tables / name).exists(), name
+
+
+def test_speedup_by_model_is_exact_and_ordered_by_parameters(axis_sweep: Sweep) -> None:
+    table = axis_sweep.csv("speedup_by_model.csv")
+    assert tuple(table.columns) == agg.AXIS_SPEEDUP_COLUMNS
+    recs = axis_lookup(axis_sweep.records)
+    # every cached cell of the sweep has its none partner: 2 models x 2 lengths x (3 modes + GQA)
+    assert len(table) == len(AXIS_MODELS) * len(AXIS_LENGTHS) * 4
+    # write-up 003's order: for each setting, the models by size, each model's modes together
+    order = [(kv_setting(r["n_kv_head"]), r["new_tokens"], r["model"], r["kv_mode"])
+             for _, r in table.iterrows()]
+    expected = [(kv, n, m, mode) for kv, modes in ((None, AXIS_MODES[1:]), (GQA_HEADS, ("static",)))
+                for n in AXIS_LENGTHS for m in AXIS_MODELS for mode in modes]
+    assert order == expected
+    for _, row in table.iterrows():
+        key = (row["model"], row["kv_mode"], row["new_tokens"], kv_setting(row["n_kv_head"]))
+        rec, none = recs[key], recs[(key[0], "none", key[2], key[3])]
+        n_params = MODELS[row["model"]][3] - (0 if key[3] is None else 1000 * key[3])
+        assert (row["n_params"], row["n_layer"]) == (n_params, MODELS[row["model"]][0])
+        if (row["model"], row["kv_mode"], row["new_tokens"]) == AXIS_OOM:
+            assert (row["status"], row["none_status"]) == ("oom", "ok")
+            assert pd.isna(row["total_speedup"]) and pd.isna(row["decode_speedup"])
+            continue
+        total, none_total = (r["latency"]["total_generate_ms"]["median"] for r in (rec, none))
+        decode, none_decode = (r["latency"]["decode_ms_per_token"]["median"] for r in (rec, none))
+        assert row["total_speedup"] == none_total / total  # exact: from the ms values
+        assert row["total_s"] == total / 1000.0 and row["none_total_s"] == none_total / 1000.0
+        assert row["decode_speedup"] == none_decode / decode
+        assert row["decode_ms_per_token"] == decode
+    # the synthetic cost model makes the cache pay off more on the bigger model
+    plain = table[table["n_kv_head"].isna() & table["total_speedup"].notna()]
+    for (mode, n), g in plain.groupby(["kv_mode", "new_tokens"]):
+        if len(g) == 2:
+            assert list(g["model"]) == list(AXIS_MODELS)
+            assert g["total_speedup"].is_monotonic_increasing, (mode, n)
+
+
+def test_speedup_by_length_has_the_same_pairs_ordered_by_length(axis_sweep: Sweep) -> None:
+    by_length = axis_sweep.csv("speedup_by_length.csv")
+    by_model = axis_sweep.csv("speedup_by_model.csv")
+    assert tuple(by_length.columns) == agg.AXIS_SPEEDUP_COLUMNS
+    assert sorted(by_length["record"]) == sorted(by_model["record"])
+    merged = by_length.merge(by_model, on="record", suffixes=("", "_m"))
+    for col in ("total_speedup", "decode_speedup", "total_s"):
+        same = merged[col].isna() & merged[f"{col}_m"].isna() | (merged[col] == merged[f"{col}_m"])
+        assert same.all(), col
+    # lines over new_tokens: model (by size), n_kv_head setting, mode; length ascending inside
+    keys = [(r["model"], kv_setting(r["n_kv_head"]) or 0, r["kv_mode"])
+            for _, r in by_length.iterrows()]
+    assert [k[0] for k in keys] == sorted((k[0] for k in keys), key=list(AXIS_MODELS).index)
+    for _, g in by_length.groupby(["model", "kv_mode", by_length["n_kv_head"].fillna(0)]):
+        assert list(g["new_tokens"]) == list(AXIS_LENGTHS)
+        ok = g["decode_speedup"].dropna()
+        assert ok.is_monotonic_increasing  # longer generations: larger per-token speedup here
+    row = by_length[(by_length["model"] == "gpt2") & (by_length["kv_mode"] == "static")
+                    & by_length["n_kv_head"].isna() & (by_length["new_tokens"] == 50)].iloc[0]
+    recs = axis_lookup(axis_sweep.records)
+    rec, none = recs[("gpt2", "static", 50, None)], recs[("gpt2", "none", 50, None)]
+    assert row["decode_speedup"] == (none["latency"]["decode_ms_per_token"]["median"]
+                                     / rec["latency"]["decode_ms_per_token"]["median"])
+
+
+def test_kv_variants_table_bytes_speed_and_logit_error(axis_sweep: Sweep) -> None:
+    table = axis_sweep.csv("kv_variants.csv")
+    assert tuple(table.columns) == agg.KV_VARIANT_COLUMNS
+    assert len(table) == len(axis_sweep.records)  # one row per cell, none and oom included
+    recs = axis_lookup(axis_sweep.records)
+    tokens = {n: AXIS_PROMPT + n - 1 for n in AXIS_LENGTHS}
+    for _, row in table.iterrows():
+        kv_set = None if row["n_kv_head"] == MODELS[row["model"]][1] else int(row["n_kv_head"])
+        rec = recs[(row["model"], row["kv_mode"], row["new_tokens"], kv_set)]
+        assert row["n_head"] == MODELS[row["model"]][1]  # filled from a sibling for the oom cell
+        if row["status"] != "ok":
+            assert (row["model"], row["kv_mode"], row["new_tokens"]) == AXIS_OOM
+            assert pd.isna(row["decode_ms_per_token"]) and pd.isna(row["kv_cache_bytes_measured"])
+            continue
+        if row["kv_mode"] == "none":
+            assert pd.isna(row["kv_cache_bytes_formula"]) and pd.isna(row["decode_speedup"])
+            continue
+        expected = kv_bytes_for(row["model"], row["kv_mode"], 1, tokens[row["new_tokens"]],
+                                n_kv_head=kv_set)
+        assert row["kv_cache_bytes_formula"] == expected == row["kv_cache_bytes_measured"]
+        assert row["kv_cache_mib"] == expected / 2**20
+        none = recs[(row["model"], "none", row["new_tokens"], kv_set)]
+        assert row["decode_speedup"] == (none["latency"]["decode_ms_per_token"]["median"]
+                                         / rec["latency"]["decode_ms_per_token"]["median"])
+        assert row["decode_tokens_per_s"] == rec["latency"]["decode_tokens_per_s"]
+    plain = table[(table["kv_mode"] == "static") & (table["n_kv_head"] == table["n_head"])]
+    for _, base in plain.iterrows():
+        at = ((table["model"] == base["model"]) & (table["new_tokens"] == base["new_tokens"]))
+        int8 = table[at & (table["kv_mode"] == "static-int8")].iloc[0]
+        gqa = table[at & (table["kv_mode"] == "static") & (table["n_kv_head"] == GQA_HEADS)].iloc[0]
+        # int8: (64 + 4) bytes per head vector instead of 64 x 4; GQA: 4 of n_head heads
+        assert int8["kv_cache_bytes_measured"] * 64 * 4 == base["kv_cache_bytes_measured"] * 68
+        assert gqa["kv_cache_bytes_measured"] * base["n_head"] == \
+            base["kv_cache_bytes_measured"] * GQA_HEADS
+        assert int8["max_logit_diff"] == INT8_LOGIT_DIFF * MODELS[base["model"]][4]
+        assert base["max_logit_diff"] == 0.0
+    bad = table[table["matches_reference"].astype(str) == "False"]
+    assert [(r["model"], r["new_tokens"], r["first_mismatch_step"]) for _, r in bad.iterrows()] \
+        == [INT8_MISMATCH]
+    assert list(bad["kv_mode"]) == ["static-int8"]
+
+
+def test_axis_tables_follow_the_sweep_and_stale_copies_go(axis_sweep: Sweep,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "tables"
+    shutil.copytree(axis_sweep.tables, out)
+    # one model, two lengths, no variant: only the length table stays
+    recs = [r for r in axis_sweep.records if r["cell"]["model"] == "gpt2"
+            and r["cell"]["kv_mode"] in ("none", "static") and r["cell"]["n_kv_head"] is None]
+    s = Sweep(tmp_path / "one-model", recs)
+    agg.aggregate(s.paths, out)
+    assert (out / "speedup_by_length.csv").is_file()
+    assert not (out / "speedup_by_model.csv").exists()
+    assert not (out / "kv_variants.csv").exists()
+    assert len(pd.read_csv(out / "speedup_by_length.csv")) == len(AXIS_LENGTHS)
+    # figures follow their tables: the stale model and variants figures are removed
+    figs = tmp_path / "figures"
+    shutil.copytree(axis_sweep.figures, figs)
+    written = fig.render(out, figs, only=NEW_STEMS)
+    assert {p.name for p in written} == {"speedup_vs_new_tokens.png", "speedup_vs_new_tokens.svg"}
+    assert sorted(p.name for p in figs.iterdir()) == ["speedup_vs_new_tokens.png",
+                                                      "speedup_vs_new_tokens.svg"]
+
+
+def test_new_figures_are_drawn_deterministic_and_rerender_byte_identical(
+        axis_sweep: Sweep, tmp_path: Path) -> None:
+    expected = {axis_sweep.figures / f"{s}.{ext}" for s in NEW_STEMS for ext in ("png", "svg")}
+    assert set(axis_sweep.rendered) == expected
+    for path in expected:
+        data = path.read_bytes()
+        assert len(data) > 5000, path
+        if path.suffix == ".png":
+            assert "Software" not in png_text_keys(data)
+        else:
+            assert b"<dc:date>" not in data and b"Matplotlib v" not in data
+    out = tmp_path / "again"
+    env = {"PYTHONHASHSEED": "4242", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "kvbench.analysis.figures", "--tables",
+                           str(axis_sweep.tables), "--out", str(out), "--only", *NEW_STEMS],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in expected)
+    for p in expected:
+        assert (out / p.name).read_bytes() == p.read_bytes(), p.name
+    with pytest.raises(ValueError, match="unknown figure"):
+        fig.render(axis_sweep.tables, out, only=["no_such_figure"])
+
+
+def test_speedup_vs_model_orders_models_by_size_and_marks_the_oom(axis_sweep: Sweep) -> None:
+    table = axis_sweep.csv("speedup_by_model.csv").iloc[::-1]  # medium first: order must not care
+    with matplotlib.rc_context(fig.RC):
+        figure = fig.speedup_vs_model_figure(table)
+    ticks = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+    assert ticks == ["gpt2\n124M params\n12 layers", "gpt2-medium\n355M params\n24 layers"]
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles[0] == "whole generation (total time)\nn_kv_head=all, new_tokens=20"
+    oom_panel = titles.index("whole generation (total time)\nn_kv_head=all, new_tokens=50")
+    assert red_marks(figure.axes[oom_panel]) == [(1.0, pytest.approx(0.95))]  # gpt2-medium
+    assert sum(len(red_marks(ax)) for ax in figure.axes) == 2  # total and per-token panels
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert labels[:3] == ["concat vs none", "static vs none", "static-int8 vs none"]
+    assert "write-up 003: T4 GPU, whole generation (claimed)" in labels
+    with matplotlib.rc_context(fig.RC):
+        assert fig.speedup_vs_model_figure(table[table["model"] == "gpt2"]) is None
+        assert fig.speedup_vs_new_tokens_figure(None) is None
+        assert fig.kv_variants_figure(None) is None

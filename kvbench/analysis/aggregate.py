@@ -1,4 +1,5 @@
-"""Cell records -> tables: cells.csv, per_step.csv, sweep_kv_<mode>.csv, speedup.csv, summary.md.
+"""Cell records -> tables: cells.csv, per_step.csv, sweep_kv_<mode>.csv, speedup.csv, summary.md,
+and where the sweep varies their axis speedup_by_model.csv, speedup_by_length.csv, kv_variants.csv.
 
 Every table is sorted in grid order and written with lossless shortest-repr floats, so the same
 records give byte-identical files (Snakemake then sees no change downstream), and a ratio in
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,34 +203,230 @@ def sweep_table(loaded: Loaded, kv_mode: str) -> pd.DataFrame:
     return _frame(rows, cols)
 
 
+def _pairs(loaded: Loaded) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(name, cached record, its ``none`` record) for every cached cell whose ``none`` partner,
+    with every other cell setting equal, is in the sweep."""
+    baseline = {cell_identity(rec["cell"], drop=("kv_mode",)): rec
+                for _, rec in loaded if rec["cell"]["kv_mode"] == "none"}
+    out = []
+    for name, rec in loaded:
+        cell = rec["cell"]
+        ref = baseline.get(cell_identity(cell, drop=("kv_mode",)))
+        if cell["kv_mode"] != "none" and ref is not None:
+            out.append((name, rec, ref))
+    return out
+
+
+def _ratio(rec: dict[str, Any], ref: dict[str, Any], col: str
+           ) -> tuple[float | None, float | None, float | None]:
+    """(mode value, none value, none / mode) of one column; None where a side is not ok."""
+    mode_v = _num(_get(rec, col)) if rec["status"] == "ok" else None
+    none_v = _num(_get(ref, col)) if ref["status"] == "ok" else None
+    return mode_v, none_v, (none_v / mode_v if mode_v and none_v is not None else None)
+
+
 def speedup_table(loaded: Loaded) -> pd.DataFrame:
     """Each cached mode against ``none`` with every other cell setting equal; = none_ms / mode_ms.
 
     A pair where either side is not ok keeps its row (statuses say why) with empty speedups, so
     the heatmap can mark it instead of leaving a silent hole.
     """
-    baseline = {cell_identity(rec["cell"], drop=("kv_mode",)): rec
-                for _, rec in loaded if rec["cell"]["kv_mode"] == "none"}
     rows = []
-    for name, rec in loaded:
+    for name, rec, ref in _pairs(loaded):
         cell = rec["cell"]
-        ref = baseline.get(cell_identity(cell, drop=("kv_mode",)))
-        if cell["kv_mode"] == "none" or ref is None:
-            continue
         row: dict[str, Any] = {"record": name, **{f"cell.{k}": cell.get(k) for k in CELL_KEYS},
                                "status": rec["status"], "none_status": ref["status"]}
         for metric, col in SPEEDUP_METRICS:
-            mode_ms = _num(_get(rec, col)) if rec["status"] == "ok" else None
-            none_ms = _num(_get(ref, col)) if ref["status"] == "ok" else None
+            mode_ms, none_ms, ratio = _ratio(rec, ref, col)
             row[f"{metric}_ms"] = mode_ms
             row[f"none_{metric}_ms"] = none_ms
-            row[f"{metric}_speedup"] = (none_ms / mode_ms if mode_ms and none_ms is not None
-                                        else None)
+            row[f"{metric}_speedup"] = ratio
         rows.append(row)
     cols = ["record", *CELL_COLUMNS, "status", "none_status"]
     for metric, _ in SPEEDUP_METRICS:
         cols += [f"{metric}_ms", f"none_{metric}_ms", f"{metric}_speedup"]
     return _frame(rows, cols)
+
+
+# ----------------------------------------------------------------- speedup by model and length
+
+# speedup_by_model.csv and speedup_by_length.csv share these columns (write-ups 003 and 002):
+# the whole generation in seconds as the write-ups timed it, and per decode token.
+AXIS_SPEEDUP_COLUMNS = (
+    "record", "model", "n_params", "n_layer", "dtype", "attention", "n_kv_head", "batch",
+    "prompt_len", "new_tokens", "kv_mode", "status", "none_status",
+    "none_total_s", "total_s", "total_speedup",
+    "none_decode_ms_per_token", "decode_ms_per_token", "decode_speedup")
+
+
+def _info(recs: Sequence[dict[str, Any]], key: str) -> Any:
+    """A model_info value from the first record that has one."""
+    for rec in recs:
+        value = _get(rec, f"model_info.{key}")
+        if value is not None:
+            return value
+    return None
+
+
+def effective_kv_heads(cell: dict[str, Any], *recs: dict[str, Any]) -> int | None:
+    """K/V heads actually used: the cell's n_kv_head, else the model's (null = n_head)."""
+    if cell.get("n_kv_head") is not None:
+        return cell["n_kv_head"]
+    return _info(recs, "n_kv_head") or _info(recs, "n_head")
+
+
+def _described(loaded: Loaded) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    """cell -> [a record of the same model (name, n_kv_head, checkpoint) that has model_info]:
+    a cell that failed before its model was built still gets its shape from a sibling."""
+    first: dict[str, dict[str, Any]] = {}
+    for _, rec in loaded:
+        c = rec["cell"]
+        key = json.dumps([c.get("model"), c.get("n_kv_head"), c.get("checkpoint")], default=str)
+        if rec.get("model_info") and key not in first:
+            first[key] = rec
+
+    def lookup(cell: dict[str, Any]) -> list[dict[str, Any]]:
+        key = json.dumps([cell.get("model"), cell.get("n_kv_head"), cell.get("checkpoint")],
+                         default=str)
+        return [first[key]] if key in first else []
+    return lookup
+
+
+def model_order(loaded: Loaded) -> dict[str, tuple]:
+    """Sort key per model name: by its parameter count (the largest any record reports, so a
+    grouped-query variant does not reorder it), models no record describes last, by name."""
+    params: dict[str, int] = {}
+    for _, rec in loaded:
+        n = _get(rec, "model_info.n_params")
+        model = str(rec["cell"]["model"])
+        if n is not None:
+            params[model] = max(params.get(model, 0), int(n))
+        else:
+            params.setdefault(model, 0)
+    return {m: ((0, params[m], m) if params[m] else (1, 0, m)) for m in params}
+
+
+def _kv_heads_key(cell: dict[str, Any]) -> tuple:
+    """The cell's n_kv_head setting: unset (plain multi-head) first, then ascending."""
+    n = cell.get("n_kv_head")
+    return (0, 0) if n is None else (1, int(n))
+
+
+def _axis_speedup_rows(loaded: Loaded) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(cached cell, row) per none/cached pair, in AXIS_SPEEDUP_COLUMNS. ``n_kv_head`` is the
+    cell's setting (empty: as many K/V heads as query heads), so rows of different models at
+    one setting line up."""
+    sibling = _described(loaded)
+    out = []
+    for name, rec, ref in _pairs(loaded):
+        cell = rec["cell"]
+        described = (rec, ref, *sibling(cell))
+        total, none_total, total_speedup = _ratio(rec, ref, "latency.total_generate_ms.median")
+        decode, none_decode, decode_speedup = _ratio(rec, ref,
+                                                     "latency.decode_ms_per_token.median")
+        out.append((cell, {
+            "record": name, "model": cell["model"], "n_params": _info(described, "n_params"),
+            "n_layer": _info(described, "n_layer"), "dtype": cell["dtype"],
+            "attention": cell["attention"], "n_kv_head": cell.get("n_kv_head"),
+            "batch": cell["batch"], "prompt_len": cell["prompt_len"],
+            "new_tokens": cell["new_tokens"], "kv_mode": cell["kv_mode"],
+            "status": rec["status"], "none_status": ref["status"],
+            "none_total_s": None if none_total is None else none_total / 1000.0,
+            "total_s": None if total is None else total / 1000.0,
+            "total_speedup": total_speedup,  # from the ms values: exactly speedup.csv's
+            "none_decode_ms_per_token": none_decode, "decode_ms_per_token": decode,
+            "decode_speedup": decode_speedup}))
+    return out
+
+
+def speedup_by_model_table(loaded: Loaded) -> pd.DataFrame | None:
+    """Write-up 003's table: none vs each cached mode per model (ordered by parameter count),
+    every other setting equal. None when the sweep has fewer than two models to compare."""
+    pairs = _axis_speedup_rows(loaded)
+    if len({row["model"] for _, row in pairs}) < 2:
+        return None
+    rank = model_order(loaded)
+    pairs.sort(key=lambda cr: (str(cr[0]["dtype"]), str(cr[0]["attention"]),
+                               _kv_heads_key(cr[0]), cr[0]["batch"], cr[0]["prompt_len"],
+                               cr[0]["new_tokens"], rank[str(cr[0]["model"])],
+                               cell_sort_key(cr[0])))
+    return _frame([row for _, row in pairs], AXIS_SPEEDUP_COLUMNS)
+
+
+def speedup_by_length_table(loaded: Loaded) -> pd.DataFrame | None:
+    """Write-up 002's claim: speedup vs generated tokens, total and per decode token. None when
+    the sweep has a single ``new_tokens``."""
+    pairs = _axis_speedup_rows(loaded)
+    if len({row["new_tokens"] for _, row in pairs}) < 2:
+        return None
+    rank = model_order(loaded)
+    pairs.sort(key=lambda cr: (rank[str(cr[0]["model"])], str(cr[0]["dtype"]),
+                               str(cr[0]["attention"]), _kv_heads_key(cr[0]), cr[0]["batch"],
+                               cr[0]["prompt_len"],
+                               KV_MODE_ORDER.index(cr[0]["kv_mode"])
+                               if cr[0]["kv_mode"] in KV_MODE_ORDER else 99,
+                               cr[0]["new_tokens"], cell_sort_key(cr[0])))
+    return _frame([row for _, row in pairs], AXIS_SPEEDUP_COLUMNS)
+
+
+# ----------------------------------------------------------------- KV variants (GQA, int8)
+
+KV_VARIANT_COLUMNS = (
+    "record", "model", "dtype", "attention", "batch", "prompt_len", "new_tokens", "n_head",
+    "n_kv_head", "kv_mode", "status", "kv_cache_bytes_formula", "kv_cache_bytes_measured",
+    "kv_cache_mib", "weights_bytes", "decode_ms_per_token", "decode_tokens_per_s",
+    "none_decode_ms_per_token", "decode_speedup", "max_logit_diff", "first_mismatch_step",
+    "matches_reference")
+
+
+def is_kv_variant(cell: dict[str, Any]) -> bool:
+    """Write-up 002's extensions: an int8 cache or fewer K/V heads than query heads."""
+    return cell.get("kv_mode") == "static-int8" or cell.get("n_kv_head") is not None
+
+
+def kv_variants_table(loaded: Loaded) -> pd.DataFrame | None:
+    """One row per cell, kv_mode x n_kv_head side by side at equal other settings: cache bytes,
+    decode speed, and the logit error against ``none`` each costs. None when the sweep has no
+    variant (no static-int8 cell and no n_kv_head set)."""
+    if not any(is_kv_variant(rec["cell"]) for _, rec in loaded):
+        return None
+    baseline = {cell_identity(rec["cell"], drop=("kv_mode",)): rec
+                for _, rec in loaded if rec["cell"]["kv_mode"] == "none"}
+    rank = model_order(loaded)
+    sibling = _described(loaded)
+    rows = []
+    for name, rec in loaded:
+        cell = rec["cell"]
+        ref = baseline.get(cell_identity(cell, drop=("kv_mode",)))
+        described = (rec, *sibling(cell))
+        ok = rec["status"] == "ok"
+        formula = _get(rec, "memory.kv_cache_bytes_formula")
+        decode = _num(_get(rec, "latency.decode_ms_per_token.median")) if ok else None
+        none_decode = speedup = None
+        if ref is not None and cell["kv_mode"] != "none":
+            _, none_decode, speedup = _ratio(rec, ref, "latency.decode_ms_per_token.median")
+        rows.append((cell, {
+            "record": name, "model": cell["model"], "dtype": cell["dtype"],
+            "attention": cell["attention"], "batch": cell["batch"],
+            "prompt_len": cell["prompt_len"], "new_tokens": cell["new_tokens"],
+            "n_head": _info(described, "n_head"),
+            "n_kv_head": effective_kv_heads(cell, *described),
+            "kv_mode": cell["kv_mode"], "status": rec["status"],
+            "kv_cache_bytes_formula": formula,
+            "kv_cache_bytes_measured": _get(rec, "memory.kv_cache_bytes_measured"),
+            "kv_cache_mib": None if formula is None else formula / MIB,
+            "weights_bytes": _get(rec, "memory.weights_bytes"),
+            "decode_ms_per_token": decode,
+            "decode_tokens_per_s": _num(_get(rec, "latency.decode_tokens_per_s")) if ok else None,
+            "none_decode_ms_per_token": none_decode, "decode_speedup": speedup,
+            "max_logit_diff": _num(_get(rec, "check.max_logit_diff")),
+            "first_mismatch_step": _get(rec, "check.first_mismatch_step"),
+            "matches_reference": _get(rec, "check.matches_reference")}))
+    rows.sort(key=lambda cr: (rank[str(cr[0]["model"])], str(cr[0]["dtype"]),
+                              str(cr[0]["attention"]), cr[0]["batch"], cr[0]["prompt_len"],
+                              cr[0]["new_tokens"], _kv_heads_key(cr[0]),
+                              cell_sort_key(cr[0])))
+    return _frame([row for _, row in rows], KV_VARIANT_COLUMNS)
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:
@@ -327,9 +525,16 @@ def _csv(df: pd.DataFrame) -> str:
     return buf.getvalue()
 
 
+# Tables written only when the sweep varies their axis; otherwise an older copy is removed.
+OPTIONAL_TABLES = {"speedup_by_model.csv": speedup_by_model_table,
+                   "speedup_by_length.csv": speedup_by_length_table,
+                   "kv_variants.csv": kv_variants_table}
+
+
 def aggregate(record_paths: list[Path], out_dir: Path) -> None:
     """Write every table of one sweep into ``out_dir`` (old sweep_kv_* files of modes no longer
-    present are removed, so the folder never mixes runs)."""
+    present, and optional tables whose axis the sweep no longer varies, are removed, so the
+    folder never mixes runs)."""
     paths = [Path(p) for p in record_paths]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -339,10 +544,15 @@ def aggregate(record_paths: list[Path], out_dir: Path) -> None:
     tables = {"cells.csv": _csv(cells_table(loaded)), "per_step.csv": _csv(per_step_table(loaded)),
               "speedup.csv": _csv(speedup)}
     tables.update({f"sweep_kv_{m}.csv": _csv(sweep_table(loaded, m)) for m in modes})
+    for name, build in OPTIONAL_TABLES.items():
+        table = build(loaded)
+        if table is not None:
+            tables[name] = _csv(table)
     tables["summary.md"] = summary_markdown(loaded, speedup, sweep_name(paths))
-    for stale in out_dir.glob("sweep_kv_*.csv"):
-        if stale.name not in tables:
-            stale.unlink()
+    stale = [*out_dir.glob("sweep_kv_*.csv"), *(out_dir / n for n in OPTIONAL_TABLES)]
+    for path in stale:
+        if path.name not in tables:
+            path.unlink(missing_ok=True)
     for name, text in tables.items():
         atomic_write_text(out_dir / name, text)
 

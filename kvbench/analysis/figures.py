@@ -1,6 +1,7 @@
 """Tables -> figures (PNG via Agg, and SVG), byte-identical for the same CSVs.
 
-Reads cells.csv, per_step.csv and speedup.csv written by kvbench.analysis.aggregate.  Cells
+Reads cells.csv, per_step.csv and speedup.csv written by kvbench.analysis.aggregate, and
+speedup_by_model.csv, speedup_by_length.csv and kv_variants.csv where the sweep varied them.  Cells
 that did not run to the end (oom, unsupported, error) are drawn as marked points at the top
 edge of their panel, never silently dropped.  A figure whose data is absent is skipped (and a
 stale copy from an earlier run is removed) rather than drawn empty.
@@ -26,15 +27,18 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import (FixedLocator, FuncFormatter, LogLocator, MaxNLocator,
+                               NullLocator)
 
 from kvbench.analysis.atomic import atomic_write_bytes
-from kvbench.analysis.records import CELL_KEYS, KV_MODE_ORDER
+from kvbench.analysis.records import (CELL_KEYS, KV_MODE_ORDER, WRITEUP_002_LENGTH,
+                                      WRITEUP_003_MODEL)
 
 MIB = 2**20
 FORMATS = ("png", "svg")
 FIGURE_STEMS = ("decode_ms_per_token", "peak_memory", "prefill_decode_split", "speedup_heatmap",
-                "per_token_latency", "floor_fraction")
+                "per_token_latency", "floor_fraction", "speedup_vs_model", "speedup_vs_new_tokens",
+                "kv_variants")
 
 # Reproducible bytes: no timestamps or version strings in the files, a fixed salt for SVG ids,
 # text as paths (no dependence on fonts installed where the SVG is viewed).
@@ -481,6 +485,257 @@ def per_token_figure(per_step: pd.DataFrame, cells: pd.DataFrame | None) -> Figu
     return fig
 
 
+# ------------------------------------------------------------------ speedup by model / length
+
+def _kv_palette() -> dict[str, Any]:
+    return dict(zip(KV_MODE_ORDER, sns.color_palette("colorblind", len(KV_MODE_ORDER))))
+
+
+# The other settings of a speedup_by_* row; those that vary become rows of panels.
+_AXIS_FACETS = ("model", "dtype", "attention", "n_kv_head", "batch", "prompt_len", "new_tokens")
+
+
+def _plain_facets(df: pd.DataFrame, columns: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
+    """Like _facets, for tables with plain column names."""
+    varying = [c for c in columns if c in df.columns and df[c].map(_label).nunique() > 1]
+    if not varying:
+        return [("", df)]
+    # an empty n_kv_head is the plain model: all K/V heads
+    spell = {c: (lambda v: "all" if _label(v) == "none" else _label(v)) if c == "n_kv_head"
+             else _label for c in varying}
+    keys = df[varying].apply(lambda r: tuple(spell[c](v) for c, v in zip(varying, r)), axis=1)
+    out = []
+    for key in sorted(set(keys), key=lambda k: tuple((0, 0.0, "") if v == "all" else _natural(v)
+                                                     for v in k)):
+        out.append((", ".join(f"{c}={v}" for c, v in zip(varying, key)), df[keys == key]))
+    return out
+
+
+def _models_by_size(df: pd.DataFrame) -> list[str]:
+    """Model names by parameter count (the largest reported), undescribed ones last by name."""
+    params = df.groupby(df["model"].astype(str))["n_params"].max()
+    return sorted(params.index, key=lambda m: (0, float(params[m]), m) if pd.notna(params[m])
+                  else (1, 0.0, m))
+
+
+def _model_tick(df: pd.DataFrame, model: str) -> str:
+    rows = df[df["model"].astype(str) == model]
+    params, layers = rows["n_params"].max(), rows["n_layer"].max()
+    parts = [model]
+    if pd.notna(params):
+        parts.append(f"{float(params) / 1e6:.0f}M params")
+    if pd.notna(layers):
+        parts.append(f"{int(layers)} layers")
+    return "\n".join(parts)
+
+
+def _axis_speedup_figure(table: pd.DataFrame | None, axis: str) -> Figure | None:
+    """Speedup (none / cached) vs model size or generation length: a column for the whole
+    generation and one per decode token, a line per cached mode, a row per combination of the
+    other settings that vary. The write-ups' claims are drawn in grey beside the measurements."""
+    if table is None or not len(table) or axis not in table.columns \
+            or table[axis].map(_label).nunique() < 2:
+        return None
+    table = table.copy()
+    if axis == "model":
+        order = _models_by_size(table)
+        xpos = {m: float(i) for i, m in enumerate(order)}
+        table["x"] = table["model"].astype(str).map(xpos)
+        xticks = [xpos[m] for m in order]
+        xlabels = [_model_tick(table, m) for m in order]
+        claims = {xpos[m]: (v, v) for m, v in WRITEUP_003_MODEL.items() if m in xpos}
+        claim_label = "write-up 003: T4 GPU, whole generation (claimed)"
+        xlabel = "model (ordered by parameter count)"
+    else:
+        table["x"] = table[axis].astype(float)
+        xticks = sorted(set(table["x"]))
+        xlabels = [_label(x) for x in xticks]
+        claims = {float(n): lohi for n, lohi in WRITEUP_002_LENGTH.items() if float(n) in xticks}
+        claim_label = "write-up 002: claimed range (no hardware stated)"
+        xlabel = "new tokens generated (log)"
+    metrics = [("total_speedup", "whole generation (total time)"),
+               ("decode_speedup", "per decode token")]
+    facets = _plain_facets(table, [c for c in _AXIS_FACETS if c != axis])
+    modes = _modes(table.rename(columns={"kv_mode": "cell.kv_mode"}))
+    palette = _kv_palette()
+    fig, axes = _grid(len(facets), len(metrics), width=max(4.2, 1.1 * len(xticks) + 1.5),
+                      sharey=True)
+    statuses: set[str] = set()
+    drew_claims = False
+    values: list[float] = []
+    for r, (facet_label, fdf) in enumerate(facets):
+        for c, (metric, metric_label) in enumerate(metrics):
+            ax = axes[r, c]
+            for mode in modes:
+                sub = fdf[fdf["kv_mode"].astype(str) == mode].sort_values("x")
+                ok = sub[sub[metric].notna() & (sub[metric].astype(float) > 0)]
+                color = palette.get(mode, "0.4")
+                if len(ok):
+                    ax.plot(ok["x"], ok[metric].astype(float), color=color, marker="o")
+                    for x, v in zip(ok["x"], ok[metric].astype(float)):
+                        values.append(float(v))
+                        ax.annotate(f"{v:.2f}×", (x, v), xytext=(5, 4),
+                                    textcoords="offset points", fontsize=7, color=color)
+                for level, (_, row) in enumerate(sub[sub[metric].isna()].iterrows()):
+                    status = str(row["status"]) if row["status"] != "ok" \
+                        else str(row["none_status"])
+                    statuses.add(status)
+                    marker, scolor, _ = _status_style(status)
+                    y = 0.95 - 0.09 * level
+                    ax.scatter([row["x"]], [y], transform=ax.get_xaxis_transform(),
+                               marker=marker, s=60, color=scolor, zorder=6, clip_on=False)
+                    text = mode if row["status"] != "ok" else f"{mode} (none {status})"
+                    ax.annotate(text, (row["x"], y), xycoords=ax.get_xaxis_transform(),
+                                xytext=(6, 0), textcoords="offset points", va="center",
+                                fontsize=7, color=color)
+            plain = "n_kv_head" not in fdf.columns or fdf["n_kv_head"].isna().all()
+            if c == 0 and claims and plain:  # the write-ups ran plain multi-head models
+                drew_claims = True
+                for x, (lo, hi) in sorted(claims.items()):
+                    values += [lo, hi]
+                    if lo == hi:
+                        ax.scatter([x], [lo], marker="D", s=36, color="0.55", zorder=5)
+                    else:
+                        ax.plot([x, x], [lo, hi], color="0.55", linewidth=5, alpha=0.6,
+                                solid_capstyle="butt", zorder=1)
+            ax.axhline(1.0, color="0.3", linestyle=":", linewidth=1)
+            ax.set_title(metric_label + (f"\n{facet_label}" if facet_label else ""))
+            ax.set_xlabel(xlabel if r == len(facets) - 1 else "")
+            ax.set_ylabel("speedup = none / cached (log)" if c == 0 else "")
+    for ax in axes.flat:
+        if axis != "model":
+            ax.set_xscale("log")
+        ax.set_xticks(xticks)
+        ax.set_xticklabels(xlabels, fontsize=8)
+        ax.xaxis.set_minor_locator(NullLocator())
+        if axis == "model":
+            ax.set_xlim(-0.5, len(xticks) - 0.5)
+        else:
+            ax.set_xlim(min(xticks) / 1.4, max(xticks) * 1.4)
+    if values:
+        ax0 = axes[0, 0]
+        ax0.set_yscale("log")
+        ax0.relim()
+        ax0.autoscale_view()
+        lo, hi = ax0.get_ylim()
+        # keep the 1x line in view, and room at the top for the labels and not-ok marks
+        lo, hi = min(lo, 0.8), hi * (2.0 if statuses else 1.3)
+        ax0.set_ylim(lo, hi)
+        ticks = [m * 10.0**e for e in range(-3, 5) for m in (1, 1.5, 2, 3, 5, 7)]
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if len(ticks) > 8:
+            ticks = _speedup_ticks(lo, hi)
+        ax0.yaxis.set_major_locator(FixedLocator(ticks))
+        ax0.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+        ax0.yaxis.set_minor_locator(NullLocator())
+    handles: list[Any] = [Line2D([], [], color=palette.get(m, "0.4"), marker="o",
+                                 label=f"{m} vs none") for m in modes]
+    handles.append(Line2D([], [], color="0.3", linestyle=":", label="1× (no speedup)"))
+    if drew_claims:
+        handles.append(Line2D([], [], color="0.55", marker="D" if axis == "model" else None,
+                              linestyle="none" if axis == "model" else "-",
+                              linewidth=5, alpha=0.6 if axis != "model" else 1.0,
+                              label=claim_label))
+    handles += _status_handles(statuses)
+    fig.legend(handles=handles, loc="outside right center", frameon=False)
+    fig.suptitle("Speedup of the KV cache vs model size" if axis == "model" else
+                 "Speedup of the KV cache vs generation length")
+    return fig
+
+
+def speedup_vs_model_figure(table: pd.DataFrame | None) -> Figure | None:
+    return _axis_speedup_figure(table, "model")
+
+
+def speedup_vs_new_tokens_figure(table: pd.DataFrame | None) -> Figure | None:
+    return _axis_speedup_figure(table, "new_tokens")
+
+
+def _variant_coords(fdf: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """One (batch, prompt, new tokens) per panel row: the one the most variants measured, then
+    the largest batch x context (where the cache matters most)."""
+    best: tuple | None = None
+    for key, cdf in fdf.groupby(["batch", "prompt_len", "new_tokens"], sort=True):
+        b, p, n = (float(k) for k in key)
+        score = ((cdf["status"] == "ok").sum(), b * (p + n), b, p, n)
+        if best is None or score > best[0]:
+            best = (score, key, cdf)
+    assert best is not None
+    b, p, n = (_label(k) for k in best[1])
+    return f"batch {b}, prompt {p}, new tokens {n}", best[2]
+
+
+def kv_variants_figure(table: pd.DataFrame | None) -> Figure | None:
+    """Bars per kv_mode x n_kv_head: KV-cache MiB, decode ms/token, max logit error vs none."""
+    if table is None or not len(table):
+        return None
+    facets = _plain_facets(table, ("model", "dtype", "attention"))
+    chosen = [(label, *_variant_coords(fdf)) for label, fdf in facets]
+    n_bars = max(len(cdf) for _, _, cdf in chosen)
+    panels = [("kv_cache_mib", "KV cache, MiB (measured, else formula)", "{:.3g}"),
+              ("decode_ms_per_token", "decode ms / token (median)", "{:.3g}"),
+              ("max_logit_diff", "max |logit − none's logit|", "{:.2g}")]
+    palette = _kv_palette()
+    fig, axes = _grid(len(chosen), len(panels), width=max(4.2, 0.85 * n_bars + 1.2),
+                      height=3.6)
+    statuses: set[str] = set()
+    mismatch = False
+    for r, (facet_label, coords, cdf) in enumerate(chosen):
+        cdf = cdf.reset_index(drop=True)
+        labels = [f"{m}\n{_label(h)} kv heads" for m, h in zip(cdf["kv_mode"], cdf["n_kv_head"])]
+        measured = cdf["kv_cache_bytes_measured"].astype(float)
+        mib = measured.where(measured.notna(),
+                             cdf["kv_cache_bytes_formula"].astype(float)) / MIB
+        data = {"kv_cache_mib": mib,
+                "decode_ms_per_token": cdf["decode_ms_per_token"].astype(float),
+                "max_logit_diff": cdf["max_logit_diff"].astype(float)}
+        for c, (key, ylabel, fmt) in enumerate(panels):
+            ax = axes[r, c]
+            vals = data[key]
+            for i, row in cdf.iterrows():
+                color = palette.get(str(row["kv_mode"]), "0.4")
+                v = vals[i]
+                if row["status"] != "ok":
+                    status = str(row["status"])
+                    statuses.add(status)
+                    marker, scolor, _ = _status_style(status)
+                    ax.scatter([i], [0.06], transform=ax.get_xaxis_transform(), marker=marker,
+                               s=60, color=scolor, zorder=6, clip_on=False)
+                    ax.annotate(status, (i, 0.14), xycoords=ax.get_xaxis_transform(),
+                                ha="center", fontsize=7, color=scolor)
+                elif pd.isna(v):
+                    note = ("n/a" if row["kv_mode"] != "none" else "no cache"
+                            if key == "kv_cache_mib" else "reference")
+                    ax.annotate(note, (i, 0.04), xycoords=ax.get_xaxis_transform(),
+                                ha="center", fontsize=7, color="0.4")
+                else:
+                    differs = key == "max_logit_diff" and _label(row["matches_reference"]) \
+                        == "False"
+                    mismatch |= differs
+                    ax.bar(i, v, color=color, width=0.7, hatch="//" if differs else None,
+                           edgecolor="black" if differs else color)
+                    ax.annotate(fmt.format(v), (i, v), xytext=(0, 2),
+                                textcoords="offset points", ha="center", va="bottom",
+                                fontsize=7)
+            ax.set_xticks(range(len(labels)))
+            ax.set_xticklabels(labels, fontsize=7)
+            ax.set_xlim(-0.6, len(labels) - 0.4)
+            ax.set_ylim(bottom=0)
+            ax.margins(y=0.15)
+            ax.set_ylabel(ylabel, fontsize=8)
+            head = facet_label + ("; " if facet_label else "") + coords
+            ax.set_title(ylabel.split(",")[0].split(" (")[0] + f"\n{head}", fontsize=8)
+    handles: list[Any] = [Patch(color=palette.get(m, "0.4"), label=m)
+                          for m in _modes(table.rename(columns={"kv_mode": "cell.kv_mode"}))]
+    if mismatch:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
+                             label="greedy tokens differ from none's"))
+    handles += _status_handles(statuses)
+    fig.legend(handles=handles, loc="outside right center", frameon=False)
+    fig.suptitle("KV-cache variants: memory, decode speed and the logit error they cost")
+    return fig
+
+
 # ------------------------------------------------------------------------------ entry points
 
 def _read(path: Path) -> pd.DataFrame | None:
@@ -490,27 +745,39 @@ def _read(path: Path) -> pd.DataFrame | None:
     return df if len(df.columns) else None
 
 
-def render(tables_dir: Path, out_dir: Path) -> list[Path]:
-    """Draw every figure the tables support; return the files written (PNG and SVG each)."""
+def render(tables_dir: Path, out_dir: Path, only: Sequence[str] | None = None) -> list[Path]:
+    """Draw every figure the tables support; return the files written (PNG and SVG each).
+
+    ``only``: draw just these figure stems (the others are neither drawn nor removed).
+    """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     cells = _read(tables_dir / "cells.csv")
     if cells is None:
         raise FileNotFoundError(f"{tables_dir / 'cells.csv'}: no cells table to draw")
-    per_step = _read(tables_dir / "per_step.csv")
-    speedup = _read(tables_dir / "speedup.csv")
+    unknown = sorted(set(only or ()) - set(FIGURE_STEMS))
+    if unknown:
+        raise ValueError(f"unknown figure(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(FIGURE_STEMS)}")
+    table = lambda name: _read(tables_dir / name)  # noqa: E731 (read when its figure is drawn)
     out_dir.mkdir(parents=True, exist_ok=True)
     builders: dict[str, Callable[[], Figure | None]] = {
         "decode_ms_per_token": lambda: decode_figure(cells),
         "peak_memory": lambda: memory_figure(cells),
         "prefill_decode_split": lambda: split_figure(cells),
-        "speedup_heatmap": lambda: speedup_figure(speedup),
-        "per_token_latency": lambda: per_token_figure(per_step, cells),
+        "speedup_heatmap": lambda: speedup_figure(table("speedup.csv")),
+        "per_token_latency": lambda: per_token_figure(table("per_step.csv"), cells),
         "floor_fraction": lambda: floor_figure(cells),
+        "speedup_vs_model": lambda: speedup_vs_model_figure(table("speedup_by_model.csv")),
+        "speedup_vs_new_tokens":
+            lambda: speedup_vs_new_tokens_figure(table("speedup_by_length.csv")),
+        "kv_variants": lambda: kv_variants_figure(table("kv_variants.csv")),
     }
     written: list[Path] = []
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85), \
             matplotlib.rc_context(RC):
         for stem, build in builders.items():
+            if only is not None and stem not in only:
+                continue
             fig = build()
             if fig is None:
                 for fmt in FORMATS:  # a skipped figure must not survive from an older run
@@ -527,9 +794,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tables", required=True, type=Path,
                         help="directory with cells.csv, per_step.csv, speedup.csv")
     parser.add_argument("--out", required=True, type=Path, help="figures directory to write")
+    parser.add_argument("--only", nargs="+", metavar="FIGURE", default=None,
+                        help=f"draw just these figures (of {', '.join(FIGURE_STEMS)})")
     args = parser.parse_args(argv)
     try:
-        paths = render(args.tables, args.out)
+        paths = render(args.tables, args.out, only=args.only)
     except (FileNotFoundError, ValueError) as exc:
         print(f"figures: error: {exc}", file=sys.stderr)
         return 1

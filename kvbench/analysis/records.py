@@ -24,6 +24,16 @@ CELL_KEYS = ("model", "dtype", "attention", "kv_mode", "batch", "prompt_len", "n
 KV_MODE_ORDER = ("none", "concat", "static", "static-int8")
 STATUS_ORDER = ("ok", "oom", "unsupported", "error")
 
+# The write-ups' claims (shared/seeds/00N_*.txt), which explain.py sets beside the measurements
+# and figures.py draws in grey.
+WRITEUP_000_SPEEDUP = 2.8              # "~2.8x speed-up on CPU" (GPT-2 small)
+WRITEUP_000_MB_PER_TOKEN = 0.07        # "cache grows linearly (~0.07 MB per token)"
+WRITEUP_002_LENGTH = {20: (2.0, 3.0), 50: (5.0, 7.0), 100: (10.0, 15.0), 500: (30.0, 50.0)}
+WRITEUP_002_MB_PER_1000 = 3.0          # "1000 tokens: ~3 MB per sample", fp16, GPT-2
+WRITEUP_002_MB_PER_100 = 0.3           # "100 tokens: ~0.3 MB per sample"
+WRITEUP_003_MODEL = {"gpt2": 2.44, "gpt2-medium": 2.82, "gpt2-large": 4.24}  # T4, total time
+WRITEUP_004_ESTIMATED = 6.7            # 100.7 tok/s measured vs ~15 tok/s estimated
+
 # Lists that would make a flat row unreadable; per_step.csv carries this one in long form.
 DROPPED_FROM_FLAT = frozenset({"latency.per_step_decode_ms"})
 
