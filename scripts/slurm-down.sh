@@ -14,6 +14,10 @@ log() { echo "slurm-down: $*" >&2; }
 
 ours=0
 [ -f "$CONF_DIR/slurm.conf" ] && grep -qF "$MARKER" "$CONF_DIR/slurm.conf" && ours=1
+if [ "$ours" = 0 ] && [ ! -d "$STATE" ]; then
+    log "nothing to stop (no config or state of slurm-up.sh)"
+    exit 0
+fi
 
 # Cancel jobs first so job steps do not outlive slurmd (linuxproc tracks them by parent pid).
 if [ "$ours" = 1 ] && command -v scancel >/dev/null; then
@@ -36,14 +40,14 @@ stop_pidfile() {
 stop_pidfile slurmd "$STATE/run/slurmd.pid"
 stop_pidfile slurmctld "$STATE/run/slurmctld.pid"
 
-# slurmstepd processes of cancelled jobs normally exit with slurmd; kill any left that belong
-# to our spool dir (they are our jobs' step daemons).
+# slurmstepd processes of cancelled jobs normally exit with slurmd. Any left over are step
+# daemons of this cluster's jobs (this script only gets here when slurm-up.sh's cluster exists).
 for pid in $(pgrep -x slurmstepd 2>/dev/null); do
     kill -KILL "$pid" 2>/dev/null || true
 done
 
-# munged: only stop it if slurm-up started it for our config (the pid file is munge's own).
-if [ "$ours" = 1 ] || [ -d "$STATE" ]; then
+# munged: only if slurm-up.sh started it (it may have found one already running).
+if [ -f "$STATE/run/munged.ours" ]; then
     stop_pidfile munged /run/munge/munged.pid
 fi
 

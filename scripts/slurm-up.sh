@@ -73,6 +73,7 @@ install -d -o munge -g munge -m 0755 /run/munge
 install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     runuser -u munge -- munged || die "munged did not start (see /var/log/munge/munged.log)"
+    touch "$STATE/run/munged.ours"      # slurm-down.sh stops munged only if we started it
     for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
     munge -n | unmunge >/dev/null || die "munge does not round-trip a credential"
 fi
@@ -124,7 +125,9 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
-MinJobAge=300
+# Keep finished jobs in slurmctld's memory for an hour: with no accounting, squeue/scontrol are
+# the only record of a job, and Snakemake's squeue status checks and the tests read it there.
+MinJobAge=3600
 Waittime=0
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS SocketsPerBoard=$SOCKETS CoresPerSocket=$CORES ThreadsPerCore=$THREADS RealMemory=$MEM Gres=gpu:1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP

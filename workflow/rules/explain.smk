@@ -26,7 +26,7 @@ rule visualize:
         "results/{sweep}/logs/visualize.log",
     params:
         flags=visualize_flags,
-    threads: workflow.cores
+    localrule: True  # seconds of CPU work: not worth a cluster job
     conda:
         "../../envs/kvbench.yaml"
     shell:
