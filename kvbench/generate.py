@@ -57,33 +57,46 @@ def new_cache(model: GPT, kv_mode: str, batch: int, max_len: int) -> KVCache | N
                       head_dim=cfg.head_dim, dtype=w.dtype, device=w.device)
 
 
-@torch.inference_mode()
-def generate(model: GPT, prompt: torch.Tensor, new_tokens: int, kv_mode: str, *,
-             sampling: Sampling = GREEDY, keep_logits: bool = False,
-             on_token: Callable[[int], None] | None = None) -> Generation:
-    """Generate `new_tokens` tokens after `prompt` (B, P)."""
-    B, P = prompt.shape
-    total = P + new_tokens
-    if total > model.config.block_size:
-        raise ValueError(f"prompt_len + new_tokens = {total} exceeds block_size {model.config.block_size}")
-    seq = torch.empty((B, total), dtype=torch.long, device=prompt.device)
-    seq[:, :P] = prompt
-    # The last generated token is never fed back: the cache needs total - 1 positions.
-    cache = new_cache(model, kv_mode, B, total - 1)
-    kept: list[torch.Tensor] | None = [] if keep_logits else None
+def check_length(prompt: torch.Tensor, new_tokens: int, block_size: int) -> int:
+    total = prompt.size(1) + new_tokens
+    if total > block_size:
+        raise ValueError(f"prompt_len + new_tokens = {total} exceeds block_size {block_size}")
+    return total
 
-    logits = model(prompt, cache, 0)
+
+def decode_loop(forward: Callable[[torch.Tensor, int], torch.Tensor], prompt: torch.Tensor, new_tokens: int,
+                recompute: bool, sampling: Sampling, keep_logits: bool,
+                on_token: Callable[[int], None] | None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """The loop every engine shares: `forward(ids, start_position)` -> logits (B, T', V).
+
+    recompute: feed the whole sequence each step (no cache) instead of only the newest token.
+    """
+    B, P = prompt.shape
+    seq = torch.empty((B, P + new_tokens), dtype=torch.long, device=prompt.device)
+    seq[:, :P] = prompt
+    kept: list[torch.Tensor] | None = [] if keep_logits else None
+    logits = forward(prompt, 0)
     for i in range(new_tokens):
         if i > 0:
             pos = P + i - 1  # the position of the token fed this step
-            if cache is None:
-                logits = model(seq[:, : pos + 1])
-            else:
-                logits = model(seq[:, pos : pos + 1], cache, pos)
+            logits = forward(seq[:, : pos + 1], 0) if recompute else forward(seq[:, pos : pos + 1], pos)
         last = logits[:, -1, :]
         if kept is not None:
             kept.append(last.float())
         seq[:, P + i] = sampling.pick(last)
         if on_token is not None:
             on_token(i)
-    return Generation(tokens=seq[:, P:], cache=cache, logits=kept)
+    return seq[:, P:], kept
+
+
+@torch.inference_mode()
+def generate(model: GPT, prompt: torch.Tensor, new_tokens: int, kv_mode: str, *,
+             sampling: Sampling = GREEDY, keep_logits: bool = False,
+             on_token: Callable[[int], None] | None = None) -> Generation:
+    """Generate `new_tokens` tokens after `prompt` (B, P)."""
+    total = check_length(prompt, new_tokens, model.config.block_size)
+    # The last generated token is never fed back: the cache needs total - 1 positions.
+    cache = new_cache(model, kv_mode, prompt.size(0), total - 1)
+    tokens, kept = decode_loop(lambda ids, start: model(ids, cache, start), prompt, new_tokens,
+                               cache is None, sampling, keep_logits, on_token)
+    return Generation(tokens=tokens, cache=cache, logits=kept)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from kvbench.checkpoint import CONV1D_WEIGHTS
-from kvbench.generate import GREEDY, Generation, Sampling
+from kvbench.generate import GREEDY, Generation, Sampling, check_length, decode_loop
 from kvbench.model import GPT
 
 HF_KV_MODES = ("none", "concat", "static")
@@ -47,12 +47,8 @@ def to_hf(model: GPT):
 def hf_generate(hf, prompt: torch.Tensor, new_tokens: int, kv_mode: str, *, sampling: Sampling = GREEDY,
                 keep_logits: bool = False, on_token: Callable[[int], None] | None = None) -> Generation:
     from transformers import DynamicCache, StaticCache
-    B, P = prompt.shape
-    total = P + new_tokens
-    if total > hf.config.n_positions:
-        raise ValueError(f"prompt_len + new_tokens = {total} exceeds block_size {hf.config.n_positions}")
-    seq = torch.empty((B, total), dtype=torch.long, device=prompt.device)
-    seq[:, :P] = prompt
+    B = prompt.size(0)
+    total = check_length(prompt, new_tokens, hf.config.n_positions)
     if kv_mode == "none":
         cache = None
     elif kv_mode == "concat":
@@ -61,7 +57,6 @@ def hf_generate(hf, prompt: torch.Tensor, new_tokens: int, kv_mode: str, *, samp
         cache = StaticCache(config=hf.config, max_cache_len=total - 1)
     else:
         raise ValueError(f"kv_mode: {kv_mode!r} is not one of {', '.join(HF_KV_MODES)} for engine hf")
-    kept: list[torch.Tensor] | None = [] if keep_logits else None
     dev = prompt.device
 
     def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
@@ -71,18 +66,8 @@ def hf_generate(hf, prompt: torch.Tensor, new_tokens: int, kv_mode: str, *, samp
         return hf(ids, past_key_values=cache, use_cache=True, position_ids=positions.unsqueeze(0).expand(B, -1),
                   cache_position=positions, logits_to_keep=1).logits
 
-    logits = forward(prompt, 0)
-    for i in range(new_tokens):
-        if i > 0:
-            pos = P + i - 1
-            logits = forward(seq[:, : pos + 1], 0) if cache is None else forward(seq[:, pos : pos + 1], pos)
-        last = logits[:, -1, :]
-        if kept is not None:
-            kept.append(last.float())
-        seq[:, P + i] = sampling.pick(last)
-        if on_token is not None:
-            on_token(i)
-    return Generation(tokens=seq[:, P:], cache=None if cache is None else HFCacheBytes(cache), logits=kept)
+    tokens, kept = decode_loop(forward, prompt, new_tokens, cache is None, sampling, keep_logits, on_token)
+    return Generation(tokens=tokens, cache=None if cache is None else HFCacheBytes(cache), logits=kept)
 
 
 class HFCacheBytes:
