@@ -23,8 +23,8 @@ run: setup
 	$(BIN)/snakemake --profile workflow/profiles/default $(if $(SWEEP),--config run='[$(SWEEP)]') $(SNAKE_ARGS)
 	@echo; for d in results/*/figures; do [ -d "$$d" ] && echo "figures: $$d/  tables: $${d%figures}tables/  bundle: $${d%figures}bundle.zip"; done
 
-gpu: setup
-	$(BIN)/snakemake --profile workflow/profiles/gpu --config run='[$(or $(SWEEP),seed-grid)]' $(SNAKE_ARGS)
+gpu: setup  # the GPU sweeps: write-up 001's grid, model sizes, the peer side by side
+	$(BIN)/snakemake --profile workflow/profiles/gpu --config run='[$(or $(SWEEP),seed-grid,model-size,vs-hf)]' $(SNAKE_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q

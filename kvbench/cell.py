@@ -23,7 +23,7 @@ from kvbench.devices import DTYPES, dtype_unsupported_reason, resolve_device, sy
 from kvbench.environment import collect as collect_environment
 from kvbench.generate import generate
 from kvbench.kv_cache import INT8_SCALE_BYTES, KV_MODES, kv_cache_bytes
-from kvbench.model import ATTENTION_IMPLS, GPT, PRESETS, GPTConfig, build_random, preset
+from kvbench.model import ATTENTION_IMPLS, GPT, PRESETS, GPTConfig, build_random, prepare_for_decoding, preset
 from kvbench.record import SCHEMA_VERSION, now_utc, write_atomic
 from kvbench.timing import TokenTimer, stats
 
@@ -220,16 +220,17 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
         engine, engine_generate = model, generate
     compile_s = None
     if spec.compile:
-        # Compiled once here, outside every timing: one full generation traces the prefill and
-        # decode shapes (dynamic, so a growing cache does not recompile every step).
-        engine = torch.compile(engine, dynamic=True)
+        # Compiled once here, outside every timing: building the runner and one full generation
+        # trace (and on a GPU capture) the prefill and decode graphs.
+        from kvbench.fast_decode import compiled_runner
         t0 = time.perf_counter()
-        engine_generate(engine, prompt, spec.new_tokens, spec.kv_mode)
+        run = compiled_runner(engine, spec.engine, spec.kv_mode, prompt, spec.new_tokens)
+        run(prompt, spec.new_tokens, spec.kv_mode)
         synchronize(device)
         compile_s = time.perf_counter() - t0
-
-    def run(*args, **kwargs):
-        return engine_generate(engine, *args, **kwargs)
+    else:
+        def run(*args, **kwargs):
+            return engine_generate(engine, *args, **kwargs)
 
     check, check_tokens = token_check(model, run, prompt, spec)
     if spec.engine == "hf":
@@ -342,7 +343,8 @@ def run_cell(spec: CellSpec) -> dict:
         else:
             model = build_random(cfg, device, dtype, spec.seed)
         model.set_attention(spec.attention)
-        record["model_info"] = model_info(model)
+        layout = prepare_for_decoding(model)
+        record["model_info"] = {**model_info(model), "weight_layout": layout}
         print(f"kvbench cell: built {spec.model} ({record['model_info']['n_params']:,} parameters) on {device}; "
               f"measuring {spec.kv_mode} b{spec.batch} p{spec.prompt_len} n{spec.new_tokens}", file=sys.stderr, flush=True)
         prompt = make_prompt(spec, cfg.vocab_size).to(device)

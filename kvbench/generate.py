@@ -81,8 +81,8 @@ def decode_loop(forward: Callable[[torch.Tensor, int], torch.Tensor], prompt: to
             pos = P + i - 1  # the position of the token fed this step
             logits = forward(seq[:, : pos + 1], 0) if recompute else forward(seq[:, pos : pos + 1], pos)
         last = logits[:, -1, :]
-        if kept is not None:
-            kept.append(last.float())
+        if kept is not None:  # a copy: a CUDA graph's output buffer is overwritten by the next replay
+            kept.append(last.to(torch.float32, copy=True))
         seq[:, P + i] = sampling.pick(last)
         if on_token is not None:
             on_token(i)

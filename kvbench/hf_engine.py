@@ -43,11 +43,21 @@ def to_hf(model: GPT):
     return hf.eval()
 
 
+def hf_forward(fn, cache, batch: int, device: torch.device) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """`forward(ids, start)` for the shared decode loop over transformers' model call `fn`."""
+    def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
+        if cache is None:
+            return fn(ids, use_cache=False, logits_to_keep=1).logits
+        positions = torch.arange(start, start + ids.size(1), device=device)
+        return fn(ids, past_key_values=cache, use_cache=True, position_ids=positions.unsqueeze(0).expand(batch, -1),
+                  cache_position=positions, logits_to_keep=1).logits
+    return forward
+
+
 @torch.inference_mode()
 def hf_generate(hf, prompt: torch.Tensor, new_tokens: int, kv_mode: str, *, sampling: Sampling = GREEDY,
                 keep_logits: bool = False, on_token: Callable[[int], None] | None = None) -> Generation:
     from transformers import DynamicCache, StaticCache
-    B = prompt.size(0)
     total = check_length(prompt, new_tokens, hf.config.n_positions)
     if kv_mode == "none":
         cache = None
@@ -57,15 +67,7 @@ def hf_generate(hf, prompt: torch.Tensor, new_tokens: int, kv_mode: str, *, samp
         cache = StaticCache(config=hf.config, max_cache_len=total - 1)
     else:
         raise ValueError(f"kv_mode: {kv_mode!r} is not one of {', '.join(HF_KV_MODES)} for engine hf")
-    dev = prompt.device
-
-    def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
-        if cache is None:
-            return hf(ids, use_cache=False, logits_to_keep=1).logits
-        positions = torch.arange(start, start + ids.size(1), device=dev)
-        return hf(ids, past_key_values=cache, use_cache=True, position_ids=positions.unsqueeze(0).expand(B, -1),
-                  cache_position=positions, logits_to_keep=1).logits
-
+    forward = hf_forward(hf, cache, prompt.size(0), prompt.device)
     tokens, kept = decode_loop(forward, prompt, new_tokens, cache is None, sampling, keep_logits, on_token)
     return Generation(tokens=tokens, cache=None if cache is None else HFCacheBytes(cache), logits=kept)
 

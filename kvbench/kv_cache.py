@@ -82,6 +82,23 @@ class StaticCache(KVCache):
         # Views of the prefix: no copy, and the buffer's storage never moves.
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def write_at(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store K,V at the positions held in the tensor `pos`; return the *whole* buffers.
+
+        The static-shape step: every call sees the same shapes whatever the position, so a
+        compiled step (a CUDA graph on GPU) replays without recompiling. The caller masks
+        the positions not written yet.
+        """
+        self.k[layer].index_copy_(2, pos, k)
+        self.v[layer].index_copy_(2, pos, v)
+        return self.k[layer], self.v[layer]
+
+    def reset(self) -> None:
+        """Empty the cache in place (a compiled step keeps the buffers' addresses)."""
+        self.k.zero_()
+        self.v.zero_()
+
     def tensors(self):
         return [self.k, self.v]
 

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from kvbench.cell import CellSpec, UsageError
     from kvbench.devices import DTYPES
     from kvbench.generate import Sampling, generate
-    from kvbench.model import build_random
+    from kvbench.model import build_random, prepare_for_decoding
     from kvbench.tokenizer import EncodingError, load_encoding
 
     def fail(msg: str) -> int:
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         model = checkpoint.load(args.checkpoint, device, dtype)
     else:
         model = build_random(cfg, device, dtype, args.seed)
+    prepare_for_decoding(model)
     prompt = torch.tensor([ids], device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, generator=gen, vocab_limit=enc.n_vocab)

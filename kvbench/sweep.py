@@ -20,7 +20,7 @@ AXES: dict[str, object] = {
 }
 SETTINGS: dict[str, object] = {
     "device": "auto", "warmup": 1, "iters": 3, "seed": 0, "check_steps": 16, "threads": None,
-    "block_size": None,
+    "block_size": None, "compile": False,
 }
 # Settings that only schedule a job (resources), not change what it measures.
 JOB_SETTINGS = ("mem_mb", "runtime")
@@ -108,8 +108,17 @@ def cell_path(sweep_name: str, cell: dict) -> str:
 def cell_flags(cell: dict, settings: dict) -> str:
     """The `kvbench cell` flags of one cell: every setting that changes its result."""
     merged = {**{k: v for k, v in cell.items() if not (k == "n_kv_head" and str(v) == "all")},
-              **{k: v for k, v in settings.items() if v is not None and k not in JOB_SETTINGS}}
-    return " ".join(f"--{k.replace('_', '-')} {merged[k]}" for k in sorted(merged))
+              **{k: v for k, v in settings.items() if v is not None and k not in (*JOB_SETTINGS, "compile")}}
+    flags = [f"--{k.replace('_', '-')} {merged[k]}" for k in sorted(merged)]
+    if compiled(cell, settings):  # absent when off, so a sweep without `compile` keeps its flags (no rerun)
+        flags.append("--compile")
+    return " ".join(flags)
+
+
+def compiled(cell: dict, settings: dict) -> bool:
+    """`compile: true` compiles every cell, a list of kv modes only those modes' cells."""
+    setting = settings.get("compile", False)
+    return setting is True or (isinstance(setting, list) and cell["kv_mode"] in setting)
 
 
 def describe(config: dict) -> str:

@@ -47,7 +47,7 @@ def test_hf_engine_refuses_what_transformers_gpt2_lacks(tmp_path, capsys):
 
 
 def test_vs_hf_sweep_runs_on_tiny(tmp_path):
-    """The shipped vs-hf-tiny sweep through the real snakemake: both engines side by side."""
+    """The shipped vs-hf-tiny sweep through the real snakemake: both engines side by side, static compiled."""
     import pandas as pd
 
     from test_pipeline import REPO, copy_workflow, snakemake
@@ -60,3 +60,9 @@ def test_vs_hf_sweep_runs_on_tiny(tmp_path):
     assert cells["check.matches_reference"].all()
     speedup = pd.read_csv(tmp_path / "results/vs-hf-tiny/tables/speedup.csv")
     assert set(zip(speedup["cell.engine"], speedup["cell.kv_mode"])) >= {("hf", "static"), ("kvbench", "static")}
+    # `compile: [static]`: only the static cells were compiled, and they are still measured against
+    # the (eager) recompute baseline of their engine
+    compiled = cells["cell.kv_mode"] == "static"
+    assert cells.loc[compiled, "cell.compile"].all() and not cells.loc[~compiled, "cell.compile"].any()
+    assert (cells.loc[compiled, "latency.compile_s"] > 0).all()
+    assert speedup.loc[speedup["cell.kv_mode"] == "static", "decode_speedup"].notna().all()

@@ -164,3 +164,19 @@ def test_int8_cache_bytes_equal_the_formula_and_are_about_a_quarter_of_fp32(tiny
     assert gen.cache.nbytes() == expected == 2 * cfg.n_layer * 2 * cfg.kv_heads * 14 * (cfg.head_dim + 4)
     fp32 = kv_cache_bytes(cfg.n_layer, 2, cfg.kv_heads, 14, cfg.head_dim, 4)
     assert 0.25 < expected / fp32 < 0.35
+
+
+def test_cpu_weight_layout_changes_strides_only(tiny_model):
+    from kvbench.model import prepare_for_decoding
+    prompt = random_prompt(2, 6)
+    before = generate(tiny_model, prompt, 8, "static", keep_logits=True)
+    state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    assert prepare_for_decoding(tiny_model) == "wide-input-major"
+    head = tiny_model.lm_head.weight
+    assert head is tiny_model.transformer.wte.weight and head.shape == (50257, 64) and head.stride() == (1, 50257)
+    assert tiny_model.transformer.h[0].mlp.c_proj.weight.is_contiguous()  # narrowing matrices stay row-major
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in state.items())
+    after = generate(tiny_model, prompt, 8, "static", keep_logits=True)
+    assert torch.equal(before.tokens, after.tokens)
+    for a, b in zip(before.logits, after.logits):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -206,12 +206,17 @@ def sweep_table(loaded: Loaded, kv_mode: str) -> pd.DataFrame:
 def _pairs(loaded: Loaded) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(name, cached record, its ``none`` record) for every cached cell whose ``none`` partner,
     with every other cell setting equal, is in the sweep."""
-    baseline = {cell_identity(rec["cell"], drop=("kv_mode",)): rec
-                for _, rec in loaded if rec["cell"]["kv_mode"] == "none"}
+    nones = [rec for _, rec in loaded if rec["cell"]["kv_mode"] == "none"]
+    baseline = {cell_identity(rec["cell"], drop=("kv_mode",)): rec for rec in nones}
+    # A compiled cached cell with no compiled `none` beside it is measured against the eager one
+    # (a sweep may compile only its static cells).
+    eager = {cell_identity(rec["cell"], drop=("kv_mode", "compile")): rec
+             for rec in nones if not rec["cell"].get("compile")}
     out = []
     for name, rec in loaded:
         cell = rec["cell"]
-        ref = baseline.get(cell_identity(cell, drop=("kv_mode",)))
+        ref = (baseline.get(cell_identity(cell, drop=("kv_mode",)))
+               or eager.get(cell_identity(cell, drop=("kv_mode", "compile"))))
         if cell["kv_mode"] != "none" and ref is not None:
             out.append((name, rec, ref))
     return out
