@@ -6,6 +6,7 @@ exactly the jobs they affect (asserted from the dry-run's planned job list).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -36,10 +37,12 @@ def write_config(workdir: Path, sweep: dict, run=("t",)) -> None:
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env_path = f"{Path(sys.executable).parent}:{__import__('os').environ.get('PATH', '')}"
+    # As a user runs `.venv/bin/snakemake` without activating the venv: its bin is not on PATH,
+    # and the workflow must still find `kvbench` for its jobs.
+    venv_bin = str(Path(sys.executable).parent)
+    env_path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if d != venv_bin)
     p = subprocess.run([*SNAKEMAKE, "--profile", str(REPO / "workflow/profiles/default"), *args],
-                       cwd=workdir, capture_output=True, text=True, timeout=900, env={**__import__("os").environ,
-                                                                                     "PATH": env_path})
+                       cwd=workdir, capture_output=True, text=True, timeout=900, env={**os.environ, "PATH": env_path})
     if check and p.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p

@@ -1,4 +1,5 @@
 # Config validation and the sweep -> cell helpers every rule uses.
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +9,12 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))  # kvbench importable even without `pip install -e .`
 
 from kvbench import sweep as kvsweep
+
+# Jobs call `kvbench`: find it beside the Python running Snakemake (a venv's bin need not be on
+# PATH for `.venv/bin/snakemake`). Jobs inherit this; inside a container its own PATH decides.
+_bin = str(Path(sys.executable).parent)
+if _bin not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _bin + os.pathsep + os.environ.get("PATH", "")
 
 # A friendly one-line message first (sweep, key, allowed values), then Snakemake's own validation.
 kvsweep.check(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
