@@ -10,11 +10,17 @@ sys.path.insert(0, str(REPO))  # kvbench importable even without `pip install -e
 
 from kvbench import sweep as kvsweep
 
+
 # Jobs call `kvbench`: find it beside the Python running Snakemake (a venv's bin need not be on
 # PATH for `.venv/bin/snakemake`). Jobs inherit this; inside a container its own PATH decides.
+envvars:
+    "PATH",
+
+
 _bin = str(Path(sys.executable).parent)
-if _bin not in os.environ.get("PATH", "").split(os.pathsep):
-    os.environ["PATH"] = _bin + os.pathsep + os.environ.get("PATH", "")
+_path = os.environ["PATH"]
+if _bin not in _path.split(os.pathsep):
+    os.environ["PATH"] = os.pathsep.join([_bin, _path])
 
 # A friendly one-line message first (sweep, key, allowed values), then Snakemake's own validation.
 kvsweep.check(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
