@@ -246,7 +246,7 @@ def prepare_for_decoding(model: GPT) -> str:
 
     CPU: widening matrices input-major (measured faster for batch-1 decode, see
     `store_wide_weights_input_major`).
-    GPU: PyTorch's own (out, in) layout, which cuBLAS reads at full speed either way.
+    GPU: PyTorch's own (out, in) layout, left alone because no GPU layout was measured here.
     """
     if model.transformer.wte.weight.device.type == "cpu":
         store_wide_weights_input_major(model)
