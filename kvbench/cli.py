@@ -55,17 +55,24 @@ def add_cell_parser(sub) -> None:
 def cmd_cell(args: argparse.Namespace) -> int:
     import json
 
-    from kvbench.cell import CellSpec, UsageError, run_and_write
+    from kvbench.cell import CellSpec, UsageError, run_cell
+    from kvbench.record import write_atomic
     from pathlib import Path
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
     if fields["model"] is None:
         fields["model"] = Path(args.checkpoint.rstrip("/")).name if args.checkpoint else CellSpec.model
     spec = CellSpec(**fields)
     try:
-        record = run_and_write(spec)
+        record = run_cell(spec)
     except UsageError as e:
         print(f"kvbench cell: error: {e}", file=sys.stderr)
         return 2
+    if spec.out is not None:
+        try:  # e.g. the disk filled: write_atomic has removed its temp file, so no partial record is left
+            write_atomic(Path(spec.out), record)
+        except OSError as e:
+            print(f"kvbench cell: error: out: cannot write {spec.out!r}: {e.strerror or e}", file=sys.stderr)
+            return 1
     if spec.out is None:
         print(json.dumps(record, indent=2))
     status = record["status"]
