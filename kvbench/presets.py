@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, replace
 # The choices a cell and a sweep accept; the modules that implement them import these names.
 KV_MODES = ("none", "concat", "static", "static-int8")
 ATTENTION_IMPLS = ("sdpa", "math")
+# kvbench: ours; hf: transformers' GPT-2 and ct2: CTranslate2, both on the same weights (kvbench/engines/)
+ENGINES = ("kvbench", "hf", "ct2")
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kvbench.fast_decode import CompiledStaticDecoder, compiled_runner
+from kvbench.engines.kvbench import CompiledStaticDecoder
 from kvbench.generate import generate
 from kvbench.kv_cache import StaticCache
 from kvbench.sweep import cell_flags, sweep_settings
@@ -50,10 +50,10 @@ def test_compiled_static_decoder_matches_eager_and_compiles_the_step_once(tiny_m
 
 @pytest.mark.slow
 def test_hf_compiled_static_gives_our_tokens(tiny_model):
-    from kvbench.hf_engine import to_hf
+    from kvbench import engines
     prompt = random_prompt(1, 6)
     ref = generate(tiny_model, prompt, 8, "none").tokens
-    run = compiled_runner(to_hf(tiny_model), "hf", "static", prompt, 8)
+    run = engines.build("hf", tiny_model).compiled_runner("static", prompt, 8)
     assert torch.equal(run(prompt, 8, "static").tokens, ref)
     assert torch.equal(run(prompt, 8, "static").tokens, ref)  # the reset cache gives the same again
 

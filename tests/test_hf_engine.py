@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 
 from kvbench.cli import main  # noqa: E402
 from kvbench.generate import generate  # noqa: E402
-from kvbench.hf_engine import hf_generate, to_hf  # noqa: E402
+from kvbench.engines.hf import hf_generate, to_hf  # noqa: E402
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "math"])

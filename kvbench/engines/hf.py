@@ -1,0 +1,144 @@
+"""Engine `hf`: Hugging Face transformers' GPT-2 on the same weights, through the same cell.
+
+transformers' GPT2LMHeadModel runs with its own caches — kv_mode `none` (use_cache=False,
+recompute), `concat` (its default DynamicCache, which grows by torch.cat) and `static` (its
+StaticCache, preallocated) — in the shared decode loop with the same `on_token` timestamps as
+ours, so every engine's numbers come out of one measurement code path. Caches are built and
+passed the way transformers' current API asks (`DynamicCache(config=...)`,
+`StaticCache(config=..., max_cache_len=...)`, `past_key_values=` a Cache object, explicit
+`cache_position`), so a cell logs no deprecation warning (tests/test_hf_engine.py checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from kvbench.checkpoint import CONV1D_WEIGHTS
+from kvbench.engines import Engine, Runner, compile_mode
+from kvbench.generate import GREEDY, Generation, Sampling, check_length, decode_loop
+from kvbench.model import GPT
+
+HF_KV_MODES = ("none", "concat", "static")
+
+
+def to_hf(model: GPT):
+    """A transformers GPT2LMHeadModel holding exactly `model`'s weights, same device and dtype."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    c = model.config
+    if c.kv_heads != c.n_head:
+        raise ValueError("engine hf: transformers' GPT-2 has no grouped-query attention (n_kv_head must be n_head)")
+    impl = {"sdpa": "sdpa", "math": "eager"}[model.transformer.h[0].attn.attention]
+    w = model.transformer.wte.weight
+    cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                     n_head=c.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, dtype=w.dtype)
+    cfg._attn_implementation = impl
+    with torch.device("meta"):
+        hf = GPT2LMHeadModel(cfg)
+    hf = hf.to(dtype=w.dtype).to_empty(device=w.device)
+    state = {k: (v.t() if k.endswith(CONV1D_WEIGHTS) else v) for k, v in model.state_dict().items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    # The causal-mask buffers are not weights; anything else missing would be a real mismatch.
+    if unexpected or any(not k.endswith((".attn.bias", ".attn.masked_bias")) for k in missing):
+        raise ValueError(f"engine hf: weights do not map: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    hf.tie_weights()
+    return hf.eval()
+
+
+def hf_forward(fn, cache, batch: int, device: torch.device) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """`forward(ids, start)` for the shared decode loop over transformers' model call `fn`."""
+    def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
+        if cache is None:
+            return fn(ids, use_cache=False, logits_to_keep=1).logits
+        positions = torch.arange(start, start + ids.size(1), device=device)
+        return fn(ids, past_key_values=cache, use_cache=True, position_ids=positions.unsqueeze(0).expand(batch, -1),
+                  cache_position=positions, logits_to_keep=1).logits
+    return forward
+
+
+@torch.inference_mode()
+def hf_generate(hf, prompt: torch.Tensor, new_tokens: int, kv_mode: str, *, sampling: Sampling = GREEDY,
+                keep_logits: bool = False, on_token: Callable[[int], None] | None = None) -> Generation:
+    from transformers import DynamicCache, StaticCache
+    total = check_length(prompt, new_tokens, hf.config.n_positions)
+    if kv_mode == "none":
+        cache = None
+    elif kv_mode == "concat":
+        cache = DynamicCache(config=hf.config)
+    elif kv_mode == "static":
+        cache = StaticCache(config=hf.config, max_cache_len=total - 1)
+    else:
+        raise ValueError(f"kv_mode: {kv_mode!r} is not one of {', '.join(HF_KV_MODES)} for engine hf")
+    forward = hf_forward(hf, cache, prompt.size(0), prompt.device)
+    tokens, kept = decode_loop(forward, prompt, new_tokens, cache is None, sampling, keep_logits, on_token)
+    return Generation(tokens=tokens, cache=None if cache is None else HFCacheBytes(cache), logits=kept)
+
+
+class HFCacheBytes:
+    """What a transformers cache holds, measured from its tensors like ours (`KVCache.nbytes`)."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers
+                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+
+
+class HFCompiledStatic:
+    """transformers' GPT-2 with its StaticCache and its forward compiled for decoding, the way its docs
+    recommend (prefill eager, the static-shape step compiled); one cache per cell, reset each generation."""
+
+    def __init__(self, hf, prompt: torch.Tensor, max_len: int):
+        from transformers import StaticCache
+        self.hf = hf
+        self.cache = StaticCache(config=hf.config, max_cache_len=max_len)
+        with torch.no_grad():  # materialise the cache's tensors eagerly (they mark their static addresses)
+            hf(prompt[:, :1], past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache.reset()
+        self.step = torch.compile(hf.forward, mode=compile_mode(prompt.device), dynamic=False)
+
+    @torch.no_grad()
+    def __call__(self, prompt: torch.Tensor, new_tokens: int, kv_mode: str = "static", *,
+                 sampling: Sampling = GREEDY, keep_logits: bool = False,
+                 on_token: Callable[[int], None] | None = None) -> Generation:
+        check_length(prompt, new_tokens, self.hf.config.n_positions)
+        self.cache.reset()
+        eager = hf_forward(self.hf, self.cache, prompt.size(0), prompt.device)
+        compiled = hf_forward(self.step, self.cache, prompt.size(0), prompt.device)
+
+        def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
+            return eager(ids, start) if start == 0 else compiled(ids, start)
+
+        tokens, kept = decode_loop(forward, prompt, new_tokens, False, sampling, keep_logits, on_token)
+        return Generation(tokens=tokens, cache=HFCacheBytes(self.cache), logits=kept)
+
+
+class HFEngine(Engine):
+    name = "hf"
+    kv_modes = HF_KV_MODES
+    owns_weights = True  # its own contiguous (in, out) Conv1D copy: its native layout
+
+    @classmethod
+    def check(cls, *, kv_mode, n_kv_head, attention, compile):
+        super().check(kv_mode=kv_mode, n_kv_head=n_kv_head, attention=attention, compile=compile)
+        if n_kv_head is not None:
+            raise ValueError("n_kv_head: engine hf runs transformers' GPT-2, which has no grouped-query attention")
+
+    def __init__(self, model: GPT):
+        self.hf = to_hf(model)
+
+    def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None):
+        return hf_generate(self.hf, prompt, new_tokens, kv_mode, sampling=sampling, keep_logits=keep_logits,
+                           on_token=on_token)
+
+    def compiled_runner(self, kv_mode: str, prompt: torch.Tensor, new_tokens: int) -> Runner:
+        if kv_mode == "static":
+            return HFCompiledStatic(self.hf, prompt, prompt.size(1) + new_tokens - 1)
+        compiled = torch.compile(self.hf, dynamic=True)
+        return lambda *a, **kw: hf_generate(compiled, *a, **kw)
+
+
+ENGINE = HFEngine

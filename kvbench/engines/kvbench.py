@@ -1,0 +1,82 @@
+"""Engine `kvbench`: this repository's GPT-2 and its caches (kv_mode none, concat, static, static-int8).
+
+`--compile` for kv_mode `static` is gpt-fast's recipe: the prompt is prefilled eagerly, and the
+one-token decode step, whose shapes never change (the whole preallocated cache, the unwritten
+positions masked, the position passed as a tensor), is compiled once with `torch.compile` —
+with CUDA graphs on a GPU (`mode="reduce-overhead"`), so a step is one graph replay instead of
+hundreds of kernel launches from Python. A CUDA graph holds its buffers' addresses, so the cache
+is allocated once per cell and reset in place before each generation, as HF's StaticCache.reset
+does; a fresh allocation would re-record the graph inside a timing. On a CPU the step is compiled
+by inductor with the weights frozen into the graph (`cpu_compile_options`).
+
+The growing caches (`none`, `concat`, `static-int8`) change shape every step; they are compiled
+with dynamic shapes instead, which saves less but never recompiles per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from kvbench.engines import Engine, Runner, compile_mode
+from kvbench.generate import GREEDY, Generation, Sampling, check_length, decode_loop, generate, new_cache
+from kvbench.kv_cache import StaticCache
+from kvbench.model import GPT
+
+
+class KvbenchEngine(Engine):
+    name = "kvbench"
+
+    def __init__(self, model: GPT):
+        self.model = model
+
+    def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None):
+        return generate(self.model, prompt, new_tokens, kv_mode, sampling=sampling, keep_logits=keep_logits,
+                        on_token=on_token)
+
+    def compiled_runner(self, kv_mode: str, prompt: torch.Tensor, new_tokens: int) -> Runner:
+        if kv_mode == "static":
+            return CompiledStaticDecoder(self.model, prompt.size(0), prompt.size(1) + new_tokens - 1)
+        compiled = torch.compile(self.model, dynamic=True)  # growing caches: one graph for every length
+        return lambda *a, **kw: generate(compiled, *a, **kw)
+
+
+class CompiledStaticDecoder:
+    """kvbench's static cache with a compiled static-shape decode step; one per cell (fixed batch and length)."""
+
+    def __init__(self, model: GPT, batch: int, max_len: int):
+        self.model = model
+        cache = new_cache(model, "static", batch, max_len)
+        assert isinstance(cache, StaticCache)
+        self.cache = cache
+        self.device = cache.k.device
+        if self.device.type == "cuda":  # the graph may keep these addresses: the cache is never reallocated
+            torch._dynamo.mark_static_address(cache.k)
+            torch._dynamo.mark_static_address(cache.v)
+        self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.step = torch.compile(model.static_step, mode=compile_mode(self.device), fullgraph=True, dynamic=False)
+
+    @torch.no_grad()
+    def __call__(self, prompt: torch.Tensor, new_tokens: int, kv_mode: str = "static", *,
+                 sampling: Sampling = GREEDY, keep_logits: bool = False,
+                 on_token: Callable[[int], None] | None = None) -> Generation:
+        if kv_mode != "static":
+            raise ValueError(f"kv_mode: the compiled static decoder runs 'static', not {kv_mode!r}")
+        total = check_length(prompt, new_tokens, self.model.config.block_size)
+        if total - 1 > self.cache.max_len or prompt.size(0) != self.cache.k.size(1):
+            raise ValueError(f"compiled decoder was built for batch {self.cache.k.size(1)} and "
+                             f"{self.cache.max_len} positions, not batch {prompt.size(0)} and {total - 1}")
+        self.cache.reset()
+
+        def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
+            if start == 0:
+                return self.model(ids, self.cache, 0)  # eager prefill, written into the same buffers
+            self.pos.fill_(start)
+            return self.step(ids, self.pos, self.cache)
+
+        tokens, kept = decode_loop(forward, prompt, new_tokens, False, sampling, keep_logits, on_token)
+        return Generation(tokens=tokens, cache=self.cache, logits=kept)
+
+
+ENGINE = KvbenchEngine
