@@ -1,15 +1,29 @@
-"""The cell record: schema validation and an atomic write (a killed cell leaves no file)."""
+"""The cell record: its schema, validation, loading, and the one atomic writer of the project.
+
+A record on disk is either whole and valid or *damaged* (truncated JSON, JSON that is not a
+record, another schema_version, a schema violation). Damage is never a traceback: `load`
+raises RecordError with one line naming the file and what is wrong, and `quarantine` moves
+damaged records aside to results/<sweep>/damaged/ so Snakemake sees the cell missing and
+measures it again (`kvbench check-records`, run by the workflow when it builds the DAG).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import tempfile
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 
 SCHEMA_VERSION = 1
+REMEDY = "run `snakemake` again: it moves damaged records aside and measures their cells again"
+
+
+class RecordError(ValueError):
+    """A damaged record: one line naming the file and what is wrong with it."""
 
 
 def schema_path() -> Path:
@@ -18,10 +32,14 @@ def schema_path() -> Path:
 
 
 @cache
+def schema() -> dict:
+    return json.loads(schema_path().read_text())
+
+
+@cache
 def _validator():
     import jsonschema
-    schema = json.loads(schema_path().read_text())
-    return jsonschema.Draft202012Validator(schema)
+    return jsonschema.Draft202012Validator(schema())
 
 
 def validate(record: dict) -> None:
@@ -37,18 +55,95 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_atomic(path: Path, record: dict) -> None:
-    """Validate, write to a temp file beside `path`, fsync, rename: readers see all or nothing."""
-    validate(record)
+def write_atomic_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file beside `path`, fsync, rename: readers (and a killed job) see all or nothing."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=False)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    """UTF-8 with '\\n' line ends on every platform, so the bytes are reproducible."""
+    write_atomic_bytes(path, text.encode("utf-8"))
+
+
+def write_atomic(path: Path, record: dict) -> None:
+    """Validate, then write the record atomically."""
+    validate(record)
+    write_atomic_text(Path(path), json.dumps(record, indent=2) + "\n")
+
+
+def load(path: Path) -> dict:
+    """A valid record, or RecordError naming the file and the damage."""
+    try:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(rec, dict) or "schema_version" not in rec:
+        raise RecordError(f"{path}: JSON but not a kvbench record (no schema_version)")
+    if rec["schema_version"] != SCHEMA_VERSION:
+        raise RecordError(f"{path}: schema_version {rec['schema_version']!r}, this kvbench reads {SCHEMA_VERSION}")
+    try:
+        validate(rec)
+    except ValueError as exc:
+        raise RecordError(f"{path}: {exc}") from None
+    return rec
+
+
+def find(paths) -> list[Path]:
+    """Files as given, folders searched for *.json (temp files of interrupted writes left out); sorted."""
+    found: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.update(q for q in p.rglob("*.json") if q.is_file() and not q.name.startswith("."))
+        elif p.is_file():
+            found.add(p)
+        else:
+            raise FileNotFoundError(f"no such record file or directory: {p}")
+    return sorted(found, key=lambda q: q.as_posix())
+
+
+def quarantine(cells_dir: Path) -> list[str]:
+    """Move every damaged record under results/<sweep>/cells to results/<sweep>/damaged (same
+    relative path); one line per file moved, saying why and that the cell will be measured again."""
+    cells_dir = Path(cells_dir)
+    lines = []
+    for path in find([cells_dir]) if cells_dir.is_dir() else []:
+        try:
+            load(path)
+            continue
+        except RecordError as exc:
+            reason = str(exc).removeprefix(f"{path}: ")
+        dest = cells_dir.parent / "damaged" / path.relative_to(cells_dir)
+        n = 0
+        while dest.exists():  # damaged twice: keep both
+            n += 1
+            dest = dest.with_name(f"{path.name}.{n}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+        lines.append(f"damaged record {path} ({reason}) moved to {dest}; its cell will be measured again")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kvbench check-records", description=quarantine.__doc__)
+    p.add_argument("cells", nargs="+", type=Path, help="results/<sweep>/cells folders")
+    args = p.parse_args(argv)
+    for cells in args.cells:
+        for line in quarantine(cells):
+            print(f"kvbench check-records: {line}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
