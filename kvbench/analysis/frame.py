@@ -209,6 +209,15 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
                           else s).reset_index(drop=True)
 
 
+def x_axis(df: pd.DataFrame) -> str | None:
+    """What a sweep varies, as a figure's x: the prompt, else the generation length, else the model
+    (by size), else the batch; None when nothing varies (no figure has anything to compare)."""
+    for col in ("cell.prompt_len", "cell.new_tokens", "cell.model", "cell.batch"):
+        if df[col].nunique() > 1:
+            return col
+    return None
+
+
 def _plain(v):
     """One spelling per value for joins: 16 and 16.0 alike (cells.csv reads some ints as floats)."""
     if isinstance(v, (float, np.floating)) and float(v).is_integer():

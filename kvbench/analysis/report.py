@@ -80,6 +80,14 @@ def spread(values: Sequence[float], fmt: Callable = x, noun: str = "pairs") -> s
     return f"median {fmt(statistics.median(vals))} ({fmt(vals[0])}–{fmt(vals[-1])}, {len(vals)} {noun})"
 
 
+def trend(vals: Sequence[float | None]) -> str:
+    got = [v for v in vals if f(v) is not None]
+    if len(got) < 2:
+        return "–"
+    return ("grows" if all(b >= a for a, b in zip(got, got[1:])) else
+            "falls" if all(b <= a for a, b in zip(got, got[1:])) else "mixed")
+
+
 def md(df: pd.DataFrame) -> str:
     """A markdown table of already formatted cells ('|' escaped)."""
     return df.astype(str).replace(r"\|", r"\\|", regex=True).to_markdown(index=False, disable_numparse=True)
@@ -119,8 +127,10 @@ def where(row: pd.Series, keys: Sequence[str]) -> str:
 
 def devices(df: pd.DataFrame) -> list[str]:
     """The accelerator's name; on a CPU run the CPU's."""
-    name = fr_col(df, "environment.device_name").where(lambda s: s.astype(str) != "cpu")
-    return sorted(set(name.fillna(fr_col(df, "environment.cpu")).fillna(df["cell.device"]).astype(str)))
+    name = fr_col(df, "environment.device_name").where(lambda s: s.astype(object).map(str) != "cpu")
+    cpu = "CPU: " + fr_col(df, "environment.cpu").astype(object).where(lambda s: s.notna(), None).map(str)
+    cpu = cpu.where(fr_col(df, "environment.cpu").notna(), df["cell.device"].astype(object).map(str))
+    return sorted(set(name.fillna(cpu).map(str)))
 
 
 def fr_col(df: pd.DataFrame, col: str) -> pd.Series:
