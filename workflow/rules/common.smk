@@ -72,3 +72,19 @@ def cell_threads(wildcards):
     # on a GPU the `gpu` resource keeps cells apart and a few cores feed the device.
     explicit = settings(wildcards)["threads"]
     return explicit or (min(4, workflow.cores) if on_gpu(wildcards) else workflow.cores)
+
+
+# One executing run per directory: cells claim every core, so a second sweep's cells would share them and both
+# sweeps' timings would lie (Snakemake's own lock refuses only a run that writes the same files). The kernel
+# drops an flock when its process ends, so a killed run leaves no stale lock. Dry runs never reach onstart.
+onstart:
+    import fcntl
+
+    global _run_lock
+    _run_lock = open(Path(".snakemake") / "kvbench-run.lock", "w")
+    try:
+        fcntl.flock(_run_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"kvbench: refused: another snakemake is running a sweep in {os.getcwd()}; wait for it "
+              f"(or stop it) and run again", file=sys.stderr)
+        raise SystemExit(1)  # one line, not a traceback; Snakemake still drops this run's own locks

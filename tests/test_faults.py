@@ -1,0 +1,136 @@
+"""Faults a user will meet (issue 17): Ctrl-C mid-sweep, a disk that fills while a record is written, and two
+sweeps started in the same directory. The real Snakemake and the real `kvbench cell`, in a copy of the workflow.
+Runs stop at the tables (`--until aggregate`): the faults are about cells and records, and the figures, GIF and
+bundle downstream only read the tables (tests/test_pipeline.py runs them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kvbench.record import validate
+from test_pipeline import REPO, SNAKEMAKE, SWEEP, copy_workflow, snakemake, write_config
+
+pytestmark = pytest.mark.slow
+UNTIL_TABLES = ("--until", "aggregate")
+CELLS = {(m, p) for m in SWEEP["grid"]["kv_mode"] for p in SWEEP["grid"]["prompt_len"]}  # 4 cells of 2-3 s each
+
+
+def start(workdir: Path, *args: str) -> subprocess.Popen:
+    # A session of its own, so a SIGINT to its process group reaches Snakemake and its jobs as Ctrl-C does.
+    return subprocess.Popen([*SNAKEMAKE, "--profile", str(REPO / "workflow/profiles/default"), *args], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def records(workdir: Path, sweep: str = "t") -> list[Path]:
+    return sorted((workdir / "results" / sweep / "cells").rglob("*.json"))
+
+
+def wait_for_a_record(workdir: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not records(workdir):
+        if proc.poll() is not None:
+            raise AssertionError(f"snakemake ended before its first record:\n{proc.stdout.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGTERM)
+            raise AssertionError("no record within the timeout")
+        time.sleep(0.05)
+
+
+def assert_whole_records(workdir: Path, cells: set[tuple[str, int]] | None = None) -> None:
+    """Every record there parses and is schema-valid; no temp file of an interrupted write is left beside them."""
+    for path in records(workdir):
+        validate(json.loads(path.read_text()))
+    assert not [p for p in (workdir / "results").rglob("*") if p.name.endswith(".tmp")]
+    if cells is not None:
+        found = {(json.loads(p.read_text())["cell"]["kv_mode"], json.loads(p.read_text())["cell"]["prompt_len"])
+                 for p in records(workdir)}
+        assert found == cells
+        assert {json.loads(p.read_text())["status"] for p in records(workdir)} == {"ok"}
+
+
+def tables(workdir: Path) -> dict[str, bytes]:
+    d = workdir / "results/t/tables"
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if not p.name.startswith(".")}
+
+
+def test_ctrl_c_mid_sweep_then_snakemake_again_completes_the_sweep(tmp_path):
+    copy_workflow(tmp_path)
+    write_config(tmp_path, SWEEP)
+    proc = start(tmp_path, *UNTIL_TABLES)
+    wait_for_a_record(tmp_path, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole foreground process group
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out[-2000:]
+    assert 1 <= len(records(tmp_path)) < len(CELLS), "the interrupt must land mid-sweep"
+    assert_whole_records(tmp_path)
+    assert not (tmp_path / "results/t/tables").exists()
+
+    snakemake(tmp_path, *UNTIL_TABLES)  # again, nothing else: the missing cells (and any the interrupt cut short) are measured
+    assert_whole_records(tmp_path, CELLS)
+    resumed = tables(tmp_path)
+    assert len(resumed["cells.csv"].decode().strip().splitlines()) == 1 + len(CELLS)
+    # The tables must be those of the complete record set, not of the records present before the interrupt.
+    snakemake(tmp_path, "--forcerun", "aggregate", *UNTIL_TABLES)
+    assert tables(tmp_path) == resumed
+
+
+def test_a_disk_that_fills_while_the_record_is_written_leaves_no_record_and_one_line(tmp_path, kvbench_exe):
+    out = tmp_path / "cells" / "r.json"  # a record is ~3 KB; a cell writes nothing else this large
+
+    def file_size_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    # SIGXFSZ is left at its default in the child (Popen restores it), as a shell with `ulimit -f` would.
+    p = subprocess.run([*kvbench_exe, "cell", "--model", "tiny", "--kv-mode", "static", "--prompt-len", "8",
+                        "--new-tokens", "4", "--warmup", "0", "--iters", "1", "--check-steps", "2", "--device", "cpu",
+                        "--out", str(out)], preexec_fn=file_size_limit, capture_output=True, text=True, timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1, p.stderr  # not killed by SIGXFSZ (-25), not a crash
+    assert "Traceback" not in p.stderr
+    assert "measuring static" in lines[0]  # the cell was measured: the limit struck at the write
+    assert lines[-1] == f"kvbench cell: error: out: cannot write {str(out)!r}: File too large", lines
+    assert out.parent.is_dir() and list(out.parent.iterdir()) == []  # the writer ran and took its temp file away
+
+
+def test_two_sweeps_in_one_directory_the_second_refuses_the_first_is_unharmed(tmp_path):
+    copy_workflow(tmp_path)
+    other = yaml.safe_load(yaml.safe_dump(SWEEP))
+    other["grid"].update(kv_mode=["none"], prompt_len=[8])
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(
+        yaml.safe_dump({"run": ["t"], "container": None, "sweeps": {"t": SWEEP, "u": other}}, sort_keys=False))
+    first = start(tmp_path, *UNTIL_TABLES)
+    wait_for_a_record(tmp_path, first)
+
+    # The same sweep: Snakemake's own lock (its files are locked) or ours refuses, before any job.
+    same = snakemake(tmp_path, *UNTIL_TABLES, check=False)
+    assert same.returncode != 0
+    assert "LockException" in same.stderr or "kvbench: refused" in same.stderr, same.stderr[-2000:]
+    assert "Finished jobid" not in same.stdout + same.stderr
+    # Another sweep writes other files, so Snakemake alone would run it beside the first (timings of both
+    # would lie); the workflow's run lock refuses it in one line.
+    second = snakemake(tmp_path, "--config", "run=[u]", check=False)
+    refusals = [line for line in second.stderr.splitlines() if "refused" in line or "Error" in line]
+    assert second.returncode == 1
+    assert refusals == [f"kvbench: refused: another snakemake is running a sweep in {tmp_path}; wait for it "
+                        "(or stop it) and run again"], second.stderr[-2000:]
+    assert "Traceback" not in second.stderr and not (tmp_path / "results/u").exists()
+    assert first.poll() is None, "both refusals must happen while the first sweep runs"
+
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    assert_whole_records(tmp_path, CELLS)
+    assert len(tables(tmp_path)["cells.csv"].decode().strip().splitlines()) == 1 + len(CELLS)
+    # The refused runs left no lock behind: the other sweep's cell now runs.
+    snakemake(tmp_path, "--config", "run=[u]", "--until", "cell")
+    assert len(records(tmp_path, "u")) == 1
