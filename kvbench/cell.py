@@ -10,15 +10,15 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
-import resource
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from kvbench import checkpoint, nvml, roofline
+from kvbench import checkpoint, memory, nvml, roofline
 from kvbench.devices import DTYPES, dtype_unsupported_reason, resolve_device, synchronize
 from kvbench.environment import collect as collect_environment
 from kvbench.generate import generate
@@ -125,6 +125,11 @@ class CellSpec:
 
 
 def check_writable(out: Path) -> None:
+    """Prove the record can be written where it goes: create (and remove) a file beside it.
+
+    `os.access` is not proof: as root it says yes to read-only mounts and to /proc, and a cell
+    would be measured in full only to fail at the end.
+    """
     if out.is_dir():
         raise UsageError(f"out: {str(out)!r} is a directory; give a file path ending in .json")
     parent = out.parent
@@ -132,8 +137,15 @@ def check_writable(out: Path) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise UsageError(f"out: {str(out)!r} is not writable ({str(parent)!r} is not a directory)")
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise UsageError(f"out: {str(out)!r} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+        if out.exists():
+            with open(out, "r+b"):
+                pass
+    except OSError as e:
+        raise UsageError(f"out: {str(out)!r} is not writable ({e.strerror or e})") from None
 
 
 def make_prompt(spec: CellSpec, vocab_size: int) -> torch.Tensor:
@@ -157,7 +169,13 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def token_check(model: GPT, run, prompt: torch.Tensor, spec: CellSpec) -> tuple[dict, torch.Tensor | None]:
-    """Greedy tokens of this cell vs kvbench's recompute ('none') mode over the first check_steps tokens."""
+    """Greedy tokens of this cell vs kvbench's no-cache forward over the first check_steps tokens.
+
+    The reference is one forward of ours without a cache over the prompt and this cell's own
+    tokens (teacher-forced): up to the first mismatch the contexts are the same, so it gives the
+    logits recompute ('none') would have given at each step, for the cost of one prefill instead
+    of check_steps of them.
+    """
     steps = min(spec.check_steps, spec.new_tokens)
     if steps == 0:
         return {"matches_reference": None, "reference_steps": 0, "first_mismatch_step": None,
@@ -166,17 +184,19 @@ def token_check(model: GPT, run, prompt: torch.Tensor, spec: CellSpec) -> tuple[
     if spec.kv_mode == "none" and spec.engine == "kvbench":  # it is the reference
         return {"matches_reference": True, "reference_steps": steps, "first_mismatch_step": None,
                 "max_logit_diff": 0.0}, mine.tokens
-    ref = generate(model, prompt, steps, "none", keep_logits=True)
-    differ = (mine.tokens != ref.tokens).any(dim=0).nonzero()
+    with torch.inference_mode():
+        seq = torch.cat([prompt, mine.tokens[:, :-1].to(prompt.device)], dim=1)
+        ref_logits = model(seq, last_only=False)[:, prompt.size(1) - 1 :].float()  # (B, steps, V)
+    ref_tokens = ref_logits.argmax(dim=-1)
+    differ = (mine.tokens.to(ref_tokens.device) != ref_tokens).any(dim=0).nonzero()
     first = int(differ[0]) if len(differ) else None
     upto = steps if first is None else first + 1  # after a divergence the contexts differ
-    max_diff = max(float((a - b).abs().max()) for a, b in zip(mine.logits[:upto], ref.logits[:upto]))
+    max_diff = None
+    if mine.logits is not None:  # an engine that reports no logits is checked on its tokens alone
+        max_diff = max(float((mine.logits[i].to(ref_logits.device) - ref_logits[:, i]).abs().max())
+                       for i in range(upto))
     return {"matches_reference": first is None, "reference_steps": steps, "first_mismatch_step": first,
             "max_logit_diff": max_diff}, mine.tokens
-
-
-def rss_peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def empty_record(spec: CellSpec, device: torch.device, env: dict) -> dict:
@@ -205,7 +225,7 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
         "torch_peak_allocated_bytes": None, "torch_peak_reserved_bytes": None,
         "prefill_peak_allocated_bytes": None, "decode_peak_allocated_bytes": None,
         "nvml_peak_used_bytes": None, "rss_peak_bytes": None, "weights_bytes": weights_bytes,
-        "kv_cache_bytes_formula": formula, "kv_cache_bytes_measured": None,
+        "kv_cache_bytes_formula": formula, "kv_cache_bytes_measured": None, "peak_method": None,
     }
     cuda = device.type == "cuda"
     handle = nvml.handle_for(device)
@@ -228,15 +248,40 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
         run(prompt, spec.new_tokens, spec.kv_mode)
         synchronize(device)
         compile_s = time.perf_counter() - t0
+        env["phases_s"]["compile"] = compile_s
     else:
         def run(*args, **kwargs):
             return engine_generate(engine, *args, **kwargs)
 
+    phases = env["phases_s"]
+    t0 = time.perf_counter()
     check, check_tokens = token_check(model, run, prompt, spec)
     if spec.engine == "hf":
         model.to("meta")  # ours was needed only as the token reference: free it so memory is HF's alone
-    for _ in range(spec.warmup):
+    phases["check"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    mem = record["memory"]
+    if cuda:
+        mem["peak_method"] = memory.CUDA_METHOD
+    elif isinstance(engine, torch.nn.Module):
+        # The CPU's allocator peaks: live tensor bytes tracked op by op through one eager
+        # generation with the cell's shapes. It doubles as the first warm-up when the cell runs
+        # eagerly; a compiled cell gets it as an extra untimed pass (the tracker would break its graph).
+        tracker = memory.LiveTensorBytes(memory.resident_tensors(engine, prompt))
+        with tracker:
+            engine_generate(engine, prompt, spec.new_tokens, spec.kv_mode,
+                            on_token=lambda i: tracker.end_prefill() if i == 0 else None)
+        mem["prefill_peak_allocated_bytes"] = tracker.prefill_peak
+        mem["decode_peak_allocated_bytes"] = tracker.decode_peak
+        mem["torch_peak_allocated_bytes"] = max(tracker.prefill_peak, tracker.decode_peak)
+        mem["peak_method"] = memory.CPU_METHOD
+        warmed = 0 if spec.compile else 1
+    else:
+        warmed = 0
+    for _ in range(spec.warmup - warmed):
         run(prompt, spec.new_tokens, spec.kv_mode)
+    phases["warmup"] = time.perf_counter() - t0
 
     timer = TokenTimer(device)
     prefill_peaks: list[int] = []
@@ -253,6 +298,7 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
                 energy_marks["e0"], energy_marks["t0"] = nvml.energy_mj(handle), time.monotonic()
 
     env["clocks_before"] = nvml.clocks(handle)
+    t0 = time.perf_counter()
     runs: list[list[float]] = []
     gen = None
     if cuda:
@@ -271,6 +317,7 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
                     decode_j.append(j)
     env["clocks_after"] = nvml.clocks(handle)
     env["throttle_reasons"] = nvml.throttle_reasons(handle)
+    phases["timed"] = time.perf_counter() - t0
 
     steps = spec.new_tokens - 1
     prefill = [r[0] for r in runs]
@@ -287,13 +334,12 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
         "decode_steps": steps,
         "compile_s": compile_s,
     }
-    mem = record["memory"]
     if cuda:
         mem["torch_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
         mem["torch_peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
         mem["prefill_peak_allocated_bytes"] = max(prefill_peaks) if prefill_peaks else None
     mem["nvml_peak_used_bytes"] = sampler.peak_used
-    mem["rss_peak_bytes"] = rss_peak_bytes()
+    mem["rss_peak_bytes"] = memory.rss_peak_bytes()
     mem["kv_cache_bytes_measured"] = gen.cache.nbytes() if gen.cache is not None else None
     if cuda:  # decode-only peak: one more iteration with the counter reset after the prefill
         def reset_after_prefill(i: int) -> None:
@@ -317,19 +363,28 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
     else:
         record["energy"] = {"decode_joules_per_token": None, "method": None}
 
+    t0 = time.perf_counter()
     limits = roofline.device_limits(device, env["device_name"] or device.type, dtype)
+    phases["probe"] = time.perf_counter() - t0
     kv_element_bytes = (cfg.head_dim + INT8_SCALE_BYTES) / cfg.head_dim if spec.kv_mode == "static-int8" \
         else element_bytes
     record["analytic"] = roofline.analyse(cfg, spec.batch, spec.prompt_len, spec.new_tokens, kv_element_bytes,
                                           weights_read, limits, decode_median)
 
 
-def run_cell(spec: CellSpec) -> dict:
-    """Validate, build, measure; return the record (status ok/oom/unsupported/error)."""
+def run_cell(spec: CellSpec, import_s: float | None = None) -> dict:
+    """Validate, build, measure; return the record (status ok/oom/unsupported/error).
+
+    `environment.phases_s` says where the cell's wall time went (import as measured by the
+    caller, build, check, warm-up with the memory pass, timed iterations, probe), so the fixed
+    cost of a cell beyond its measurement can be read off any record.
+    """
+    t0 = time.perf_counter()
     cfg, device = spec.check()
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     env = collect_environment(device)
+    env["phases_s"] = {"import": import_s}
     record = empty_record(spec, device, env)
     reason = dtype_unsupported_reason(device, DTYPES[spec.dtype])
     if reason is not None:
@@ -348,6 +403,7 @@ def run_cell(spec: CellSpec) -> dict:
         print(f"kvbench cell: built {spec.model} ({record['model_info']['n_params']:,} parameters) on {device}; "
               f"measuring {spec.kv_mode} b{spec.batch} p{spec.prompt_len} n{spec.new_tokens}", file=sys.stderr, flush=True)
         prompt = make_prompt(spec, cfg.vocab_size).to(device)
+        env["phases_s"]["build"] = time.perf_counter() - t0
         measure(model, prompt, spec, device, record)
     except UsageError:
         raise
@@ -359,7 +415,7 @@ def run_cell(spec: CellSpec) -> dict:
         record.update(status="oom" if oom else "error", error=f"{type(e).__name__}: {first_line}",
                       latency=None, energy=None, analytic=None, check=None)
         if record["memory"] is not None:
-            record["memory"]["rss_peak_bytes"] = rss_peak_bytes()
+            record["memory"]["rss_peak_bytes"] = memory.rss_peak_bytes()
             if device.type == "cuda":
                 record["memory"]["torch_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
                 record["memory"]["torch_peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)

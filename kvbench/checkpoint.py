@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from kvbench.model import GPT, GPTConfig
+from kvbench.model import GPT, GPTConfig, empty_gpt
 
 HUB_PREFIX = "hf:"
 # Hugging Face GPT-2 stores these as Conv1D (in, out); nn.Linear wants (out, in).
@@ -114,10 +114,7 @@ def load(spec: str, device: torch.device | str, dtype: torch.dtype) -> GPT:
         ckpt = _nanogpt_load(path)
         config = _nanogpt_config(ckpt["model_args"])
         state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
-    with torch.device("meta"):
-        model = GPT(config)
-    model = model.to(dtype=dtype).to_empty(device=torch.device(device))
-    model.tie_weights()
+    model = empty_gpt(config, device, dtype)
     state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
     try:
         model.load_state_dict(state, strict=True)

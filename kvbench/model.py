@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -209,17 +210,41 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer.ln_f(x))
 
 
-def build_random(config: GPTConfig, device: torch.device | str, dtype: torch.dtype, seed: int) -> GPT:
-    """A GPT with seeded random weights, allocated directly on `device` in `dtype`.
+@contextmanager
+def skip_default_init():
+    """Module constructors skip their default init (`reset_parameters`) inside this block.
 
-    Built on the meta device first so no default (Kaiming) init runs and no fp32 CPU copy
-    is made: a gpt2-xl on a GPU takes seconds instead of a minute of CPU init.
+    Every caller overwrites the weights anyway (seeded init or a checkpoint), so the default
+    init is wasted work, and on the meta device it is worse than that: `normal_` on a meta
+    tensor imports torch._dynamo (2+ s of a cell's start-up) for numbers that are never made.
     """
-    device = torch.device(device)
-    with torch.device("meta"):
+    saved = {cls: cls.reset_parameters for cls in (nn.Linear, nn.Embedding, nn.LayerNorm)}
+    try:
+        for cls in saved:
+            cls.reset_parameters = lambda self: None
+        yield
+    finally:
+        for cls, fn in saved.items():
+            cls.reset_parameters = fn
+
+
+def empty_gpt(config: GPTConfig, device: torch.device | str, dtype: torch.dtype) -> GPT:
+    """A GPT with uninitialised weights on `device` in `dtype`, for the caller to fill.
+
+    Built on the meta device first, so no fp32 CPU copy is made and no init runs: a gpt2-xl
+    on a GPU takes seconds instead of a minute of CPU init.
+    """
+    with torch.device("meta"), skip_default_init():
         model = GPT(config)
-    model = model.to(dtype=dtype).to_empty(device=device)
+    model = model.to(dtype=dtype).to_empty(device=torch.device(device))
     model.tie_weights()  # to_empty materialises the shared parameter twice; tie it again
+    return model
+
+
+def build_random(config: GPTConfig, device: torch.device | str, dtype: torch.dtype, seed: int) -> GPT:
+    """A GPT with seeded random weights (nanoGPT's init, run once), directly on `device` in `dtype`."""
+    device = torch.device(device)
+    model = empty_gpt(config, device, dtype)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     model.init_weights(gen)

@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 # Probes (bandwidth, matmul rate) are cached per host; keep the tests' cache out of $HOME.
 os.environ.setdefault("KVBENCH_CACHE_DIR", str(REPO / ".cache" / "test-probes"))
+# Measured once per test session, as a sweep measures once per run (kvbench.roofline.PROBE_SINCE_ENV).
+os.environ.setdefault("KVBENCH_PROBE_SINCE", str(time.time()))
 
 
 @pytest.fixture(scope="session")

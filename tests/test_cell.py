@@ -1,9 +1,12 @@
 """`kvbench cell`: one process, one schema-valid record; bad input, OOM and kills handled."""
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -121,6 +124,33 @@ def test_malformed_checkpoint_and_unwritable_out(tmp_path, capsys):
     assert code == 2 and "out: " in err and "not writable" in err
     code, err = run_cli(["--out", str(tmp_path)], capsys)
     assert code == 2 and "is a directory" in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_read_only_directory_for_a_non_root_user_is_refused_before_any_work(capsys):
+    import tempfile
+
+    import kvbench.cell  # noqa: F401  (imported as root: `nobody` cannot read root's Python)
+    top = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's tmp_path is root-only all the way up
+    try:
+        top.chmod(0o755)
+        ro = top / "ro"
+        ro.mkdir(mode=0o555)  # anyone may enter it, nobody but root may create files in it
+        os.seteuid(65534)  # act as `nobody` (the real uid stays root, so it can be given back)
+        try:
+            code, err = run_cli(["--model", "tiny", "--out", str(ro / "cell.json")], capsys)
+        finally:
+            os.seteuid(0)
+        assert code == 2 and err.count("\n") == 1 and "out: " in err and "not writable" in err, err
+        assert "built" not in err and list(ro.iterdir()) == []
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_path_os_access_calls_writable_but_is_not_is_refused(capsys):
+    # As root os.access says yes to /proc; only creating a file there tells the truth.
+    code, err = run_cli(["--model", "tiny", "--out", "/proc/kvbench-cell.json"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "out: '/proc/kvbench-cell.json' is not writable" in err
 
 
 def test_cli_end_to_end_in_its_own_process(tmp_path, kvbench_exe):

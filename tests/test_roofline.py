@@ -7,22 +7,59 @@ from kvbench import roofline
 from kvbench.model import build_random, preset
 
 
-def test_probe_measures_sane_values_and_keeps_the_best(tmp_path, monkeypatch):
+def _fake(read: float, measured_at: float | None = None):
+    import time
+    return lambda d, t: {"read_bandwidth_bytes_per_s": read, "copy_bandwidth_bytes_per_s": read,
+                         "peak_flops_per_s": 1.0, "measured_at": measured_at or time.time()}
+
+
+def test_probe_measures_read_bandwidth_and_keeps_the_best(tmp_path, monkeypatch):
     monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(roofline.PROBE_SINCE_ENV, raising=False)
     limits = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
-    assert 1e9 < limits["bandwidth_bytes_per_s"] < 2e12  # a CPU copies GB/s, not KB/s nor PB/s
+    # The floor divides by the read bandwidth: a CPU reads GB/s, not KB/s nor PB/s.
+    assert limits["bandwidth_bytes_per_s"] == limits["read_bandwidth_bytes_per_s"]
+    assert 1e9 < limits["read_bandwidth_bytes_per_s"] < 2e12
+    assert 1e9 < limits["copy_bandwidth_bytes_per_s"] < 2e12
     assert 1e9 < limits["peak_flops_per_s"] < 1e14
-    assert limits["bandwidth_source"].startswith("measured")
+    assert limits["bandwidth_source"].startswith("measured read") and limits["probe_reused"] is False
     assert len(list(tmp_path.glob("probe-*.json"))) == 1
 
     # A probe disturbed by other load measures less: the cached best is kept, not overwritten.
-    monkeypatch.setattr(roofline, "measure", lambda d, t: {"bandwidth_bytes_per_s": 1.0, "peak_flops_per_s": 1.0})
+    monkeypatch.setattr(roofline, "measure", _fake(1.0))
     again = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
     assert again["bandwidth_bytes_per_s"] == limits["bandwidth_bytes_per_s"]
     assert again["peak_flops_per_s"] == limits["peak_flops_per_s"]
     # A faster one raises it.
-    monkeypatch.setattr(roofline, "measure", lambda d, t: {"bandwidth_bytes_per_s": 1e13, "peak_flops_per_s": 1.0})
+    monkeypatch.setattr(roofline, "measure", _fake(1e13))
     assert roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)["bandwidth_bytes_per_s"] == 1e13
+
+
+def test_probe_measured_once_per_sweep_and_again_when_its_key_changes(tmp_path, monkeypatch):
+    import time
+    calls = []
+    monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(roofline, "measure", lambda d, t: calls.append(t) or _fake(5e10)(d, t))
+    monkeypatch.setenv(roofline.PROBE_SINCE_ENV, str(time.time()))
+    first = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
+    second = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
+    assert len(calls) == 1 and not first["probe_reused"] and second["probe_reused"]
+    assert second["bandwidth_bytes_per_s"] == first["bandwidth_bytes_per_s"]
+    # Another key (dtype here; host, device, torch and kvbench versions likewise) measures again.
+    roofline.device_limits(torch.device("cpu"), "cpu", torch.bfloat16)
+    assert len(calls) == 2 and len(list(tmp_path.glob("probe-*.json"))) == 2
+    monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+    roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
+    assert len(calls) == 3
+    monkeypatch.undo()
+    # A later sweep (its start after the cached probe) measures again; so does a cell run by hand.
+    monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(roofline, "measure", lambda d, t: calls.append(t) or _fake(5e10)(d, t))
+    monkeypatch.setenv(roofline.PROBE_SINCE_ENV, str(time.time() + 1))
+    assert not roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)["probe_reused"]
+    monkeypatch.delenv(roofline.PROBE_SINCE_ENV)
+    roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
+    assert len(calls) == 5
 
 
 def test_decode_step_cost_counts_weights_and_cache():

@@ -1,0 +1,78 @@
+"""Peak memory of a generation where no allocator keeps count: live tensor bytes, op by op.
+
+On a GPU torch's CUDA allocator reports its peaks. On a CPU there is no such counter, and the
+process RSS is dominated by the weights and the runtime, so it says nothing about the cache.
+`LiveTensorBytes` is a dispatch mode that sees every tensor an op returns, counts each storage
+once while it lives (a storage's Python object is kept alive by its tensors, so a weak
+reference to it fires exactly when the last tensor using it is freed), and keeps the peak.
+It slows every op down, so it only ever runs in an untimed pass.
+"""
+
+from __future__ import annotations
+
+import resource
+import weakref
+from collections.abc import Iterable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+CPU_METHOD = "cpu_tensor_tracker"
+CUDA_METHOD = "cuda_allocator"
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Bytes of tensor storage alive, and their peak, per phase: prefill until `end_prefill()`, then decode."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ in a dynamo-disable, whose first call imports
+        # torch._dynamo (seconds of start-up). This mode only ever runs eagerly: nothing to disable.
+        return False
+
+    def __init__(self, resident: Iterable[torch.Tensor]):
+        super().__init__()
+        self.live = 0
+        self._tracked: set[int] = set()
+        for t in resident:  # weights, buffers, the prompt: alive before the first op
+            self._track(t)
+        self.prefill_peak = self.peak = self.live
+
+    def _track(self, t: object) -> None:
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            return
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key in self._tracked:  # a view, an in-place result, or a tied weight
+            return
+        self._tracked.add(key)
+        self.live += storage.nbytes()
+        weakref.finalize(storage, self._free, key, storage.nbytes())
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self._tracked.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            self._track(t)
+        self.peak = max(self.peak, self.live)
+        return out
+
+    def end_prefill(self) -> None:
+        """The prefill's token is chosen: its peak is final, the decode's starts from what lives now."""
+        self.prefill_peak, self.peak = self.peak, self.live
+
+    @property
+    def decode_peak(self) -> int:
+        return self.peak
+
+
+def resident_tensors(module: torch.nn.Module, *more: torch.Tensor) -> list[torch.Tensor]:
+    return [*module.parameters(), *module.buffers(), *more]
+
+
+def rss_peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
