@@ -8,7 +8,7 @@
 #   3. `podman build -f containers/Dockerfile` - the same Dockerfile as the GPU image - with
 #      BASE_IMAGE=that base, pip offline from the wheelhouse, no network: localhost/kvbench:cpu;
 #   4. an Apptainer sandbox exported from it (root filesystem + /.singularity.d/env with the
-#      image's ENV lines, as `apptainer build` writes them), which scripts/apptainer runs.
+#      image's ENV lines, as `apptainer build` writes them), which tests/standins/apptainer runs.
 #
 # Everything lands in $KVBENCH_IMAGE_DIR (default /var/tmp/kvbench-images), outside the git tree,
 # and podman's own storage (/var/lib/containers). Steps whose output exists are skipped; --force

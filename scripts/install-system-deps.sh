@@ -3,7 +3,7 @@
 # everything is already there (no `apt-get update` then). Run as root; CI calls it.
 #
 #   slurm-wlm munge   a real single-node SLURM (scripts/slurm-up.sh / slurm-down.sh)
-#   bubblewrap        the container runtime under the apptainer stand-in (scripts/apptainer)
+#   bubblewrap        the container runtime under the apptainer stand-in (tests/standins/apptainer)
 #   debootstrap       a Debian base root filesystem made from the Debian mirror, since no
 #                     registry image (docker.io, ghcr.io, ...) can be pulled here
 #   podman runc       builds containers/Dockerfile on that base (scripts/build-images.sh);

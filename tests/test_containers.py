@@ -3,7 +3,7 @@
 What this tests is the plumbing, not the production image. No registry image can be pulled here,
 Docker's engine does not run and Apptainer cannot be installed, so scripts/build-images.sh builds
 a CPU variant of the image from the same containers/Dockerfile with podman, on a Debian base made
-with debootstrap, and exports it as an Apptainer sandbox; scripts/apptainer stands in for the
+with debootstrap, and exports it as an Apptainer sandbox; tests/standins/apptainer stands in for the
 `apptainer` command over bubblewrap (see containers/README.md for what is and is not covered).
 
 Evidence that a cell ran *inside* the image and not on the host: its record names the image
@@ -34,6 +34,7 @@ from test_slurm import (TEST_CLUSTER_ARGS, copy_workflow, install_system_deps, m
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
+APPTAINER = REPO / "tests" / "standins" / "apptainer"  # a test stand-in over bubblewrap, not Apptainer
 VENV_BIN = Path(sys.executable).parent
 IMAGE = "localhost/kvbench:cpu"
 SWEEP = "tiny"
@@ -63,13 +64,13 @@ def image():
 def standin_path(tmp_path_factory) -> str:
     """A PATH whose `apptainer` is the stand-in (Snakemake looks it up by that name)."""
     bin_dir = tmp_path_factory.mktemp("apptainer-bin")
-    (bin_dir / "apptainer").symlink_to(SCRIPTS / "apptainer")
+    (bin_dir / "apptainer").symlink_to(APPTAINER)
     return f"{bin_dir}:{VENV_BIN}:{os.environ.get('PATH', '')}"
 
 
 @pytest.fixture(scope="module")
 def image_python(image) -> str:
-    p = subprocess.run([str(SCRIPTS / "apptainer"), "exec", str(image["sandbox"]), "python3", "-c",
+    p = subprocess.run([str(APPTAINER), "exec", str(image["sandbox"]), "python3", "-c",
                         "import platform; print(platform.python_version())"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
@@ -111,7 +112,7 @@ def test_dockerfile_image_runs_a_cell_with_podman(image, image_python, tmp_path)
 def test_apptainer_standin_exec_runs_a_cell(image, image_python, tmp_path):
     """`apptainer exec` as Snakemake spells it, by hand: --home <cwd>, the sandbox, sh -c."""
     _, flags = tiny_cell(1)
-    cmd = [str(SCRIPTS / "apptainer"), "--quiet", "--silent", "exec", "--home", str(tmp_path), "--nv",
+    cmd = [str(APPTAINER), "--quiet", "--silent", "exec", "--home", str(tmp_path), "--nv",
            str(image["sandbox"]), "sh", "-c", f"kvbench cell {flags} --out cell.json"]
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
