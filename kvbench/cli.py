@@ -91,7 +91,7 @@ def cmd_cell(args: argparse.Namespace, import_s: float | None = None) -> int:
 
 # Commands whose module parses its own arguments (and imports nothing heavy until it runs).
 DELEGATED = {
-    "generate": ("kvbench.sample", "text in, text out with tiktoken's gpt2 encoding, any decode mode"),
+    "sample": ("kvbench.sample", "text in, text out with tiktoken's gpt2 encoding, any decode mode"),
     "visualize": ("kvbench.visualize", "animated GIF of q, K, V and attention while the cache grows"),
     "aggregate": ("kvbench.analysis.aggregate", "records -> tables (pandas)"),
     "figures": ("kvbench.analysis.figures", "tables -> seaborn figures"),

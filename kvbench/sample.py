@@ -1,4 +1,4 @@
-"""`kvbench generate`: text in, text out, like nanoGPT's sample.py, in any decode mode.
+"""`kvbench sample`: text in, text out, like nanoGPT's sample.py, in any decode mode (the loop is generate.py).
 
 Prints each sample, then the mean time per sample and tokens/s (write-up 003 timed whole
 samples this way). A prompt that leaves no room below the block size is refused, and one
@@ -17,7 +17,7 @@ from kvbench.presets import KV_MODES, PRESETS
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = OneLineParser(prog="kvbench generate", description="Generate text with GPT-2 in any decode mode.")
+    p = OneLineParser(prog="kvbench sample", description="Sample text from GPT-2 in any decode mode.")
     p.add_argument("--start", default="\n", help="prompt text, or FILE:<path> to read it from a file")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from kvbench.tokenizer import EncodingError, load_encoding
 
     def fail(msg: str) -> int:
-        print(f"kvbench generate: error: {msg}", file=sys.stderr)
+        print(f"kvbench sample: error: {msg}", file=sys.stderr)
         return 2
 
     if args.kv_mode not in KV_MODES:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"start: the prompt is {len(ids)} tokens; the model's block_size {cfg.block_size} leaves no room")
     new_tokens = args.max_new_tokens
     if new_tokens > room:
-        print(f"kvbench generate: warning: {len(ids)} prompt + {new_tokens} new tokens exceed block_size "
+        print(f"kvbench sample: warning: {len(ids)} prompt + {new_tokens} new tokens exceed block_size "
               f"{cfg.block_size}; stopping after {room} new tokens", file=sys.stderr)
         new_tokens = room
 

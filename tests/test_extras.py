@@ -1,4 +1,4 @@
-"""`kvbench generate` and `kvbench visualize` on the tiny model, offline."""
+"""`kvbench sample` and `kvbench visualize` on the tiny model, offline."""
 
 import base64
 
@@ -26,10 +26,10 @@ def run(args, capsys):
     return code, out.out, out.err
 
 
-def test_generate_is_deterministic_for_a_seed_in_every_mode(encoding_file, capsys):
+def test_sample_is_deterministic_for_a_seed_in_every_mode(encoding_file, capsys):
     outs = set()
     for mode in ("none", "concat", "static"):
-        code, out, err = run(["generate", "--model", "tiny", "--encoding", str(encoding_file), "--start", "the other",
+        code, out, err = run(["sample", "--model", "tiny", "--encoding", str(encoding_file), "--start", "the other",
                               "--max-new-tokens", "12", "--num-samples", "2", "--kv-mode", mode, "--seed", "5",
                               "--temperature", "0"], capsys)
         assert code == 0, err
@@ -37,28 +37,33 @@ def test_generate_is_deterministic_for_a_seed_in_every_mode(encoding_file, capsy
         assert "s per sample" in err and "tokens/s" in err
         outs.add(out)
     assert len(outs) == 1  # greedy text is the same whichever cache produced it
-    again = run(["generate", "--model", "tiny", "--encoding", str(encoding_file), "--start", "the other",
+    again = run(["sample", "--model", "tiny", "--encoding", str(encoding_file), "--start", "the other",
                  "--max-new-tokens", "12", "--num-samples", "2", "--seed", "5", "--temperature", "1.0"], capsys)[1]
-    assert again == run(["generate", "--model", "tiny", "--encoding", str(encoding_file), "--start", "the other",
+    assert again == run(["sample", "--model", "tiny", "--encoding", str(encoding_file), "--start", "the other",
                          "--max-new-tokens", "12", "--num-samples", "2", "--seed", "5", "--temperature", "1.0"],
                         capsys)[1]
 
 
-def test_generate_warns_and_stops_at_the_block_size(encoding_file, capsys):
-    code, out, err = run(["generate", "--model", "tiny", "--encoding", str(encoding_file), "--start", "abcdefghij",
+def test_the_text_command_is_named_after_its_module_not_the_decode_loop(capsys):
+    code, _, err = run(["generate"], capsys)  # generate.py is the decode loop; sample.py is `kvbench sample`
+    assert code == 2 and "invalid choice: 'generate'" in err and "'sample'" in err
+
+
+def test_sample_warns_and_stops_at_the_block_size(encoding_file, capsys):
+    code, out, err = run(["sample", "--model", "tiny", "--encoding", str(encoding_file), "--start", "abcdefghij",
                           "--max-new-tokens", "100", "--temperature", "0"], capsys)
     assert code == 0
     assert "warning: 10 prompt + 100 new tokens exceed block_size 64; stopping after 54 new tokens" in err
-    code, _, err = run(["generate", "--model", "tiny", "--encoding", str(encoding_file), "--start", "x" * 64], capsys)
+    code, _, err = run(["sample", "--model", "tiny", "--encoding", str(encoding_file), "--start", "x" * 64], capsys)
     assert code == 2 and "leaves no room" in err
 
 
-def test_generate_names_a_missing_or_bad_encoding(tmp_path, capsys):
-    code, _, err = run(["generate", "--model", "tiny", "--encoding", str(tmp_path / "nope.tiktoken")], capsys)
+def test_sample_names_a_missing_or_bad_encoding(tmp_path, capsys):
+    code, _, err = run(["sample", "--model", "tiny", "--encoding", str(tmp_path / "nope.tiktoken")], capsys)
     assert code == 2 and "encoding: file" in err and "does not exist" in err
     bad = tmp_path / "bad.tiktoken"
     bad.write_text("not base64 at all\n")
-    code, _, err = run(["generate", "--model", "tiny", "--encoding", str(bad)], capsys)
+    code, _, err = run(["sample", "--model", "tiny", "--encoding", str(bad)], capsys)
     assert code == 2 and "is not a tiktoken BPE file" in err and len(err.strip().splitlines()) == 1
 
 
