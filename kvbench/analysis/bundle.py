@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kvbench.analysis.atomic import atomic_write_bytes
-from kvbench.analysis.records import STATUS_ORDER, flatten, load_record
+from kvbench.analysis.frame import STATUS_ORDER, _as_text
+from kvbench.record import load as load_record
+from kvbench.record import write_atomic_bytes as atomic_write_bytes
 
 MANIFEST = "MANIFEST.sha256"
 INDEX = "index.md"
@@ -43,6 +44,14 @@ def _files_under(root: Path, pattern: str = "*") -> list[Path]:
     return sorted((p for p in root.rglob(pattern) if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(root).parts)),
                   key=lambda p: p.relative_to(root).as_posix())
+
+
+def flatten(obj: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> dot-joined keys, lists as text (as cells.csv spells them)."""
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": _as_text(value)})
+    return out
 
 
 def _environment(records: list[dict[str, Any]]) -> dict[str, Any]:

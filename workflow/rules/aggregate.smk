@@ -1,16 +1,19 @@
-# Records -> tables with pandas: cells.csv, per_step.csv, sweep_kv_<mode>.csv, speedup.csv, summary.md
+# Records -> tables with pandas: cells.csv, per_step.csv, sweep_kv_<mode>.csv, speedup.csv, summary.md.
+# The records are named by the sweep (not listed on the command line: thousands of paths exceed a shell line).
 
 
 rule aggregate:
     input:
         records=cell_records,
-        code=[PACKAGE / "analysis" / "aggregate.py", *ANALYSIS_COMMON],
+        code=analysis_code("aggregate.py", "frame.py", "report.py", "templates/summary.md.j2"),
     output:
         tables=directory("results/{sweep}/tables"),
     log:
         "results/{sweep}/logs/aggregate.log",
+    params:
+        config=CONFIG_FILE,
     localrule: True
     conda:
         "../../envs/kvbench.yaml"
-    script:
-        "../scripts/aggregate.py"
+    shell:
+        "kvbench aggregate --sweep {wildcards.sweep} --config {params.config} --out {output.tables} 2> {log}"

@@ -8,8 +8,8 @@ rule bundle:
         figures="results/{sweep}/figures",
         explanation="results/{sweep}/explanation.md",
         gif="results/{sweep}/kv_attention.gif",
-        config=workflow.configfiles[0] if workflow.configfiles else "config/config.yaml",
-        code=[PACKAGE / "analysis" / "bundle.py", *ANALYSIS_COMMON],
+        config=CONFIG_FILE,
+        code=analysis_code("bundle.py", "frame.py"),
     output:
         bundle="results/{sweep}/bundle.zip",
     log:

@@ -1,6 +1,7 @@
 # Config validation and the sweep -> cell helpers every rule uses.
 import os
 import sys
+import time
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -8,19 +9,24 @@ from snakemake.utils import validate
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))  # kvbench importable even without `pip install -e .`
 
+from kvbench import record as kvrecord
 from kvbench import sweep as kvsweep
 
 
 # Jobs call `kvbench`: find it beside the Python running Snakemake (a venv's bin need not be on
 # PATH for `.venv/bin/snakemake`). Jobs inherit this; inside a container its own PATH decides.
-envvars:
-    "PATH",
-
-
 _bin = str(Path(sys.executable).parent)
 _path = os.environ["PATH"]
 if _bin not in _path.split(os.pathsep):
     os.environ["PATH"] = os.pathsep.join([_bin, _path])
+# The bandwidth/matmul probe is measured once per host per run: a cell reuses one cached on its
+# host since this run began (kvbench/roofline.py). Cluster jobs re-read this file: keep the first value.
+os.environ.setdefault("KVBENCH_PROBE_SINCE", str(time.time()))
+
+
+envvars:
+    "PATH",
+    "KVBENCH_PROBE_SINCE",
 
 # A friendly one-line message first (sweep, key, allowed values), then Snakemake's own validation.
 kvsweep.check(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -29,11 +35,23 @@ validate(config, "../schemas/config.schema.yaml")
 SWEEPS = config["sweeps"]
 PACKAGE = Path(kvsweep.__file__).parent  # the kvbench the jobs run: this checkout's, or the installed one
 # The code a cell's measurement depends on: a change here reruns cells, a plotting change does not.
-MEASUREMENT_CODE = sorted(str(p) for p in PACKAGE.glob("*.py") if p.name != "sweep.py") + [
+MEASUREMENT_CODE = sorted(
+    str(p) for p in PACKAGE.rglob("*.py") if p.name != "sweep.py" and "analysis" not in p.relative_to(PACKAGE).parts
+) + [
     str(PACKAGE / "schemas" / "record.schema.json")
 ]
-# Shared by the downstream rules: record loading and atomic writes.
-ANALYSIS_COMMON = [str(PACKAGE / "analysis" / m) for m in ("records.py", "atomic.py")]
+CONFIG_FILE = workflow.configfiles[0] if workflow.configfiles else "config/config.yaml"
+
+# A damaged record (truncated, not a record, another schema_version) is moved aside to
+# results/<sweep>/damaged/ before the DAG is built, so its cell counts as missing and runs again.
+for _sweep in config.get("run", []):
+    for _line in kvrecord.quarantine(Path("results") / _sweep / "cells"):
+        print(f"kvbench check-records: {_line}", file=sys.stderr)
+
+
+def analysis_code(*names):
+    """The analysis modules (and templates) a downstream rule runs, plus the record module they load with."""
+    return [str(PACKAGE / "analysis" / n) for n in names] + [str(PACKAGE / "record.py")]
 
 
 def sweep_cells(sweep):

@@ -1,10 +1,11 @@
-# Tables -> seaborn figures (PNG + SVG), byte-identical for the same tables.
+# Tables -> seaborn figures (PNG + SVG), byte-identical for the same tables; and write-up 000's
+# dashboard, an animated GIF of one attention head while the cache grows.
 
 
 rule figures:
     input:
         tables="results/{sweep}/tables",
-        code=[PACKAGE / "analysis" / "figures.py", *ANALYSIS_COMMON],
+        code=analysis_code("figures.py", "facets.py", "speedup_figures.py", "frame.py", "aggregate.py", "report.py"),
     output:
         figures=report(
             directory("results/{sweep}/figures"),
@@ -19,3 +20,19 @@ rule figures:
         "../../envs/kvbench.yaml"
     shell:
         "kvbench figures --tables {input.tables} --out {output.figures} 2> {log}"
+
+
+rule visualize:
+    input:
+        code=[*analysis_code("attention_gif.py"), PACKAGE / "model.py", PACKAGE / "kv_cache.py"],
+    output:
+        gif="results/{sweep}/kv_attention.gif",
+    log:
+        "results/{sweep}/logs/visualize.log",
+    params:
+        flags=visualize_flags,
+    localrule: True  # seconds of CPU work: not worth a cluster job
+    conda:
+        "../../envs/kvbench.yaml"
+    shell:
+        "kvbench visualize {params.flags} --out {output.gif} 2> {log}"

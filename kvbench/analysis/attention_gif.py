@@ -9,10 +9,9 @@ with Pillow, so the same seed gives the same bytes.
 from __future__ import annotations
 
 import argparse
+import io
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from kvbench.cli import OneLineParser
@@ -132,17 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     prompt = make_prompt(spec, cfg.vocab_size)
     frames = capture(model, prompt, args.new_tokens, args.kv_mode, args.layer, args.head)
     title = f"{args.model} layer {args.layer} head {args.head} ({args.kv_mode} cache)"
-    per_token = 2 * cfg.kv_heads * cfg.head_dim * 4  # this layer's K and V, fp32
+    from kvbench.kv_cache import kv_cache_bytes
+    per_token = kv_cache_bytes(1, 1, cfg.kv_heads, 1, cfg.head_dim, 4)  # this layer's K and V, fp32
     images = render(frames, title, args.prompt_len + args.new_tokens - 1, per_token)
+    from kvbench.record import write_atomic_bytes
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=args.frame_ms, loop=0)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=args.frame_ms, loop=0)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomic_bytes(out, buf.getvalue())
     print(f"kvbench visualize: {len(images)} frames -> {out}", file=sys.stderr)
     return 0
 
