@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_pipeline import REPO, SNAKEMAKE, SWEEP, copy_workflow, snakemake, write_config
 
 from kvbench.record import validate
-from test_pipeline import REPO, SNAKEMAKE, SWEEP, copy_workflow, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 UNTIL_TABLES = ("--until", "aggregate")
@@ -27,8 +27,14 @@ CELLS = {(m, p) for m in SWEEP["grid"]["kv_mode"] for p in SWEEP["grid"]["prompt
 
 def start(workdir: Path, *args: str) -> subprocess.Popen:
     # A session of its own, so a SIGINT to its process group reaches Snakemake and its jobs as Ctrl-C does.
-    return subprocess.Popen([*SNAKEMAKE, "--profile", str(REPO / "workflow/profiles/default"), *args], cwd=workdir,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [*SNAKEMAKE, "--profile", str(REPO / "workflow/profiles/default"), *args],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def records(workdir: Path, sweep: str = "t") -> list[Path]:
@@ -52,10 +58,9 @@ def assert_whole_records(workdir: Path, cells: set[tuple[str, int]] | None = Non
         validate(json.loads(path.read_text()))
     assert not [p for p in (workdir / "results").rglob("*") if p.name.endswith(".tmp")]
     if cells is not None:
-        found = {(json.loads(p.read_text())["cell"]["kv_mode"], json.loads(p.read_text())["cell"]["prompt_len"])
-                 for p in records(workdir)}
-        assert found == cells
-        assert {json.loads(p.read_text())["status"] for p in records(workdir)} == {"ok"}
+        found = [json.loads(p.read_text()) for p in records(workdir)]
+        assert {(r["cell"]["kv_mode"], r["cell"]["prompt_len"]) for r in found} == cells
+        assert {r["status"] for r in found} == {"ok"}
 
 
 def tables(workdir: Path) -> dict[str, bytes]:
@@ -75,7 +80,8 @@ def test_ctrl_c_mid_sweep_then_snakemake_again_completes_the_sweep(tmp_path):
     assert_whole_records(tmp_path)
     assert not (tmp_path / "results/t/tables").exists()
 
-    snakemake(tmp_path, *UNTIL_TABLES)  # again, nothing else: the missing cells (and any the interrupt cut short) are measured
+    # Again, nothing else: the missing cells (and any the interrupt cut short) are measured.
+    snakemake(tmp_path, *UNTIL_TABLES)
     assert_whole_records(tmp_path, CELLS)
     resumed = tables(tmp_path)
     assert len(resumed["cells.csv"].decode().strip().splitlines()) == 1 + len(CELLS)
@@ -91,9 +97,9 @@ def test_a_disk_that_fills_while_the_record_is_written_leaves_no_record_and_one_
         resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
 
     # SIGXFSZ is left at its default in the child (Popen restores it), as a shell with `ulimit -f` would.
-    p = subprocess.run([*kvbench_exe, "cell", "--model", "tiny", "--kv-mode", "static", "--prompt-len", "8",
-                        "--new-tokens", "4", "--warmup", "0", "--iters", "1", "--check-steps", "2", "--device", "cpu",
-                        "--out", str(out)], preexec_fn=file_size_limit, capture_output=True, text=True, timeout=300)
+    cell = "--model tiny --kv-mode static --prompt-len 8 --new-tokens 4 --warmup 0 --iters 1 --check-steps 2"
+    argv = [*kvbench_exe, "cell", *cell.split(), "--device", "cpu", "--out", str(out)]
+    p = subprocess.run(argv, check=False, preexec_fn=file_size_limit, capture_output=True, text=True, timeout=300)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 1, p.stderr  # not killed by SIGXFSZ (-25), not a crash
     assert "Traceback" not in p.stderr
@@ -108,7 +114,11 @@ def test_two_sweeps_in_one_directory_the_second_refuses_the_first_is_unharmed(tm
     other["grid"].update(kv_mode=["none"], prompt_len=[8])
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text(
-        yaml.safe_dump({"run": ["t"], "container": None, "sweeps": {"t": SWEEP, "u": other}}, sort_keys=False))
+        yaml.safe_dump(
+            {"run": ["t"], "container": None, "sweeps": {"t": SWEEP, "u": other}},
+            sort_keys=False,
+        )
+    )
     first = start(tmp_path, *UNTIL_TABLES)
     wait_for_a_record(tmp_path, first)
 
@@ -120,10 +130,13 @@ def test_two_sweeps_in_one_directory_the_second_refuses_the_first_is_unharmed(tm
     # Another sweep writes other files, so Snakemake alone would run it beside the first (timings of both
     # would lie); the workflow's run lock refuses it in one line.
     second = snakemake(tmp_path, "--config", "run=[u]", check=False)
-    refusals = [line for line in second.stderr.splitlines() if "refused" in line or "Error" in line]
+    refusal = (
+        f"kvbench: refused: another snakemake is running a sweep in {tmp_path}; wait for it (or stop it) and run again"
+    )
     assert second.returncode == 1
-    assert refusals == [f"kvbench: refused: another snakemake is running a sweep in {tmp_path}; wait for it "
-                        "(or stop it) and run again"], second.stderr[-2000:]
+    assert [line for line in second.stderr.splitlines() if "refused" in line or "Error" in line] == [refusal], (
+        second.stderr[-2000:]
+    )
     assert "Traceback" not in second.stderr and not (tmp_path / "results/u").exists()
     assert first.poll() is None, "both refusals must happen while the first sweep runs"
 
