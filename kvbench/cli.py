@@ -77,15 +77,16 @@ def cmd_cell(args: argparse.Namespace, import_s: float | None = None) -> int:
     if spec.out is None:
         print(json.dumps(record, indent=2))
     status = record["status"]
-    summary = f"kvbench cell: {status}"
+    c = record["cell"]
+    summary = (f"kvbench cell {c['engine']} {c['model']} {c['dtype']} {c['kv_mode']}{' compiled' if c['compile'] else ''} "
+               f"b{c['batch']} p{c['prompt_len']} n{c['new_tokens']}: {status}")
     if status == "ok":
         lat = record["latency"]
-        summary += (f": prefill {lat['prefill_ms']['median']:.2f} ms, decode "
-                    f"{lat['decode_ms_per_token']['median']:.3f} ms/token, "
-                    f"matches none: {record['check']['matches_reference']}")
+        summary += (f", decode {lat['decode_ms_per_token']['median']:.3f} ms/token, "
+                    f"prefill {lat['prefill_ms']['median']:.2f} ms, matches none: {record['check']['matches_reference']}")
     elif record["error"]:
         summary += f": {record['error']}"
-    print(summary, file=sys.stderr)
+    print(summary, file=sys.stderr)  # the last line of the cell's log: the workflow echoes it as progress
     return 1 if status == "error" else 0
 
 

@@ -24,4 +24,4 @@ rule cell:
     conda:
         "../../envs/kvbench.yaml"
     shell:
-        "kvbench cell {params.flags} --threads {threads} --out {output.record} 2> {log}"
+        "kvbench cell {params.flags} --threads {threads} --out {output.record} 2> {log} && tail -n 1 {log}"
