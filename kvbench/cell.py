@@ -396,7 +396,7 @@ def run_cell(spec: CellSpec, import_s: float | None = None) -> dict:
         if spec.checkpoint is not None:
             model = checkpoint.load(spec.checkpoint, device, dtype)
         else:
-            model = build_random(cfg, device, dtype, spec.seed)
+            model = build_random(cfg, device, dtype, spec.seed, for_decoding=True)
         model.set_attention(spec.attention)
         layout = prepare_for_decoding(model)
         record["model_info"] = {**model_info(model), "weight_layout": layout}
@@ -424,11 +424,4 @@ def run_cell(spec: CellSpec, import_s: float | None = None) -> dict:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return record
-
-
-def run_and_write(spec: CellSpec) -> dict:
-    record = run_cell(spec)
-    if spec.out is not None:
-        write_atomic(Path(spec.out), record)
     return record

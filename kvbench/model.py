@@ -163,6 +163,8 @@ class GPT(nn.Module):
         """nanoGPT's init: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer)."""
         std_proj = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, p in self.named_parameters():
+            if p.dim() >= 2 and not p.is_contiguous():
+                p = p.t()  # an input-major weight: fill its storage in order (8x faster than strided)
             if name.endswith("c_proj.weight"):
                 p.normal_(0.0, std_proj, generator=generator)
             elif p.dim() >= 2:
@@ -241,10 +243,17 @@ def empty_gpt(config: GPTConfig, device: torch.device | str, dtype: torch.dtype)
     return model
 
 
-def build_random(config: GPTConfig, device: torch.device | str, dtype: torch.dtype, seed: int) -> GPT:
-    """A GPT with seeded random weights (nanoGPT's init, run once), directly on `device` in `dtype`."""
+def build_random(config: GPTConfig, device: torch.device | str, dtype: torch.dtype, seed: int,
+                 for_decoding: bool = False) -> GPT:
+    """A GPT with seeded random weights (nanoGPT's init, run once), directly on `device` in `dtype`.
+
+    for_decoding: lay the weights out for decoding first (`prepare_for_decoding`), so they are
+    initialised in place rather than copied into that layout afterwards.
+    """
     device = torch.device(device)
     model = empty_gpt(config, device, dtype)
+    if for_decoding:
+        prepare_for_decoding(model, keep_values=False)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     model.init_weights(gen)
@@ -252,7 +261,7 @@ def build_random(config: GPTConfig, device: torch.device | str, dtype: torch.dty
 
 
 @torch.no_grad()
-def store_wide_weights_input_major(model: nn.Module) -> None:
+def store_wide_weights_input_major(model: nn.Module, keep_values: bool = True) -> None:
     """Lay out each widening weight (out_features > in_features) (in, out)-contiguous, keeping
     nn.Linear's (out, in) shape, values and weight tying; only the strides change.
 
@@ -263,17 +272,22 @@ def store_wide_weights_input_major(model: nn.Module) -> None:
     """
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.out_features > module.in_features:
-            module.weight.data = module.weight.data.t().contiguous().t()
+            w = module.weight.data
+            if w.t().is_contiguous():
+                continue  # laid out already
+            module.weight.data = w.t().contiguous().t() if keep_values else \
+                torch.empty_strided(w.shape, (1, w.size(0)), dtype=w.dtype, device=w.device)
 
 
-def prepare_for_decoding(model: GPT) -> str:
+def prepare_for_decoding(model: GPT, keep_values: bool = True) -> str:
     """Choose the weight layout for the device the model is on; returns its name for the record.
 
     CPU: widening matrices input-major (measured faster for batch-1 decode, see
     `store_wide_weights_input_major`).
     GPU: PyTorch's own (out, in) layout, left alone because no GPU layout was measured here.
+    keep_values=False: the weights are about to be initialised, so nothing is copied.
     """
     if model.transformer.wte.weight.device.type == "cpu":
-        store_wide_weights_input_major(model)
+        store_wide_weights_input_major(model, keep_values)
         return "wide-input-major"
     return "torch"

@@ -130,13 +130,13 @@ def device_limits(device: torch.device, device_name: str, dtype: torch.dtype) ->
         if cached is not None:
             for key in LIMIT_KEYS:
                 limits[key] = max(limits[key], cached[key])
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(json.dumps(limits))
             os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only home only costs a re-measurement next time
+        except OSError:  # a read-only or full home only costs a re-measurement next time
+            tmp.unlink(missing_ok=True)
     return {
         "bandwidth_bytes_per_s": limits["read_bandwidth_bytes_per_s"],
         "bandwidth_source": f"measured read (sum over 1 GiB, {device.type}, best on this host)",

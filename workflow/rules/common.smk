@@ -36,7 +36,9 @@ SWEEPS = config["sweeps"]
 PACKAGE = Path(kvsweep.__file__).parent  # the kvbench the jobs run: this checkout's, or the installed one
 # The code a cell's measurement depends on: a change here reruns cells, a plotting change does not.
 MEASUREMENT_CODE = sorted(
-    str(p) for p in PACKAGE.rglob("*.py") if p.name != "sweep.py" and "analysis" not in p.relative_to(PACKAGE).parts
+    str(p)
+    for p in PACKAGE.rglob("*.py")
+    if p.name not in ("sweep.py", "sample.py") and "analysis" not in p.relative_to(PACKAGE).parts
 ) + [
     str(PACKAGE / "schemas" / "record.schema.json")
 ]
