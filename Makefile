@@ -31,6 +31,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	@touch $@
 
 run: setup
+	@$(BIN)/python -c 'import fcntl, os; os.makedirs(".snakemake", exist_ok=True); fcntl.flock(open(".snakemake/kvbench-run.lock", "a"), fcntl.LOCK_EX | fcntl.LOCK_NB)' 2>/dev/null \
+	  || { echo "make run: refused: another snakemake is running a sweep in $(CURDIR); wait for it (or stop it) and run again" >&2; exit 1; }
 	$(BIN)/snakemake --profile workflow/profiles/default $(if $(SWEEP),--config run='[$(SWEEP)]') $(SNAKE_ARGS)
 	@echo; for d in results/*/figures; do [ -d "$$d" ] && echo "figures: $$d/  tables: $${d%figures}tables/  bundle: $${d%figures}bundle.zip"; done
 
