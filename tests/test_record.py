@@ -1,0 +1,107 @@
+"""Damaged records (issue 17): truncated JSON, valid JSON that is not a record, another schema
+version. Never a traceback: named in one line, moved aside so Snakemake measures the cell again,
+and refused by the aggregate (one line per file, with the remedy) if one is still there."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fixtures import REPO, Sweep, grid_records, make_record
+from kvbench import record as kvrecord
+from kvbench.analysis import aggregate as agg
+
+DAMAGE = {
+    "truncated": lambda text: text[: len(text) // 2],
+    "not a record": lambda text: json.dumps([1, 2, 3]),
+    "other schema": lambda text: json.dumps({**json.loads(text), "schema_version": 99}),
+}
+WHY = {"truncated": "not readable JSON", "not a record": "JSON but not a kvbench record",
+       "other schema": "schema_version 99, this kvbench reads 1"}
+
+
+@pytest.fixture()
+def damaged(tmp_path: Path, request) -> tuple[Sweep, Path, str]:
+    s = Sweep(tmp_path, grid_records())
+    kind = request.param
+    path = s.paths[3]
+    path.write_text(DAMAGE[kind](path.read_text()))
+    return s, path, kind
+
+
+@pytest.mark.parametrize("damaged", list(DAMAGE), indirect=True)
+def test_load_names_the_file_and_the_damage(damaged) -> None:
+    _, path, kind = damaged
+    with pytest.raises(kvrecord.RecordError) as err:
+        kvrecord.load(path)
+    assert str(err.value).startswith(f"{path}: {WHY[kind]}") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("damaged", list(DAMAGE), indirect=True)
+def test_aggregate_refuses_one_line_per_damaged_file_with_the_remedy(damaged, capsys) -> None:
+    s, path, kind = damaged
+    second = s.paths[5]
+    second.write_text("{")
+    assert agg.main(["--records", str(s.dir / "cells"), "--out", str(s.tables)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("aggregate: refused: ") for line in lines)
+    assert {p for p in (str(path), str(second)) if any(p in line for line in lines)} == {str(path), str(second)}
+    assert all(kvrecord.REMEDY in line for line in lines)
+    assert not s.tables.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("damaged", list(DAMAGE), indirect=True)
+def test_quarantine_moves_damaged_records_aside_and_keeps_good_ones(damaged) -> None:
+    s, path, kind = damaged
+    before = path.read_bytes()
+    lines = kvrecord.quarantine(s.dir / "cells")
+    dest = s.dir / "damaged" / path.relative_to(s.dir / "cells")
+    assert len(lines) == 1 and lines[0].startswith(f"damaged record {path} ({WHY[kind]}")
+    assert f"moved to {dest}; its cell will be measured again" in lines[0]
+    assert not path.exists() and dest.read_bytes() == before
+    assert kvrecord.quarantine(s.dir / "cells") == []  # the rest are whole
+    agg.aggregate(kvrecord.find([s.dir / "cells"]), s.tables)  # and aggregate again
+    assert len((s.tables / "cells.csv").read_text().splitlines()) == len(s.paths)  # header + the 11 left
+
+
+def test_check_records_cli_is_one_line_per_file(tmp_path: Path) -> None:
+    s = Sweep(tmp_path, [make_record("none", 1, 8), make_record("static", 1, 8)])
+    s.paths[0].write_text("{\"schema_version\": 1")
+    proc = subprocess.run([sys.executable, "-m", "kvbench.cli", "check-records", str(s.dir / "cells")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"kvbench check-records: damaged record {s.paths[0]} (not readable JSON")
+
+
+@pytest.mark.skipif(shutil.which("kvbench") is None and not Path(sys.executable).with_name("kvbench").exists(),
+                    reason="kvbench is not installed (pip install -e .)")
+def test_snakemake_moves_a_damaged_record_aside_and_plans_its_cell_again(tmp_path: Path) -> None:
+    """The wiring, through the real Snakemake (a dry run: nothing is measured)."""
+    shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
+    for sub in ("workflow", "envs", "kvbench"):
+        shutil.copytree(REPO / sub, tmp_path / sub, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
+    sweep = {"grid": {"model": ["tiny"], "kv_mode": ["static"], "batch": [1], "prompt_len": [8], "new_tokens": [4]},
+             "settings": {"device": "cpu", "warmup": 0, "iters": 1}}
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump({"run": ["t"], "container": None,
+                                                                     "sweeps": {"t": sweep}}))
+    record = tmp_path / "results/t/cells/kvbench/tiny/fp32/static/b1-p8-n4-sdpa-kvall.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"schema_version": 1, "status": "ok", "cel')  # truncated
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    p = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env=env)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-2000:]
+    moved = tmp_path / "results/t/damaged/kvbench/tiny/fp32/static/b1-p8-n4-sdpa-kvall.json"
+    assert "kvbench check-records: damaged record results/t/cells/kvbench/tiny/fp32/static/b1-p8-n4-sdpa-kvall.json " \
+           "(not readable JSON" in out
+    assert moved.is_file() and not record.exists()
+    assert "rule cell:" in out  # the cell is measured again on the real run
