@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
@@ -39,6 +39,7 @@ def schema() -> dict:
 @cache
 def _validator():
     import jsonschema
+
     return jsonschema.Draft202012Validator(schema())
 
 
@@ -52,7 +53,7 @@ def validate(record: dict) -> None:
 
 
 def now_utc() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def write_atomic_bytes(path: Path, data: bytes) -> None:

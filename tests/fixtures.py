@@ -26,19 +26,22 @@ SWEEP = "tiny"
 
 # Per-mode cost model: (fixed ms, ms per context token per sequence). Odd thirds on purpose, so
 # ratios are not round and a rounded speedup would fail the exact-equality assertions.
-COST = {"none": (1.0 / 3.0, 0.05), "concat": (0.7, 0.004 / 3.0), "static": (0.6, 0.001),
-        "static-int8": (0.55, 0.0007)}
+COST = {"none": (1.0 / 3.0, 0.05), "concat": (0.7, 0.004 / 3.0), "static": (0.6, 0.001), "static-int8": (0.55, 0.0007)}
 # Model shapes: (n_layer, n_head, n_embd, n_params, cost scale of the per-context term).
-MODELS = {"gpt2-tiny": (N_LAYER, N_HEAD, N_EMBD, 150_000, 1.0),
-          "gpt2": (12, 12, 768, 124_439_808, 3.0),
-          "gpt2-medium": (24, 16, 1024, 354_823_168, 7.0)}
+MODELS = {
+    "gpt2-tiny": (N_LAYER, N_HEAD, N_EMBD, 150_000, 1.0),
+    "gpt2": (12, 12, 768, 124_439_808, 3.0),
+    "gpt2-medium": (24, 16, 1024, 354_823_168, 7.0),
+}
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 INT8_LOGIT_DIFF = 0.0123  # the synthetic int8 cache's logit error
 
 # ---------------------------------------------------------------------------------- factory
 
-def kv_bytes_for(model: str, kv_mode: str, batch: int, tokens: int, dtype: str = "fp32",
-                 n_kv_head: int | None = None) -> int:
+
+def kv_bytes_for(
+    model: str, kv_mode: str, batch: int, tokens: int, dtype: str = "fp32", n_kv_head: int | None = None
+) -> int:
     """The KV-cache formula, written out independently of kvbench: 2 x layers x batch x kv heads
     x tokens x head_dim x bytes (int8: 1 byte per element + a 4-byte scale per token and head)."""
     n_layer, n_head, n_embd, _, _ = MODELS[model]
@@ -47,36 +50,83 @@ def kv_bytes_for(model: str, kv_mode: str, batch: int, tokens: int, dtype: str =
     return 2 * n_layer * batch * kv * tokens * per_vector
 
 
-def make_record(kv_mode: str, batch: int, prompt_len: int, *, status: str = "ok",
-                new_tokens: int = NEW_TOKENS, dtype: str = "fp32", model: str = "gpt2-tiny",
-                device_name: str | None = DEVICE_NAME, n_kv_head: int | None = None,
-                mismatch_step: int | None = None) -> dict[str, Any]:
+def make_record(
+    kv_mode: str,
+    batch: int,
+    prompt_len: int,
+    *,
+    status: str = "ok",
+    new_tokens: int = NEW_TOKENS,
+    dtype: str = "fp32",
+    model: str = "gpt2-tiny",
+    device_name: str | None = DEVICE_NAME,
+    n_kv_head: int | None = None,
+    mismatch_step: int | None = None,
+) -> dict[str, Any]:
     """One record exactly as record.schema.json describes it (non-ok: null sections)."""
     n_layer, n_head, n_embd, n_params, scale = MODELS[model]
-    cell = {"model": model, "kv_mode": kv_mode, "batch": batch, "prompt_len": prompt_len,
-            "new_tokens": new_tokens, "dtype": dtype, "attention": "sdpa", "device": "cuda:0",
-            "prompt_source": "random", "seed": 1337, "warmup": 1, "iters": 3,
-            "engine": "kvbench", "n_kv_head": n_kv_head, "compile": False, "checkpoint": None,
-            "check_steps": 4}
-    env = {"kvbench_version": "0.1.0", "git_commit": "0" * 40, "python": "3.11.9",
-           "torch": "2.13.0", "cuda": "12.8", "driver": "570.1", "device_name": device_name,
-           "cpu": "Test CPU", "host": "node1", "clocks_before": {"sm_mhz": 1980},
-           "clocks_after": {"sm_mhz": 1980}, "throttle_reasons": [], "slurm_job_id": None,
-           "container_image": None}
+    cell = {
+        "model": model,
+        "kv_mode": kv_mode,
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "dtype": dtype,
+        "attention": "sdpa",
+        "device": "cuda:0",
+        "prompt_source": "random",
+        "seed": 1337,
+        "warmup": 1,
+        "iters": 3,
+        "engine": "kvbench",
+        "n_kv_head": n_kv_head,
+        "compile": False,
+        "checkpoint": None,
+        "check_steps": 4,
+    }
+    env = {
+        "kvbench_version": "0.1.0",
+        "git_commit": "0" * 40,
+        "python": "3.11.9",
+        "torch": "2.13.0",
+        "cuda": "12.8",
+        "driver": "570.1",
+        "device_name": device_name,
+        "cpu": "Test CPU",
+        "host": "node1",
+        "clocks_before": {"sm_mhz": 1980},
+        "clocks_after": {"sm_mhz": 1980},
+        "throttle_reasons": [],
+        "slurm_job_id": None,
+        "container_image": None,
+    }
     rec: dict[str, Any] = {
-        "schema_version": 1, "status": status, "error": None,
-        "created_utc": "2025-01-01T00:00:00Z", "cell": cell, "model_info": None,
-        "latency": None, "memory": None, "energy": None, "analytic": None, "check": None,
-        "environment": env}
-    kv_bytes = kv_bytes_for(model, kv_mode, batch, prompt_len + new_tokens - 1, dtype,
-                            n_kv_head)
+        "schema_version": 1,
+        "status": status,
+        "error": None,
+        "created_utc": "2025-01-01T00:00:00Z",
+        "cell": cell,
+        "model_info": None,
+        "latency": None,
+        "memory": None,
+        "energy": None,
+        "analytic": None,
+        "check": None,
+        "environment": env,
+    }
+    kv_bytes = kv_bytes_for(model, kv_mode, batch, prompt_len + new_tokens - 1, dtype, n_kv_head)
     weights = n_params * DTYPE_BYTES[dtype]
     if status == "oom":
         rec["error"] = "CUDA out of memory. Tried to allocate 2.00 MiB"
-        rec["memory"] = {"torch_peak_allocated_bytes": 79 * 2**30,
-                         "torch_peak_reserved_bytes": 80 * 2**30, "nvml_peak_used_bytes": None,
-                         "rss_peak_bytes": None, "weights_bytes": weights,
-                         "kv_cache_bytes_formula": kv_bytes, "kv_cache_bytes_measured": None}
+        rec["memory"] = {
+            "torch_peak_allocated_bytes": 79 * 2**30,
+            "torch_peak_reserved_bytes": 80 * 2**30,
+            "nvml_peak_used_bytes": None,
+            "rss_peak_bytes": None,
+            "weights_bytes": weights,
+            "kv_cache_bytes_formula": kv_bytes,
+            "kv_cache_bytes_measured": None,
+        }
         return rec
     if status != "ok":
         rec["error"] = f"{status}: synthetic"
@@ -88,44 +138,74 @@ def make_record(kv_mode: str, batch: int, prompt_len: int, *, status: str = "ok"
     prefill = 0.25 + 0.01 * batch * prompt_len + (0.01 if kv_mode != "none" else 0.0)
     total = prefill + sum(steps)
     stats = lambda m: {"median": m, "min": m * 0.95, "max": m * 1.1}  # noqa: E731
-    rec["model_info"] = {"n_layer": n_layer, "n_head": n_head, "n_kv_head": n_kv_head or n_head,
-                         "n_embd": n_embd, "block_size": 128, "vocab_size": 512,
-                         "n_params": n_params - (0 if n_kv_head is None else 1000 * n_kv_head)}
-    rec["latency"] = {"prefill_ms": stats(prefill), "decode_ms_per_token": stats(decode),
-                      "per_step_decode_ms": steps,
-                      "decode_tokens_per_s": batch * len(steps) / (sum(steps) / 1000.0),
-                      "total_generate_ms": stats(total), "decode_steps": len(steps)}
+    rec["model_info"] = {
+        "n_layer": n_layer,
+        "n_head": n_head,
+        "n_kv_head": n_kv_head or n_head,
+        "n_embd": n_embd,
+        "block_size": 128,
+        "vocab_size": 512,
+        "n_params": n_params - (0 if n_kv_head is None else 1000 * n_kv_head),
+    }
+    rec["latency"] = {
+        "prefill_ms": stats(prefill),
+        "decode_ms_per_token": stats(decode),
+        "per_step_decode_ms": steps,
+        "decode_tokens_per_s": batch * len(steps) / (sum(steps) / 1000.0),
+        "total_generate_ms": stats(total),
+        "decode_steps": len(steps),
+    }
     cached = kv_mode != "none"
     activations = 40_000 * batch * (prompt_len + new_tokens) * (4 if kv_mode == "none" else 1)
-    rec["memory"] = {"prefill_peak_allocated_bytes": weights + 30_000 * batch * prompt_len,
-                     "decode_peak_allocated_bytes": weights + activations + (kv_bytes if cached else 0),
-                     "peak_method": "cuda_allocator","torch_peak_allocated_bytes": 2_000_000 + 5000 * batch * prompt_len,
-                     "torch_peak_reserved_bytes": 4_194_304, "nvml_peak_used_bytes": 500_000_000,
-                     "rss_peak_bytes": 300_000_000, "weights_bytes": weights,
-                     "kv_cache_bytes_formula": kv_bytes if cached else None,
-                     "kv_cache_bytes_measured": kv_bytes if cached else None}
+    rec["memory"] = {
+        "prefill_peak_allocated_bytes": weights + 30_000 * batch * prompt_len,
+        "decode_peak_allocated_bytes": weights + activations + (kv_bytes if cached else 0),
+        "peak_method": "cuda_allocator",
+        "torch_peak_allocated_bytes": 2_000_000 + 5000 * batch * prompt_len,
+        "torch_peak_reserved_bytes": 4_194_304,
+        "nvml_peak_used_bytes": 500_000_000,
+        "rss_peak_bytes": 300_000_000,
+        "weights_bytes": weights,
+        "kv_cache_bytes_formula": kv_bytes if cached else None,
+        "kv_cache_bytes_measured": kv_bytes if cached else None,
+    }
     rec["energy"] = {"decode_joules_per_token": 0.01 * batch, "method": "nvml_energy_counter"}
     floor = 0.2
-    rec["analytic"] = {"decode_flops_per_token": 3.0e5 * batch,
-                       "decode_bytes_per_token": 6.0e5 + kv_bytes, "floor_ms_per_token": floor,
-                       "fraction_of_floor": floor / decode, "bandwidth_bytes_per_s": 3.0e12,
-                       "bandwidth_source": "table", "suspect": False}
+    rec["analytic"] = {
+        "decode_flops_per_token": 3.0e5 * batch,
+        "decode_bytes_per_token": 6.0e5 + kv_bytes,
+        "floor_ms_per_token": floor,
+        "fraction_of_floor": floor / decode,
+        "bandwidth_bytes_per_s": 3.0e12,
+        "bandwidth_source": "table",
+        "suspect": False,
+    }
     rec["check"] = {"tokens_sha256": "ab" * 32, "matches_reference": True if cached else None}
     if kv_mode == "static-int8":  # a lossy cache: a logit error, the tokens may differ
-        rec["check"].update({"reference_steps": 4, "first_mismatch_step": mismatch_step,
-                             "max_logit_diff": INT8_LOGIT_DIFF * scale,
-                             "matches_reference": mismatch_step is None})
+        rec["check"].update(
+            {
+                "reference_steps": 4,
+                "first_mismatch_step": mismatch_step,
+                "max_logit_diff": INT8_LOGIT_DIFF * scale,
+                "matches_reference": mismatch_step is None,
+            }
+        )
     elif cached:
-        rec["check"].update({"reference_steps": 4, "first_mismatch_step": None,
-                             "max_logit_diff": 0.0})
+        rec["check"].update({"reference_steps": 4, "first_mismatch_step": None, "max_logit_diff": 0.0})
     return rec
 
 
 def cell_path(root: Path, rec: dict[str, Any]) -> Path:
     c = rec["cell"]
     kv = "" if c["n_kv_head"] is None else f"-kv{c['n_kv_head']}"
-    return (root / "cells" / c["model"] / c["dtype"] / c["kv_mode"]
-            / f"b{c['batch']}-p{c['prompt_len']}-n{c['new_tokens']}-{c['attention']}{kv}.json")
+    return (
+        root
+        / "cells"
+        / c["model"]
+        / c["dtype"]
+        / c["kv_mode"]
+        / f"b{c['batch']}-p{c['prompt_len']}-n{c['new_tokens']}-{c['attention']}{kv}.json"
+    )
 
 
 def write_records(root: Path, records: list[dict[str, Any]]) -> list[Path]:
@@ -140,8 +220,12 @@ def write_records(root: Path, records: list[dict[str, Any]]) -> list[Path]:
 
 
 def grid_records(modes: tuple[str, ...] = MODES) -> list[dict[str, Any]]:
-    return [make_record(m, b, p, status="oom" if (m, b, p) == OOM_CELL else "ok")
-            for m in modes for b in BATCHES for p in PROMPTS]
+    return [
+        make_record(m, b, p, status="oom" if (m, b, p) == OOM_CELL else "ok")
+        for m in modes
+        for b in BATCHES
+        for p in PROMPTS
+    ]
 
 
 # A second synthetic sweep over the axes of write-ups 002/003 and 002's extensions: two models,
@@ -161,22 +245,31 @@ def axis_records() -> list[dict[str, Any]]:
     for model in AXIS_MODELS:
         for n in AXIS_LENGTHS:
             for mode in AXIS_MODES:
-                mismatch = (INT8_MISMATCH[2] if mode == "static-int8"
-                            and (model, n) == INT8_MISMATCH[:2] else None)
-                recs.append(make_record(mode, 1, AXIS_PROMPT, new_tokens=n, model=model,
-                                        status="oom" if (model, mode, n) == AXIS_OOM else "ok",
-                                        mismatch_step=mismatch))
-            recs += [make_record(mode, 1, AXIS_PROMPT, new_tokens=n, model=model,
-                                 n_kv_head=GQA_HEADS) for mode in ("none", "static")]
+                mismatch = INT8_MISMATCH[2] if mode == "static-int8" and (model, n) == INT8_MISMATCH[:2] else None
+                recs.append(
+                    make_record(
+                        mode,
+                        1,
+                        AXIS_PROMPT,
+                        new_tokens=n,
+                        model=model,
+                        status="oom" if (model, mode, n) == AXIS_OOM else "ok",
+                        mismatch_step=mismatch,
+                    )
+                )
+            recs += [
+                make_record(mode, 1, AXIS_PROMPT, new_tokens=n, model=model, n_kv_head=GQA_HEADS)
+                for mode in ("none", "static")
+            ]
     return recs
 
 
 def by_coords(records: list[dict[str, Any]]) -> dict[tuple[str, int, int], dict[str, Any]]:
-    return {(r["cell"]["kv_mode"], r["cell"]["batch"], r["cell"]["prompt_len"]): r
-            for r in records}
+    return {(r["cell"]["kv_mode"], r["cell"]["batch"], r["cell"]["prompt_len"]): r for r in records}
 
 
 # ---------------------------------------------------------------------------------- fixtures
+
 
 class Sweep:
     """One synthetic sweep laid out as the pipeline lays it out: results/<sweep>/{cells,...}."""
@@ -191,5 +284,3 @@ class Sweep:
 
     def csv(self, name: str) -> pd.DataFrame:
         return pd.read_csv(self.tables / name)
-
-

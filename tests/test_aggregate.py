@@ -3,23 +3,39 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import matplotlib
 import pandas as pd
 import pytest
+from fixtures import (
+    AXIS_LENGTHS,
+    AXIS_MODELS,
+    AXIS_MODES,
+    AXIS_OOM,
+    AXIS_PROMPT,
+    BATCHES,
+    GQA_HEADS,
+    INT8_LOGIT_DIFF,
+    INT8_MISMATCH,
+    MODELS,
+    MODES,
+    NEW_TOKENS,
+    OOM_CELL,
+    PROMPTS,
+    SWEEP,
+    VALIDATOR,
+    Sweep,
+    axis_records,
+    by_coords,
+    grid_records,
+    kv_bytes_for,
+    make_record,
+    write_records,
+)
 
-from fixtures import (AXIS_LENGTHS, AXIS_MODELS, AXIS_MODES, AXIS_OOM, AXIS_PROMPT, BATCHES, GQA_HEADS,
-                      INT8_LOGIT_DIFF, INT8_MISMATCH, MODELS, MODES, NEW_TOKENS, OOM_CELL, PROMPTS, REPO, SWEEP,
-                      VALIDATOR, Sweep, axis_records, by_coords, grid_records, kv_bytes_for, make_record, write_records)
 from kvbench.analysis import aggregate as agg
-from kvbench.analysis import figures as fig
-
 
 AXIS_TABLES = ("speedup_by_model.csv", "speedup_by_length.csv", "kv_variants.csv")
 
@@ -29,7 +45,6 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     s = Sweep(tmp_path_factory.mktemp("sweep"), grid_records())
     agg.aggregate(s.paths, s.tables)
     return s
-
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +68,12 @@ def kv_setting(value: Any) -> int | None:
 
 # ---------------------------------------------------------------------------------- factory
 
+
 def test_factory_records_match_the_schema() -> None:
-    for rec in grid_records() + [make_record("static", 1, 8, status="error"),
-                                 make_record("static", 1, 8, status="unsupported")]:
+    for rec in grid_records() + [
+        make_record("static", 1, 8, status="error"),
+        make_record("static", 1, 8, status="unsupported"),
+    ]:
         VALIDATOR.validate(rec)
     broken = make_record("static", 1, 8)
     del broken["latency"]["decode_steps"]
@@ -65,11 +83,17 @@ def test_factory_records_match_the_schema() -> None:
 
 # ---------------------------------------------------------------------------------- tables
 
+
 def test_cells_csv_has_one_flat_row_per_record_including_oom(sweep: Sweep) -> None:
     cells = sweep.csv("cells.csv")
     assert len(cells) == len(MODES) * len(BATCHES) * len(PROMPTS)
-    assert {"cell.kv_mode", "latency.decode_ms_per_token.median", "memory.kv_cache_bytes_formula",
-            "environment.device_name", "record"} <= set(cells.columns)
+    assert {
+        "cell.kv_mode",
+        "latency.decode_ms_per_token.median",
+        "memory.kv_cache_bytes_formula",
+        "environment.device_name",
+        "record",
+    } <= set(cells.columns)
     assert "latency.per_step_decode_ms" not in cells.columns
     assert "latency" not in cells.columns  # the null section of the oom row leaves no column
     # records named as the bundle stores them under cells/, whatever the working directory
@@ -82,8 +106,9 @@ def test_cells_csv_has_one_flat_row_per_record_including_oom(sweep: Sweep) -> No
         rec = recs[(row["cell.kv_mode"], row["cell.batch"], row["cell.prompt_len"])]
         assert row["status"] == rec["status"]
         if rec["status"] == "ok":
-            assert row["latency.decode_ms_per_token.median"] == \
-                rec["latency"]["decode_ms_per_token"]["median"]  # lossless
+            assert (
+                row["latency.decode_ms_per_token.median"] == rec["latency"]["decode_ms_per_token"]["median"]
+            )  # lossless
             assert row["latency.prefill_ms.max"] == rec["latency"]["prefill_ms"]["max"]
     oom = cells[cells["status"] == "oom"].iloc[0]
     assert (oom["cell.kv_mode"], oom["cell.batch"], oom["cell.prompt_len"]) == OOM_CELL
@@ -104,12 +129,22 @@ def test_per_step_has_a_row_per_decode_step_with_cache_bytes(sweep: Sweep) -> No
     per_step = sweep.csv("per_step.csv")
     ok = [r for r in sweep.records if r["status"] == "ok"]
     assert len(per_step) == len(ok) * (NEW_TOKENS - 1)
-    assert {"cell.kv_mode", "cell.batch", "cell.prompt_len", "step", "context_tokens",
-            "decode_ms", "kv_cache_bytes", "kv_cache_mib"} <= set(per_step.columns)
+    assert {
+        "cell.kv_mode",
+        "cell.batch",
+        "cell.prompt_len",
+        "step",
+        "context_tokens",
+        "decode_ms",
+        "kv_cache_bytes",
+        "kv_cache_mib",
+    } <= set(per_step.columns)
     recs = by_coords(sweep.records)
-    oom_rows = per_step[(per_step["cell.kv_mode"] == OOM_CELL[0])
-                        & (per_step["cell.batch"] == OOM_CELL[1])
-                        & (per_step["cell.prompt_len"] == OOM_CELL[2])]
+    oom_rows = per_step[
+        (per_step["cell.kv_mode"] == OOM_CELL[0])
+        & (per_step["cell.batch"] == OOM_CELL[1])
+        & (per_step["cell.prompt_len"] == OOM_CELL[2])
+    ]
     assert oom_rows.empty
     for _, row in per_step.iterrows():
         rec = recs[(row["cell.kv_mode"], row["cell.batch"], row["cell.prompt_len"])]
@@ -143,8 +178,11 @@ def test_speedup_is_exactly_none_over_mode(sweep: Sweep) -> None:
             assert pd.isna(row["decode_speedup"]) and pd.isna(row["prefill_speedup"])
             assert row["none_decode_ms"] == none["latency"]["decode_ms_per_token"]["median"]
             continue
-        for metric, field in (("prefill", "prefill_ms"), ("decode", "decode_ms_per_token"),
-                              ("total", "total_generate_ms")):
+        for metric, field in (
+            ("prefill", "prefill_ms"),
+            ("decode", "decode_ms_per_token"),
+            ("total", "total_generate_ms"),
+        ):
             expected = none["latency"][field]["median"] / mode["latency"][field]["median"]
             assert row[f"{metric}_speedup"] == expected, (key, metric)  # exact, not approx
             assert row[f"{metric}_ms"] == mode["latency"][field]["median"]
@@ -156,8 +194,11 @@ def test_speedup_is_exactly_none_over_mode(sweep: Sweep) -> None:
 
 
 def test_speedup_row_kept_when_the_baseline_failed(tmp_path: Path) -> None:
-    recs = [make_record("none", 1, 8, status="oom"), make_record("static", 1, 8),
-            make_record("static", 2, 8)]  # the last has no none partner at all
+    recs = [
+        make_record("none", 1, 8, status="oom"),
+        make_record("static", 1, 8),
+        make_record("static", 2, 8),
+    ]  # the last has no none partner at all
     s = Sweep(tmp_path, recs)
     agg.aggregate(s.paths, s.tables)
     speedup = s.csv("speedup.csv")
@@ -171,10 +212,14 @@ def test_speedup_row_kept_when_the_baseline_failed(tmp_path: Path) -> None:
 def test_sweep_tables_per_mode(sweep: Sweep) -> None:
     for mode in MODES:
         table = sweep.csv(f"sweep_kv_{mode}.csv")
-        assert list(table.columns[:7]) == ["model", "dtype", "attention", "new_tokens", "batch",
-                                            "prompt_len", "status"]
-        assert {"prefill_ms", "decode_ms_per_token", "decode_tokens_per_s", "peak_memory_mib",
-                "peak_memory_source"} <= set(table.columns)
+        assert list(table.columns[:7]) == ["model", "dtype", "attention", "new_tokens", "batch", "prompt_len", "status"]
+        assert {
+            "prefill_ms",
+            "decode_ms_per_token",
+            "decode_tokens_per_s",
+            "peak_memory_mib",
+            "peak_memory_source",
+        } <= set(table.columns)
         assert len(table) == len(BATCHES) * len(PROMPTS)
         recs = by_coords(sweep.records)
         for _, row in table.iterrows():
@@ -184,11 +229,12 @@ def test_sweep_tables_per_mode(sweep: Sweep) -> None:
                 assert pd.isna(row["decode_ms_per_token"])
                 continue
             assert row["decode_ms_per_token"] == pytest.approx(
-                rec["latency"]["decode_ms_per_token"]["median"], rel=1e-5)
-            assert row["decode_tokens_per_s"] == pytest.approx(
-                rec["latency"]["decode_tokens_per_s"], rel=1e-5)
+                rec["latency"]["decode_ms_per_token"]["median"], rel=1e-5
+            )
+            assert row["decode_tokens_per_s"] == pytest.approx(rec["latency"]["decode_tokens_per_s"], rel=1e-5)
             assert row["peak_memory_mib"] == pytest.approx(
-                rec["memory"]["torch_peak_allocated_bytes"] / 2**20, rel=1e-5)
+                rec["memory"]["torch_peak_allocated_bytes"] / 2**20, rel=1e-5
+            )
             assert row["peak_memory_source"] == "torch_peak_allocated"
 
 
@@ -211,14 +257,20 @@ def test_summary_names_counts_best_speedup_and_oom(sweep: Sweep) -> None:
     headline = f"Best decode speedup: **{best['decode_speedup']:.2f}×** ({best['cell.kv_mode']}"
     assert headline + " vs none at batch=" in text
     oom_section = text.split("## Cells not measured")[1]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in oom_section.splitlines()
-            if line.startswith("| oom")]
-    assert rows == [["oom", OOM_CELL[0], f"batch={OOM_CELL[1]}, prompt_len={OOM_CELL[2]}",
-                     "CUDA out of memory. Tried to allocate 2.00 MiB"]]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in oom_section.splitlines() if line.startswith("| oom")
+    ]
+    assert rows == [
+        [
+            "oom",
+            OOM_CELL[0],
+            f"batch={OOM_CELL[1]}, prompt_len={OOM_CELL[2]}",
+            "CUDA out of memory. Tried to allocate 2.00 MiB",
+        ]
+    ]
 
 
-def test_aggregate_is_byte_identical_whatever_the_input_order_or_place(
-        sweep: Sweep, tmp_path: Path) -> None:
+def test_aggregate_is_byte_identical_whatever_the_input_order_or_place(sweep: Sweep, tmp_path: Path) -> None:
     moved = tmp_path / "elsewhere" / "results" / SWEEP / "cells"
     shutil.copytree(sweep.dir / "cells", moved)
     out = tmp_path / "tables"
@@ -255,10 +307,14 @@ def test_speedup_by_model_is_exact_and_ordered_by_parameters(axis_sweep: Sweep) 
     # every cached cell of the sweep has its none partner: 2 models x 2 lengths x (3 modes + GQA)
     assert len(table) == len(AXIS_MODELS) * len(AXIS_LENGTHS) * 4
     # write-up 003's order: for each setting, the models by size, each model's modes together
-    order = [(kv_setting(r["n_kv_head"]), r["new_tokens"], r["model"], r["kv_mode"])
-             for _, r in table.iterrows()]
-    expected = [(kv, n, m, mode) for kv, modes in ((None, AXIS_MODES[1:]), (GQA_HEADS, ("static",)))
-                for n in AXIS_LENGTHS for m in AXIS_MODELS for mode in modes]
+    order = [(kv_setting(r["n_kv_head"]), r["new_tokens"], r["model"], r["kv_mode"]) for _, r in table.iterrows()]
+    expected = [
+        (kv, n, m, mode)
+        for kv, modes in ((None, AXIS_MODES[1:]), (GQA_HEADS, ("static",)))
+        for n in AXIS_LENGTHS
+        for m in AXIS_MODELS
+        for mode in modes
+    ]
     assert order == expected
     for _, row in table.iterrows():
         key = (row["model"], row["kv_mode"], row["new_tokens"], kv_setting(row["n_kv_head"]))
@@ -293,19 +349,23 @@ def test_speedup_by_length_has_the_same_pairs_ordered_by_length(axis_sweep: Swee
         same = merged[col].isna() & merged[f"{col}_m"].isna() | (merged[col] == merged[f"{col}_m"])
         assert same.all(), col
     # lines over new_tokens: model (by size), n_kv_head setting, mode; length ascending inside
-    keys = [(r["model"], kv_setting(r["n_kv_head"]) or 0, r["kv_mode"])
-            for _, r in by_length.iterrows()]
+    keys = [(r["model"], kv_setting(r["n_kv_head"]) or 0, r["kv_mode"]) for _, r in by_length.iterrows()]
     assert [k[0] for k in keys] == sorted((k[0] for k in keys), key=list(AXIS_MODELS).index)
     for _, g in by_length.groupby(["model", "kv_mode", by_length["n_kv_head"].fillna(0)]):
         assert list(g["new_tokens"]) == list(AXIS_LENGTHS)
         ok = g["decode_speedup"].dropna()
         assert ok.is_monotonic_increasing  # longer generations: larger per-token speedup here
-    row = by_length[(by_length["model"] == "gpt2") & (by_length["kv_mode"] == "static")
-                    & by_length["n_kv_head"].isna() & (by_length["new_tokens"] == 50)].iloc[0]
+    row = by_length[
+        (by_length["model"] == "gpt2")
+        & (by_length["kv_mode"] == "static")
+        & by_length["n_kv_head"].isna()
+        & (by_length["new_tokens"] == 50)
+    ].iloc[0]
     recs = axis_lookup(axis_sweep.records)
     rec, none = recs[("gpt2", "static", 50, None)], recs[("gpt2", "none", 50, None)]
-    assert row["decode_speedup"] == (none["latency"]["decode_ms_per_token"]["median"]
-                                     / rec["latency"]["decode_ms_per_token"]["median"])
+    assert row["decode_speedup"] == (
+        none["latency"]["decode_ms_per_token"]["median"] / rec["latency"]["decode_ms_per_token"]["median"]
+    )
 
 
 def test_kv_variants_table_bytes_speed_and_logit_error(axis_sweep: Sweep) -> None:
@@ -325,44 +385,43 @@ def test_kv_variants_table_bytes_speed_and_logit_error(axis_sweep: Sweep) -> Non
         if row["kv_mode"] == "none":
             assert pd.isna(row["kv_cache_bytes_formula"]) and pd.isna(row["decode_speedup"])
             continue
-        expected = kv_bytes_for(row["model"], row["kv_mode"], 1, tokens[row["new_tokens"]],
-                                n_kv_head=kv_set)
+        expected = kv_bytes_for(row["model"], row["kv_mode"], 1, tokens[row["new_tokens"]], n_kv_head=kv_set)
         assert row["kv_cache_bytes_formula"] == expected == row["kv_cache_bytes_measured"]
         assert row["kv_cache_mib"] == expected / 2**20
         none = recs[(row["model"], "none", row["new_tokens"], kv_set)]
-        assert row["decode_speedup"] == (none["latency"]["decode_ms_per_token"]["median"]
-                                         / rec["latency"]["decode_ms_per_token"]["median"])
+        assert row["decode_speedup"] == (
+            none["latency"]["decode_ms_per_token"]["median"] / rec["latency"]["decode_ms_per_token"]["median"]
+        )
         assert row["decode_tokens_per_s"] == rec["latency"]["decode_tokens_per_s"]
     plain = table[(table["kv_mode"] == "static") & (table["n_kv_head"] == table["n_head"])]
     for _, base in plain.iterrows():
-        at = ((table["model"] == base["model"]) & (table["new_tokens"] == base["new_tokens"]))
+        at = (table["model"] == base["model"]) & (table["new_tokens"] == base["new_tokens"])
         int8 = table[at & (table["kv_mode"] == "static-int8")].iloc[0]
         gqa = table[at & (table["kv_mode"] == "static") & (table["n_kv_head"] == GQA_HEADS)].iloc[0]
         # int8: (64 + 4) bytes per head vector instead of 64 x 4; GQA: 4 of n_head heads
         assert int8["kv_cache_bytes_measured"] * 64 * 4 == base["kv_cache_bytes_measured"] * 68
-        assert gqa["kv_cache_bytes_measured"] * base["n_head"] == \
-            base["kv_cache_bytes_measured"] * GQA_HEADS
+        assert gqa["kv_cache_bytes_measured"] * base["n_head"] == base["kv_cache_bytes_measured"] * GQA_HEADS
         assert int8["max_logit_diff"] == INT8_LOGIT_DIFF * MODELS[base["model"]][4]
         assert base["max_logit_diff"] == 0.0
     bad = table[table["matches_reference"].astype(str) == "False"]
-    assert [(r["model"], r["new_tokens"], r["first_mismatch_step"]) for _, r in bad.iterrows()] \
-        == [INT8_MISMATCH]
+    assert [(r["model"], r["new_tokens"], r["first_mismatch_step"]) for _, r in bad.iterrows()] == [INT8_MISMATCH]
     assert list(bad["kv_mode"]) == ["static-int8"]
 
 
-def test_axis_tables_follow_the_sweep_and_stale_copies_go(axis_sweep: Sweep,
-                                                          tmp_path: Path) -> None:
+def test_axis_tables_follow_the_sweep_and_stale_copies_go(axis_sweep: Sweep, tmp_path: Path) -> None:
     out = tmp_path / "tables"
     shutil.copytree(axis_sweep.tables, out)
     # one model, two lengths, no variant: only the length table stays
-    recs = [r for r in axis_sweep.records if r["cell"]["model"] == "gpt2"
-            and r["cell"]["kv_mode"] in ("none", "static") and r["cell"]["n_kv_head"] is None]
+    recs = [
+        r
+        for r in axis_sweep.records
+        if r["cell"]["model"] == "gpt2"
+        and r["cell"]["kv_mode"] in ("none", "static")
+        and r["cell"]["n_kv_head"] is None
+    ]
     s = Sweep(tmp_path / "one-model", recs)
     agg.aggregate(s.paths, out)
     assert (out / "speedup_by_length.csv").is_file()
     assert not (out / "speedup_by_model.csv").exists()
     assert not (out / "kv_variants.csv").exists()
     assert len(pd.read_csv(out / "speedup_by_length.csv")) == len(AXIS_LENGTHS)
-
-
-

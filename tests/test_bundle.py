@@ -6,19 +6,18 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
-from typing import Any
 
-import jsonschema
-import matplotlib
-import pandas as pd
 import pytest
+from fixtures import (
+    DEVICE_NAME,
+    SWEEP,
+    Sweep,
+    grid_records,
+    make_record,
+)
 
-from fixtures import (AXIS_LENGTHS, AXIS_MODELS, AXIS_MODES, AXIS_OOM, AXIS_PROMPT, BATCHES, GQA_HEADS,
-                      INT8_LOGIT_DIFF, INT8_MISMATCH, MODELS, MODES, NEW_TOKENS, OOM_CELL, PROMPTS, REPO, SWEEP,
-                      DEVICE_NAME, VALIDATOR, Sweep, axis_records, by_coords, grid_records, kv_bytes_for, make_record, write_records)
 from kvbench.analysis import aggregate as agg
 from kvbench.analysis import bundle as bnd
 from kvbench.analysis import figures as fig
@@ -33,7 +32,6 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     return s
 
 
-
 @pytest.fixture(scope="module")
 def bundle_zip(sweep: Sweep, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = tmp_path_factory.mktemp("cfg") / "config.yaml"
@@ -43,8 +41,7 @@ def bundle_zip(sweep: Sweep, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def rewrite_zip(src: Path, dst: Path, change: dict[str, bytes | None],
-                add: dict[str, bytes] | None = None) -> None:
+def rewrite_zip(src: Path, dst: Path, change: dict[str, bytes | None], add: dict[str, bytes] | None = None) -> None:
     """Copy a zip, replacing (bytes) or dropping (None) members: a tampered bundle."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for info in zin.infolist():
@@ -59,8 +56,8 @@ def rewrite_zip(src: Path, dst: Path, change: dict[str, bytes | None],
 
 # ---------------------------------------------------------------------------------- bundle
 
-def test_bundle_is_deterministic_complete_and_verifies(sweep: Sweep, bundle_zip: Path,
-                                                       tmp_path: Path) -> None:
+
+def test_bundle_is_deterministic_complete_and_verifies(sweep: Sweep, bundle_zip: Path, tmp_path: Path) -> None:
     assert bnd.verify_bundle(bundle_zip) == []
     cfg = tmp_path / "config.yaml"
     cfg.write_text("sweeps:\n  tiny: {}\n")
@@ -73,13 +70,19 @@ def test_bundle_is_deterministic_complete_and_verifies(sweep: Sweep, bundle_zip:
         assert names == sorted(names)
         assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in infos)
         assert all(i.external_attr >> 16 == 0o100644 for i in infos)
-        assert {"MANIFEST.sha256", "index.md", "environment.json", "bundle.json",
-                "config/config.yaml", "tables/cells.csv", "tables/speedup.csv",
-                "figures/decode_ms_per_token.png"} <= set(names)
+        assert {
+            "MANIFEST.sha256",
+            "index.md",
+            "environment.json",
+            "bundle.json",
+            "config/config.yaml",
+            "tables/cells.csv",
+            "tables/speedup.csv",
+            "figures/decode_ms_per_token.png",
+        } <= set(names)
         assert len([n for n in names if n.startswith("cells/")]) == len(sweep.records)
         manifest = zf.read("MANIFEST.sha256").decode().splitlines()
-        assert [line.split("  ", 1)[1] for line in manifest] == \
-            [n for n in names if n != "MANIFEST.sha256"]
+        assert [line.split("  ", 1)[1] for line in manifest] == [n for n in names if n != "MANIFEST.sha256"]
         for line in manifest:
             digest, name = line.split("  ", 1)
             assert hashlib.sha256(zf.read(name)).hexdigest() == digest
@@ -97,12 +100,12 @@ def test_bundle_is_deterministic_complete_and_verifies(sweep: Sweep, bundle_zip:
 def test_bundle_manifest_passes_sha256sum(bundle_zip: Path, tmp_path: Path) -> None:
     with zipfile.ZipFile(bundle_zip) as zf:
         zf.extractall(tmp_path)
-    proc = subprocess.run(["sha256sum", "--strict", "-c", "MANIFEST.sha256"], cwd=tmp_path,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["sha256sum", "--strict", "-c", "MANIFEST.sha256"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (tmp_path / "tables" / "cells.csv").write_text("changed\n")
-    assert subprocess.run(["sha256sum", "-c", "MANIFEST.sha256"], cwd=tmp_path,
-                          capture_output=True).returncode != 0
+    assert subprocess.run(["sha256sum", "-c", "MANIFEST.sha256"], cwd=tmp_path, capture_output=True).returncode != 0
 
 
 def test_tampered_bundle_fails_verification(bundle_zip: Path, tmp_path: Path) -> None:
@@ -111,8 +114,7 @@ def test_tampered_bundle_fails_verification(bundle_zip: Path, tmp_path: Path) ->
     assert bnd.verify_bundle(changed) == ["tables/speedup.csv: sha256 differs from the manifest"]
     dropped = tmp_path / "dropped.zip"
     rewrite_zip(bundle_zip, dropped, {"figures/peak_memory.png": None})
-    assert bnd.verify_bundle(dropped) == [
-        "figures/peak_memory.png: in the manifest but not in the archive"]
+    assert bnd.verify_bundle(dropped) == ["figures/peak_memory.png: in the manifest but not in the archive"]
     added = tmp_path / "added.zip"
     rewrite_zip(bundle_zip, added, {}, add={"tables/extra.csv": b"a\n1\n"})
     assert bnd.verify_bundle(added) == ["tables/extra.csv: in the archive but not in the manifest"]
@@ -128,15 +130,16 @@ def test_tampered_bundle_fails_verification(bundle_zip: Path, tmp_path: Path) ->
 
 # ---------------------------------------------------------------------------------- publish
 
+
 def test_publish_copies_unpacks_is_idempotent_and_refuses_a_different_bundle(
-        sweep: Sweep, bundle_zip: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sweep: Sweep, bundle_zip: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     root = tmp_path / "published"
     dest = pub.publish(bundle_zip, root)
     assert dest == root / "nvidia-test-gpu-80gb" / SWEEP
     assert (dest / "bundle.zip").read_bytes() == bundle_zip.read_bytes()
     assert (dest / "figures" / "decode_ms_per_token.png").is_file()
-    assert (dest / "tables" / "speedup.csv").read_bytes() == \
-        (sweep.tables / "speedup.csv").read_bytes()
+    assert (dest / "tables" / "speedup.csv").read_bytes() == (sweep.tables / "speedup.csv").read_bytes()
     assert (dest / "index.md").is_file() and not (dest / "cells").exists()
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]  # no temp left
     before = {p: p.stat().st_mtime_ns for p in dest.rglob("*")}
@@ -171,5 +174,3 @@ def test_publish_names_cpu_runs_by_cpu_and_refuses_broken_bundles(tmp_path: Path
     with pytest.raises(pub.PublishError, match="does not verify"):
         pub.publish(broken, tmp_path / "pub2")
     assert not (tmp_path / "pub2").exists()
-
-

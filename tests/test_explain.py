@@ -11,9 +11,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fixtures import (
+    AXIS_LENGTHS,
+    AXIS_PROMPT,
+    GQA_HEADS,
+    INT8_LOGIT_DIFF,
+    INT8_MISMATCH,
+    MODELS,
+    REPO,
+    Sweep,
+    axis_records,
+    grid_records,
+    kv_bytes_for,
+    make_record,
+)
 
-from fixtures import (AXIS_LENGTHS, AXIS_PROMPT, GQA_HEADS, INT8_LOGIT_DIFF, INT8_MISMATCH, MODELS, REPO, Sweep,
-                      axis_records, grid_records, kv_bytes_for, make_record)
 from kvbench.analysis import aggregate as agg
 from kvbench.analysis import claims
 from kvbench.analysis import explain as ex
@@ -33,9 +45,15 @@ def axes(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
 
 
 def claim_rows(df: pd.DataFrame, writeup: str) -> pd.DataFrame:
-    table = claims.table({"ok": df[df["ok"]], "speedup": agg.speedup_table(df), "dev": "dev",
-                          "by_model": agg.speedup_by_model_table(df),
-                          "prefill_ratios": ex.memory_cost(df)["prefill"]})
+    table = claims.table(
+        {
+            "ok": df[df["ok"]],
+            "speedup": agg.speedup_table(df),
+            "dev": "dev",
+            "by_model": agg.speedup_by_model_table(df),
+            "prefill_ratios": ex.memory_cost(df)["prefill"],
+        }
+    )
     return table[table["write-up"] == claims.WRITEUPS[writeup]]
 
 
@@ -44,8 +62,13 @@ def test_regenerates_byte_identically_from_cells_csv_alone(axes: Sweep, tmp_path
     only.mkdir()
     shutil.copy(axes.tables / "cells.csv", only / "cells.csv")
     out = tmp_path / "sub" / "explanation.md"
-    proc = subprocess.run([sys.executable, "-m", "kvbench.analysis.explain", "--tables", str(only), "--out", str(out)],
-                          cwd=REPO, env={"PYTHONHASHSEED": "999", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvbench.analysis.explain", "--tables", str(only), "--out", str(out)],
+        cwd=REPO,
+        env={"PYTHONHASHSEED": "999", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     text = (axes.dir / "explanation.md").read_text()
     # the same document but for the list of tables it names
@@ -80,9 +103,11 @@ def test_cache_size_section_checks_every_cell_against_kv_cache_bytes(axes: Sweep
     assert (size["n"], size["agree_formula"], size["agree_measured"]) == (n_cached, n_cached, n_cached)
     big = size["largest"].set_index(["model", "kv_mode", "K/V heads"])
     tokens = AXIS_PROMPT + max(AXIS_LENGTHS) - 1
-    for model, mode, kv, text in (("gpt2", "static", "12", f"2 × 12 × 1 × 12 × {tokens} × 64 × 4"),
-                                  ("gpt2", "static-int8", "12", f"2 × 12 × 1 × 12 × {tokens} × (64 + 4)"),
-                                  ("gpt2-medium", "static", str(GQA_HEADS), f"2 × 24 × 1 × 4 × {tokens} × 64 × 4")):
+    for model, mode, kv, text in (
+        ("gpt2", "static", "12", f"2 × 12 × 1 × 12 × {tokens} × 64 × 4"),
+        ("gpt2", "static-int8", "12", f"2 × 12 × 1 × 12 × {tokens} × (64 + 4)"),
+        ("gpt2-medium", "static", str(GQA_HEADS), f"2 × 24 × 1 × 4 × {tokens} × 64 × 4"),
+    ):
         row, n = big.loc[(model, mode, kv)], kv_bytes_for(model, mode, 1, tokens, n_kv_head=None if kv != "4" else 4)
         assert row["formula"] == f"`{text}`" and row["= bytes"] == row["record: measured"] == f"{n:,} B"
         assert row["cache / weights"] == f"{n / (MODELS[model][3] * 4):.3g}"
@@ -96,16 +121,19 @@ def test_speedup_growth_tables_are_the_pair_tables(axes: Sweep) -> None:
     growth = ex.speedup_growth(axes.df, axes.sp)
     table, line = growth["by_length"]
     by_length = axes.csv("speedup_by_length.csv")
-    g = by_length[(by_length["model"] == "gpt2") & (by_length["kv_mode"] == "static")
-                  & by_length["n_kv_head"].isna()].set_index("new_tokens")
+    g = by_length[
+        (by_length["model"] == "gpt2") & (by_length["kv_mode"] == "static") & by_length["n_kv_head"].isna()
+    ].set_index("new_tokens")
     row = table[(table["kv_mode"] == "static") & (table["model"] == "gpt2") & (table["n_kv_head"] == "all")].iloc[0]
     for n in AXIS_LENGTHS:
         assert row[f"new_tokens = {n}"] == f"{g.at[n, 'total_speedup']:.2f}× / {g.at[n, 'decode_speedup']:.2f}×"
     assert row["total speedup"] == "grows"
     oom = table[(table["kv_mode"] == "concat") & (table["model"] == "gpt2-medium")].iloc[0]
     assert (oom["new_tokens = 50"], oom["total speedup"]) == ("not measured (oom)", "–")
-    assert line == "Measured: of the 7 rows with two or more finished pairs, the whole-generation speedup along " \
-                   "new_tokens grows in 7."
+    assert (
+        line == "Measured: of the 7 rows with two or more finished pairs, the whole-generation speedup along "
+        "new_tokens grows in 7."
+    )
     models = growth["by_model"][0]
     assert [c for c in models.columns if c.startswith("model = ")] == ["model = gpt2", "model = gpt2-medium"]
 
@@ -113,8 +141,9 @@ def test_speedup_growth_tables_are_the_pair_tables(axes: Sweep) -> None:
 def test_when_the_cache_does_not_help(axes: Sweep) -> None:
     part = ex.not_helping(axes.df, axes.sp)
     static = axes.sp[axes.sp["cell.kv_mode"] == "static"]["prefill_speedup"].dropna().sort_values()
-    assert part["prefill"]["static"] == (f"median {static.median():.2f}× ({static.iloc[0]:.2f}×–"
-                                         f"{static.iloc[-1]:.2f}×, {len(static)} pairs)")
+    assert part["prefill"]["static"] == (
+        f"median {static.median():.2f}× ({static.iloc[0]:.2f}×–{static.iloc[-1]:.2f}×, {len(static)} pairs)"
+    )
     assert part["lost"] == [] and part["any_pair"]  # every synthetic cached cell is faster
     assert set(part["short"]["new_tokens"]) == {str(n) for n in AXIS_LENGTHS}
 
@@ -122,10 +151,19 @@ def test_when_the_cache_does_not_help(axes: Sweep) -> None:
 def test_memory_section_states_peak_beyond_weights_beside_the_formula(axes: Sweep) -> None:
     mem = ex.memory_cost(axes.df)
     assert mem["beyond_sources"] == ["cuda_allocator"] and mem["beyond_axis"] == "new_tokens"
-    row = mem["beyond"][(mem["beyond"]["kv_mode"] == "static") & (mem["beyond"]["model"] == "gpt2")
-                        & (mem["beyond"]["n_kv_head"] == "all")].iloc[0]
-    rec = next(r for r in axes.records if r["cell"]["model"] == "gpt2" and r["cell"]["kv_mode"] == "static"
-               and r["cell"]["new_tokens"] == 20 and r["cell"]["n_kv_head"] is None)
+    row = mem["beyond"][
+        (mem["beyond"]["kv_mode"] == "static")
+        & (mem["beyond"]["model"] == "gpt2")
+        & (mem["beyond"]["n_kv_head"] == "all")
+    ].iloc[0]
+    rec = next(
+        r
+        for r in axes.records
+        if r["cell"]["model"] == "gpt2"
+        and r["cell"]["kv_mode"] == "static"
+        and r["cell"]["new_tokens"] == 20
+        and r["cell"]["n_kv_head"] is None
+    )
     m = rec["memory"]
     beyond = max(m["prefill_peak_allocated_bytes"], m["decode_peak_allocated_bytes"]) - m["weights_bytes"]
     assert row["new_tokens 20"] == f"{beyond / 2**20:.2f} ({m['kv_cache_bytes_formula'] / 2**20:.2f})"
@@ -136,11 +174,19 @@ def test_variants_section(axes: Sweep) -> None:
     v = ex.variants(axes.df).set_index(["model", "kv_mode", "K/V heads"])
     int8 = v.loc[("gpt2", "static-int8", "12 of 12")]
     assert int8["formula's ratio"] == "12/12 × (64 + 4) / (64 × 4) = 0.266"
-    assert int8["max logit diff"] == f"{INT8_LOGIT_DIFF * MODELS['gpt2'][4]:.3g}" and int8["greedy tokens = none's"] == "2 of 2"
+    assert (
+        int8["max logit diff"] == f"{INT8_LOGIT_DIFF * MODELS['gpt2'][4]:.3g}"
+        and int8["greedy tokens = none's"] == "2 of 2"
+    )
     gqa = v.loc[("gpt2-medium", "static", "4 of 16")]
-    assert (gqa["cache bytes / static all heads"], gqa["formula's ratio"]) == ("median 0.25 (0.25–0.25, 2 cells)", "4/16 = 0.25")
-    assert v.loc[("gpt2-medium", "static-int8", "16 of 16"), "greedy tokens = none's"] == \
-        f"1 of 2; differ from step {INT8_MISMATCH[2]}"
+    assert (gqa["cache bytes / static all heads"], gqa["formula's ratio"]) == (
+        "median 0.25 (0.25–0.25, 2 cells)",
+        "4/16 = 0.25",
+    )
+    assert (
+        v.loc[("gpt2-medium", "static-int8", "16 of 16"), "greedy tokens = none's"]
+        == f"1 of 2; differ from step {INT8_MISMATCH[2]}"
+    )
     assert v.loc[("gpt2-medium", "concat", "16 of 16"), "ok cells"] == "1 of 2"  # the oom cell counted, not dropped
 
 
@@ -148,7 +194,9 @@ def test_claims_cite_write_ups_by_title_and_say_not_measured(axes: Sweep) -> Non
     rows = claim_rows(axes.df, "002")
     by = {r["claim"].split(" new tokens")[0]: r for _, r in rows.iterrows() if "new tokens" in r["claim"]}
     for n in AXIS_LENGTHS:
-        med = axes.sp[(axes.sp["cell.kv_mode"] == "static") & (axes.sp["cell.new_tokens"] == n)]["total_speedup"].median()
+        med = axes.sp[(axes.sp["cell.kv_mode"] == "static") & (axes.sp["cell.new_tokens"] == n)][
+            "total_speedup"
+        ].median()
         assert f"static median {med:.2f}×" in by[str(n)]["measured here"]
     for n in (100, 500):
         assert by[str(n)]["measured here"] == f"{NOT_MEASURED} (no pair at new_tokens = {n})"
@@ -165,7 +213,9 @@ def test_claims_cite_write_ups_by_title_and_say_not_measured(axes: Sweep) -> Non
     assert rows003.iloc[2]["measured here"] == f"{NOT_MEASURED} (no gpt2-large pair)"
     assert rows003.iloc[3]["agrees?"] == "yes"
     (row004,) = claim_rows(axes.df, "004").itertuples(index=False)
-    assert f"every baseline here measured: {int(axes.sp['decode_speedup'].notna().sum())} none/cached pairs" in row004[2]
+    assert (
+        f"every baseline here measured: {int(axes.sp['decode_speedup'].notna().sum())} none/cached pairs" in row004[2]
+    )
 
 
 def test_a_sweep_without_the_axes_says_not_measured(tmp_path: Path) -> None:
@@ -174,8 +224,10 @@ def test_a_sweep_without_the_axes_says_not_measured(tmp_path: Path) -> None:
     df = fr.read_cells(s.tables / "cells.csv")
     growth = ex.speedup_growth(df, agg.speedup_table(df))
     assert growth["by_length"] is None and growth["by_model"] is None and ex.variants(df) is None
-    assert (claim_rows(df, "000").iloc[0]["agrees?"], claim_rows(df, "003")["agrees?"].unique().tolist()) == \
-        (NOT_MEASURED, [NOT_MEASURED])
+    assert (claim_rows(df, "000").iloc[0]["agrees?"], claim_rows(df, "003")["agrees?"].unique().tolist()) == (
+        NOT_MEASURED,
+        [NOT_MEASURED],
+    )
     grow = claim_rows(df, "001").iloc[0]
     assert "(prompt 8→16)" in grow["measured here"] and grow["agrees?"] == "yes"
     ex.explain(s.tables, tmp_path / "explanation.md")

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import matplotlib
 import pandas as pd
 import pytest
+from fixtures import (
+    BATCHES,
+    OOM_CELL,
+    PROMPTS,
+    REPO,
+    Sweep,
+    axis_records,
+    by_coords,
+    grid_records,
+)
 
-from fixtures import (AXIS_LENGTHS, AXIS_MODELS, AXIS_MODES, AXIS_OOM, AXIS_PROMPT, BATCHES, GQA_HEADS,
-                      INT8_LOGIT_DIFF, INT8_MISMATCH, MODELS, MODES, NEW_TOKENS, OOM_CELL, PROMPTS, REPO, SWEEP,
-                      VALIDATOR, Sweep, axis_records, by_coords, grid_records, kv_bytes_for, make_record, write_records)
 from kvbench.analysis import aggregate as agg
 from kvbench.analysis import figures as fig
 from kvbench.analysis import frame as fr
@@ -49,8 +53,14 @@ def frame(s: Sweep) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------- figures
 
-ALL_STEMS = {"decode_ms_per_token", "peak_memory", "prefill_decode_split", "speedup_heatmap",
-             "per_token_latency", "floor_fraction"}
+ALL_STEMS = {
+    "decode_ms_per_token",
+    "peak_memory",
+    "prefill_decode_split",
+    "speedup_heatmap",
+    "per_token_latency",
+    "floor_fraction",
+}
 
 
 def png_text_keys(data: bytes) -> set[str]:
@@ -58,10 +68,10 @@ def png_text_keys(data: bytes) -> set[str]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     keys, pos = set(), 8
     while pos < len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        kind = data[pos + 4:pos + 8]
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
         if kind in (b"tEXt", b"iTXt", b"zTXt"):
-            keys.add(data[pos + 8:pos + 8 + length].split(b"\0")[0].decode())
+            keys.add(data[pos + 8 : pos + 8 + length].split(b"\0")[0].decode())
         pos += 12 + length
     return keys
 
@@ -103,11 +113,15 @@ def test_oom_cell_is_marked_at_the_top_edge_not_dropped(sweep: Sweep) -> None:
     assert red_marks(panels["kv_mode = concat"]) == [(OOM_CELL[2], pytest.approx(0.95))]
     assert red_marks(panels["kv_mode = static"]) == []
     labels = [t.get_text() for t in figure.legends[0].get_texts()]
-    assert labels[:len(BATCHES)] == [f"batch {b}" for b in BATCHES]
-    assert sweep.log == [f"figures: {s} left out of this sweep: " + why for s, why in (
-        ("speedup_vs_model", "one model only: nothing to compare along it"),
-        ("speedup_vs_new_tokens", "one new tokens only: nothing to compare along it"),
-        ("kv_variants", "no static-int8 cell and no n_kv_head set"))]
+    assert labels[: len(BATCHES)] == [f"batch {b}" for b in BATCHES]
+    assert sweep.log == [
+        f"figures: {s} left out of this sweep: " + why
+        for s, why in (
+            ("speedup_vs_model", "one model only: nothing to compare along it"),
+            ("speedup_vs_new_tokens", "one new tokens only: nothing to compare along it"),
+            ("kv_variants", "no static-int8 cell and no n_kv_head set"),
+        )
+    ]
     assert "out of memory (not measured)" in labels
 
 
@@ -122,26 +136,45 @@ def test_figures_skip_what_has_no_data_and_stay_deterministic(tmp_path: Path) ->
     # a second render in a fresh interpreter with another hash seed: same bytes
     out = tmp_path / "b"
     env = {"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "kvbench.analysis.figures", "--tables",
-                           str(s.tables), "--out", str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvbench.analysis.figures", "--tables", str(s.tables), "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     for p in first:
         assert (out / p.name).read_bytes() == p.read_bytes(), p.name
 
 
-def test_new_figures_are_drawn_deterministic_and_rerender_byte_identical(
-        axis_sweep: Sweep, tmp_path: Path) -> None:
+def test_new_figures_are_drawn_deterministic_and_rerender_byte_identical(axis_sweep: Sweep, tmp_path: Path) -> None:
     # one prompt length and one batch: the heatmap has nothing to compare and is left out, saying why
-    assert axis_sweep.log == ["figures: speedup_heatmap left out of this sweep: one batch and one prompt length: "
-                              "see speedup_vs_model / speedup_vs_new_tokens"]
+    assert axis_sweep.log == [
+        "figures: speedup_heatmap left out of this sweep: one batch and one prompt length: "
+        "see speedup_vs_model / speedup_vs_new_tokens"
+    ]
     expected = {axis_sweep.figures / f"{s}.{ext}" for s in NEW_STEMS for ext in ("png", "svg")}
     assert expected <= set(axis_sweep.rendered)
     out = tmp_path / "again"
     env = {"PYTHONHASHSEED": "4242", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "kvbench.analysis.figures", "--tables",
-                           str(axis_sweep.tables), "--out", str(out), "--only", *NEW_STEMS],
-                          cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kvbench.analysis.figures",
+            "--tables",
+            str(axis_sweep.tables),
+            "--out",
+            str(out),
+            "--only",
+            *NEW_STEMS,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     for p in expected:
         assert (out / p.name).read_bytes() == p.read_bytes(), p.name
@@ -186,10 +219,20 @@ def test_peak_memory_figure_plots_peak_beyond_weights_beside_the_formula(sweep: 
     solid = [ln for ln in panel.get_lines() if ln.get_linestyle() == "-" and len(ln.get_xdata()) == len(PROMPTS)]
     dashed = [ln for ln in panel.get_lines() if ln.get_linestyle() == "--"]
     recs = by_coords(sweep.records)
-    beyond = {b: [max(recs[("static", b, p)]["memory"]["prefill_peak_allocated_bytes"],
-                      recs[("static", b, p)]["memory"]["decode_peak_allocated_bytes"])
-                  - recs[("static", b, p)]["memory"]["weights_bytes"] for p in PROMPTS] for b in BATCHES}
+    beyond = {
+        b: [
+            max(
+                recs[("static", b, p)]["memory"]["prefill_peak_allocated_bytes"],
+                recs[("static", b, p)]["memory"]["decode_peak_allocated_bytes"],
+            )
+            - recs[("static", b, p)]["memory"]["weights_bytes"]
+            for p in PROMPTS
+        ]
+        for b in BATCHES
+    }
     assert [list(ln.get_ydata()) for ln in solid] == [pytest.approx([v / 2**20 for v in beyond[b]]) for b in BATCHES]
-    assert [list(ln.get_ydata()) for ln in dashed] == [pytest.approx(
-        [recs[("static", b, p)]["memory"]["kv_cache_bytes_formula"] / 2**20 for p in PROMPTS]) for b in BATCHES]
+    assert [list(ln.get_ydata()) for ln in dashed] == [
+        pytest.approx([recs[("static", b, p)]["memory"]["kv_cache_bytes_formula"] / 2**20 for p in PROMPTS])
+        for b in BATCHES
+    ]
     assert "cuda_allocator" in figure.axes[0].get_ylabel()

@@ -24,19 +24,58 @@ from kvbench.analysis import frame as fr
 from kvbench.analysis import report
 
 CSV_OPTS = {"index": False, "lineterminator": "\n", "na_rep": ""}
-SPEEDUP_METRICS = (("prefill", "latency.prefill_ms.median"), ("decode", "latency.decode_ms_per_token.median"),
-                   ("total", "latency.total_generate_ms.median"))
+SPEEDUP_METRICS = (
+    ("prefill", "latency.prefill_ms.median"),
+    ("decode", "latency.decode_ms_per_token.median"),
+    ("total", "latency.total_generate_ms.median"),
+)
 # speedup_by_model.csv and speedup_by_length.csv (write-ups 003 and 002): the whole generation in
 # seconds as the write-ups timed it, and per decode token.
 AXIS_SPEEDUP_COLUMNS = (
-    "record", "model", "n_params", "n_layer", "dtype", "attention", "n_kv_head", "batch", "prompt_len", "new_tokens",
-    "kv_mode", "status", "none_status", "none_total_s", "total_s", "total_speedup", "none_decode_ms_per_token",
-    "decode_ms_per_token", "decode_speedup")
+    "record",
+    "model",
+    "n_params",
+    "n_layer",
+    "dtype",
+    "attention",
+    "n_kv_head",
+    "batch",
+    "prompt_len",
+    "new_tokens",
+    "kv_mode",
+    "status",
+    "none_status",
+    "none_total_s",
+    "total_s",
+    "total_speedup",
+    "none_decode_ms_per_token",
+    "decode_ms_per_token",
+    "decode_speedup",
+)
 KV_VARIANT_COLUMNS = (
-    "record", "model", "dtype", "attention", "batch", "prompt_len", "new_tokens", "n_head", "n_kv_head", "kv_mode",
-    "status", "kv_cache_bytes_formula", "kv_cache_bytes_measured", "kv_cache_mib", "weights_bytes",
-    "decode_ms_per_token", "decode_tokens_per_s", "none_decode_ms_per_token", "decode_speedup", "max_logit_diff",
-    "first_mismatch_step", "matches_reference")
+    "record",
+    "model",
+    "dtype",
+    "attention",
+    "batch",
+    "prompt_len",
+    "new_tokens",
+    "n_head",
+    "n_kv_head",
+    "kv_mode",
+    "status",
+    "kv_cache_bytes_formula",
+    "kv_cache_bytes_measured",
+    "kv_cache_mib",
+    "weights_bytes",
+    "decode_ms_per_token",
+    "decode_tokens_per_s",
+    "none_decode_ms_per_token",
+    "decode_speedup",
+    "max_logit_diff",
+    "first_mismatch_step",
+    "matches_reference",
+)
 
 
 def _sig(series: pd.Series) -> pd.Series:
@@ -51,11 +90,16 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series:
 def sweep_table(df: pd.DataFrame, kv_mode: str) -> pd.DataFrame:
     """Write-up 001's per-mode table; non-ok cells kept as rows with their status."""
     d = df[df["cell.kv_mode"] == kv_mode]
-    out = pd.DataFrame({k: d[f"cell.{k}"] for k in ("model", "dtype", "attention", "new_tokens", "batch", "prompt_len")})
+    out = pd.DataFrame(
+        {k: d[f"cell.{k}"] for k in ("model", "dtype", "attention", "new_tokens", "batch", "prompt_len")}
+    )
     out["status"] = d["status"]
-    for name, col in (("prefill_ms", "latency.prefill_ms.median"), ("decode_ms_per_token", "latency.decode_ms_per_token.median"),
-                      ("decode_tokens_per_s", "latency.decode_tokens_per_s"),
-                      ("total_generate_ms", "latency.total_generate_ms.median")):
+    for name, col in (
+        ("prefill_ms", "latency.prefill_ms.median"),
+        ("decode_ms_per_token", "latency.decode_ms_per_token.median"),
+        ("decode_tokens_per_s", "latency.decode_tokens_per_s"),
+        ("total_generate_ms", "latency.total_generate_ms.median"),
+    ):
         out[name] = _sig(d[col])
     out["peak_memory_mib"] = _sig(d["peak_bytes"] / fr.MIB)
     out["peak_memory_source"] = d["peak_source"]
@@ -77,14 +121,26 @@ def _axis_rows(df: pd.DataFrame) -> pd.DataFrame:
     p = fr.pairs(df)
     total, none_total, total_speedup = fr.ratio(p, "latency.total_generate_ms.median")
     decode, none_decode, decode_speedup = fr.ratio(p, "latency.decode_ms_per_token.median")
-    out = pd.DataFrame({"record": p["record"], "model": p["cell.model"], "n_params": p["n_params"].astype("Int64"),
-                        "n_layer": p["n_layer"].astype("Int64"),
-                        **{k: p[f"cell.{k}"] for k in ("dtype", "attention", "n_kv_head", "batch", "prompt_len",
-                                                       "new_tokens", "kv_mode")},
-                        "status": p["status"], "none_status": p["status_none"], "none_total_s": none_total / 1000.0,
-                        "total_s": total / 1000.0, "total_speedup": total_speedup,
-                        "none_decode_ms_per_token": none_decode, "decode_ms_per_token": decode,
-                        "decode_speedup": decode_speedup})
+    out = pd.DataFrame(
+        {
+            "record": p["record"],
+            "model": p["cell.model"],
+            "n_params": p["n_params"].astype("Int64"),
+            "n_layer": p["n_layer"].astype("Int64"),
+            **{
+                k: p[f"cell.{k}"]
+                for k in ("dtype", "attention", "n_kv_head", "batch", "prompt_len", "new_tokens", "kv_mode")
+            },
+            "status": p["status"],
+            "none_status": p["status_none"],
+            "none_total_s": none_total / 1000.0,
+            "total_s": total / 1000.0,
+            "total_speedup": total_speedup,
+            "none_decode_ms_per_token": none_decode,
+            "decode_ms_per_token": decode,
+            "decode_speedup": decode_speedup,
+        }
+    )
     return out.assign(kv_sort=out["n_kv_head"].astype(float).fillna(-1))
 
 
@@ -119,19 +175,26 @@ def kv_variants_table(df: pd.DataFrame) -> pd.DataFrame | None:
     p = fr.pairs(df).set_index("ident")
     d = df.set_index("ident")
     _, none_decode, speedup = (s.reindex(d.index) for s in fr.ratio(p, "latency.decode_ms_per_token.median"))
-    out = pd.DataFrame({"record": d["record"], **{k: d[f"cell.{k}"] for k in (
-        "model", "dtype", "attention", "batch", "prompt_len", "new_tokens")},
-        "n_head": d["n_head"].astype("Int64"), "n_kv_head": d["kv_heads"].astype("Int64"),
-        "kv_mode": d["cell.kv_mode"], "status": d["status"],
-        "kv_cache_bytes_formula": d["memory.kv_cache_bytes_formula"],
-        "kv_cache_bytes_measured": d["memory.kv_cache_bytes_measured"],
-        "kv_cache_mib": d["memory.kv_cache_bytes_formula"].astype(float) / fr.MIB,
-        "weights_bytes": d["memory.weights_bytes"],
-        "decode_ms_per_token": d["latency.decode_ms_per_token.median"].where(d["ok"]),
-        "decode_tokens_per_s": d["latency.decode_tokens_per_s"].where(d["ok"]),
-        "none_decode_ms_per_token": none_decode, "decode_speedup": speedup,
-        **{k: _col(d, f"check.{k}") for k in ("max_logit_diff", "first_mismatch_step", "matches_reference")},
-        "kv_sort": d["cell.n_kv_head"].astype(float).fillna(-1)})
+    out = pd.DataFrame(
+        {
+            "record": d["record"],
+            **{k: d[f"cell.{k}"] for k in ("model", "dtype", "attention", "batch", "prompt_len", "new_tokens")},
+            "n_head": d["n_head"].astype("Int64"),
+            "n_kv_head": d["kv_heads"].astype("Int64"),
+            "kv_mode": d["cell.kv_mode"],
+            "status": d["status"],
+            "kv_cache_bytes_formula": d["memory.kv_cache_bytes_formula"],
+            "kv_cache_bytes_measured": d["memory.kv_cache_bytes_measured"],
+            "kv_cache_mib": d["memory.kv_cache_bytes_formula"].astype(float) / fr.MIB,
+            "weights_bytes": d["memory.weights_bytes"],
+            "decode_ms_per_token": d["latency.decode_ms_per_token.median"].where(d["ok"]),
+            "decode_tokens_per_s": d["latency.decode_tokens_per_s"].where(d["ok"]),
+            "none_decode_ms_per_token": none_decode,
+            "decode_speedup": speedup,
+            **{k: _col(d, f"check.{k}") for k in ("max_logit_diff", "first_mismatch_step", "matches_reference")},
+            "kv_sort": d["cell.n_kv_head"].astype(float).fillna(-1),
+        }
+    )
     order = ["model", "dtype", "attention", "batch", "prompt_len", "new_tokens", "kv_sort"]
     return out.sort_values(order, kind="stable", key=_key)[list(KV_VARIANT_COLUMNS)].reset_index(drop=True)
 
@@ -141,14 +204,20 @@ def csv_text(df: pd.DataFrame) -> str:
 
 
 # Written only when the sweep varies their axis; otherwise an older copy is removed.
-OPTIONAL_TABLES = {"speedup_by_model.csv": speedup_by_model_table, "speedup_by_length.csv": speedup_by_length_table,
-                   "kv_variants.csv": kv_variants_table}
+OPTIONAL_TABLES = {
+    "speedup_by_model.csv": speedup_by_model_table,
+    "speedup_by_length.csv": speedup_by_length_table,
+    "kv_variants.csv": kv_variants_table,
+}
 
 
 def tables(df: pd.DataFrame, steps: pd.DataFrame, sweep: str | None) -> dict[str, str]:
     """File name -> text of every table of one sweep."""
-    out = {"cells.csv": csv_text(df[fr.record_columns(df)]), "per_step.csv": csv_text(steps),
-           "speedup.csv": csv_text(speedup_table(df))}
+    out = {
+        "cells.csv": csv_text(df[fr.record_columns(df)]),
+        "per_step.csv": csv_text(steps),
+        "speedup.csv": csv_text(speedup_table(df)),
+    }
     out |= {f"sweep_kv_{m}.csv": csv_text(sweep_table(df, m)) for m in sorted(set(df["cell.kv_mode"].astype(str)))}
     for name, build in OPTIONAL_TABLES.items():
         table = build(df)
@@ -177,6 +246,7 @@ def sweep_records(config: Path, sweep: str) -> list[Path]:
     import yaml
 
     from kvbench import sweep as kvsweep
+
     sweeps = yaml.safe_load(Path(config).read_text())["sweeps"]
     if sweep not in sweeps:
         raise ValueError(f"sweep: {sweep!r} is not defined in {config} (defined: {', '.join(sweeps)})")

@@ -40,6 +40,7 @@ def capture(model, prompt, new_tokens: int, kv_mode: str, layer: int, head: int)
     import torch
 
     from kvbench.generate import generate
+
     attn = model.transformer.h[layer].attn
     kv_head = head // (attn.n_head // attn.n_kv_head)
     frames: list[dict] = []
@@ -48,8 +49,9 @@ def capture(model, prompt, new_tokens: int, kv_mode: str, layer: int, head: int)
         qh = q[0, head, -1].float()
         kh, vh = k[0, kv_head].float(), v[0, kv_head].float()
         weights = torch.softmax(kh @ qh / math.sqrt(qh.numel()), dim=0)  # the newest query sees all keys
-        frames.append({"q": qh.cpu().numpy(), "k": kh.cpu().numpy(), "v": vh.cpu().numpy(),
-                       "att": weights.cpu().numpy()})
+        frames.append(
+            {"q": qh.cpu().numpy(), "k": kh.cpu().numpy(), "v": vh.cpu().numpy(), "att": weights.cpu().numpy()}
+        )
 
     attn.probe = probe
     try:
@@ -62,6 +64,7 @@ def capture(model, prompt, new_tokens: int, kv_mode: str, layer: int, head: int)
 def render(frames: list[dict], title: str, max_len: int, kv_bytes_per_token: int) -> list:
     """One PIL image per frame, all the same size."""
     import matplotlib
+
     matplotlib.use("Agg")
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -110,8 +113,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.kv_mode not in ("concat", "static"):
         return fail(f"kv_mode: {args.kv_mode!r} is not one of concat, static (the GIF shows a cache)")
-    spec = CellSpec(model=args.model, checkpoint=args.checkpoint, kv_mode=args.kv_mode, prompt_len=args.prompt_len,
-                    new_tokens=args.new_tokens, device="cpu", seed=args.seed, out=args.out)
+    spec = CellSpec(
+        model=args.model,
+        checkpoint=args.checkpoint,
+        kv_mode=args.kv_mode,
+        prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens,
+        device="cpu",
+        seed=args.seed,
+        out=args.out,
+    )
     try:
         cfg, device = spec.check()
     except UsageError as e:
@@ -126,15 +137,21 @@ def main(argv: list[str] | None = None) -> int:
     from kvbench import checkpoint
     from kvbench.cell import make_prompt
     from kvbench.model import build_random
-    model = (checkpoint.load(args.checkpoint, device, torch.float32) if args.checkpoint
-             else build_random(cfg, device, torch.float32, args.seed))
+
+    model = (
+        checkpoint.load(args.checkpoint, device, torch.float32)
+        if args.checkpoint
+        else build_random(cfg, device, torch.float32, args.seed)
+    )
     prompt = make_prompt(spec, cfg.vocab_size)
     frames = capture(model, prompt, args.new_tokens, args.kv_mode, args.layer, args.head)
     title = f"{args.model} layer {args.layer} head {args.head} ({args.kv_mode} cache)"
     from kvbench.kv_cache import kv_cache_bytes
+
     per_token = kv_cache_bytes(1, 1, cfg.kv_heads, 1, cfg.head_dim, 4)  # this layer's K and V, fp32
     images = render(frames, title, args.prompt_len + args.new_tokens - 1, per_token)
     from kvbench.record import write_atomic_bytes
+
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=args.frame_ms, loop=0)
     out = Path(args.out)

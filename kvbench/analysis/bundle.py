@@ -41,16 +41,23 @@ def _files_under(root: Path, pattern: str = "*") -> list[Path]:
     """Regular files, hidden ones and temp files of interrupted writes left out; sorted."""
     if not root.is_dir():
         return []
-    return sorted((p for p in root.rglob(pattern) if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts)),
-                  key=lambda p: p.relative_to(root).as_posix())
+    return sorted(
+        (
+            p
+            for p in root.rglob(pattern)
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        ),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
 
 
 def flatten(obj: dict, prefix: str = "") -> dict[str, Any]:
     """Nested dicts -> dot-joined keys, lists as text (as cells.csv spells them)."""
     out: dict[str, Any] = {}
     for key, value in obj.items():
-        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": _as_text(value)})
+        out.update(
+            flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": _as_text(value)}
+        )
     return out
 
 
@@ -61,29 +68,33 @@ def _environment(records: list[dict[str, Any]]) -> dict[str, Any]:
     for rec in records:
         for key, value in flatten(rec.get("environment") or {}).items():
             counts.setdefault(key, Counter())[json.dumps(value, sort_keys=True)] += 1
-    return {"records": len(records),
-            "values": {key: [{"value": json.loads(v), "records": n}
-                             for v, n in sorted(c.items())]
-                       for key, c in sorted(counts.items())}}
+    return {
+        "records": len(records),
+        "values": {
+            key: [{"value": json.loads(v), "records": n} for v, n in sorted(c.items())]
+            for key, c in sorted(counts.items())
+        },
+    }
 
 
 def _status_counts(records: list[dict[str, Any]]) -> dict[str, int]:
     c = Counter(str(r.get("status")) for r in records)
-    return {s: c[s] for s in sorted(c, key=lambda s: (
-        STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s))}
+    return {s: c[s] for s in sorted(c, key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s))}
 
 
-def _index(sweep: str, entries: dict[str, bytes], meta: dict[str, Any],
-           env: dict[str, Any]) -> str:
+def _index(sweep: str, entries: dict[str, bytes], meta: dict[str, Any], env: dict[str, Any]) -> str:
     """index.md: readable on GitHub once unpacked (figures inline, tables linked)."""
     names = sorted(entries)
     status = ", ".join(f"{s} {n}" for s, n in meta["status_counts"].items()) or "none"
-    lines = [f"# kvbench bundle: {sweep}", "",
-             f"{meta['records']} cell records ({status}).", "",
-             "Check it: `unzip bundle.zip -d bundle && cd bundle && sha256sum -c MANIFEST.sha256`",
-             ""]
-    for key in ("device_name", "cpu", "torch", "cuda", "driver", "git_commit",
-                "kvbench_version", "container_image"):
+    lines = [
+        f"# kvbench bundle: {sweep}",
+        "",
+        f"{meta['records']} cell records ({status}).",
+        "",
+        "Check it: `unzip bundle.zip -d bundle && cd bundle && sha256sum -c MANIFEST.sha256`",
+        "",
+    ]
+    for key in ("device_name", "cpu", "torch", "cuda", "driver", "git_commit", "kvbench_version", "container_image"):
         vals = [v["value"] for v in env["values"].get(key, [])]
         if vals:
             lines.append(f"- {key}: {', '.join(str(v) for v in vals)}")
@@ -91,10 +102,9 @@ def _index(sweep: str, entries: dict[str, bytes], meta: dict[str, Any],
     if figures:
         lines += ["", "## Figures", ""]
         for n in figures:
-            stem = n[len("figures/"):-len(".png")]
+            stem = n[len("figures/") : -len(".png")]
             svg = f"figures/{stem}.svg"
-            lines += [f"### {stem}", "", f"![{stem}]({n})"
-                      + (f" ([SVG]({svg}))" if svg in entries else ""), ""]
+            lines += [f"### {stem}", "", f"![{stem}]({n})" + (f" ([SVG]({svg}))" if svg in entries else ""), ""]
     for title, prefix in (("Tables", "tables/"), ("Config", "config/"), ("Extra", "extra/")):
         group = [n for n in names if n.startswith(prefix)]
         if group:
@@ -103,15 +113,20 @@ def _index(sweep: str, entries: dict[str, bytes], meta: dict[str, Any],
     records = [n for n in names if n.startswith("cells/")]
     lines += ["", f"## Records ({len(records)}, in the zip)", ""]
     lines += [f"- `{n}`" for n in records]
-    lines += ["", "## Other files", "",
-              f"- [{ENVIRONMENT}]({ENVIRONMENT}): distinct environment values across records",
-              f"- [{META}]({META}): sweep name and record counts",
-              f"- `{MANIFEST}`: sha256 of every other file"]
+    lines += [
+        "",
+        "## Other files",
+        "",
+        f"- [{ENVIRONMENT}]({ENVIRONMENT}): distinct environment values across records",
+        f"- [{META}]({META}): sweep name and record counts",
+        f"- `{MANIFEST}`: sha256 of every other file",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def collect(sweep_dir: Path, config_path: Path | None, extra: Sequence[Path],
-            sweep: str | None = None) -> dict[str, bytes]:
+def collect(
+    sweep_dir: Path, config_path: Path | None, extra: Sequence[Path], sweep: str | None = None
+) -> dict[str, bytes]:
     """Archive name -> bytes, every generated file included, MANIFEST last."""
     sweep_dir = Path(sweep_dir)
     sweep = sweep or sweep_dir.resolve().name
@@ -148,8 +163,7 @@ def collect(sweep_dir: Path, config_path: Path | None, extra: Sequence[Path],
     bad = [n for n in entries if "\n" in n or "\\" in n]
     if bad:  # sha256sum would escape these names, and zips disagree on backslashes
         raise ValueError(f"file names a manifest cannot carry: {bad}")
-    entries[MANIFEST] = "".join(f"{_sha256(entries[n])}  {n}\n"
-                                for n in sorted(entries)).encode()
+    entries[MANIFEST] = "".join(f"{_sha256(entries[n])}  {n}\n" for n in sorted(entries)).encode()
     return entries
 
 
@@ -166,8 +180,9 @@ def zip_bytes(entries: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def build_bundle(sweep_dir: Path, out_zip: Path, config_path: Path | None,
-                 extra: list[Path], *, sweep: str | None = None) -> None:
+def build_bundle(
+    sweep_dir: Path, out_zip: Path, config_path: Path | None, extra: list[Path], *, sweep: str | None = None
+) -> None:
     """Write ``out_zip`` atomically (temp file + os.replace) from ``sweep_dir``'s figures/,
     tables/ and cells/, plus the config and extra files."""
     atomic_write_bytes(Path(out_zip), zip_bytes(collect(sweep_dir, config_path, extra, sweep)))
@@ -220,16 +235,16 @@ def verify_bundle(bundle_zip: Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="kvbench bundle",
-        description="Build (and check) a sweep's deterministic bundle.zip, or --verify one.")
+        prog="kvbench bundle", description="Build (and check) a sweep's deterministic bundle.zip, or --verify one."
+    )
     parser.add_argument("--sweep-dir", type=Path, help="results/<sweep>: figures/ tables/ cells/")
     parser.add_argument("--out", type=Path, help="zip to write (default <sweep-dir>/bundle.zip)")
     parser.add_argument("--config", type=Path, default=None, help="config file to include")
-    parser.add_argument("--extra", type=Path, nargs="*", default=[],
-                        help="more files or folders to include under extra/")
+    parser.add_argument(
+        "--extra", type=Path, nargs="*", default=[], help="more files or folders to include under extra/"
+    )
     parser.add_argument("--sweep", default=None, help="sweep name (default: the folder's name)")
-    parser.add_argument("--verify", type=Path, metavar="ZIP",
-                        help="only check an existing bundle against its manifest")
+    parser.add_argument("--verify", type=Path, metavar="ZIP", help="only check an existing bundle against its manifest")
     args = parser.parse_args(argv)
     if args.verify is not None:
         target = args.verify

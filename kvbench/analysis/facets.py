@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: seaborn's FacetGrid makes pyplot figures; no GUI backend here
-import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
@@ -19,14 +18,29 @@ from kvbench.analysis import frame as fr  # noqa: E402
 from kvbench.analysis import report as rp  # noqa: E402
 
 # Reproducible bytes: no timestamps or versions in the files, a fixed salt for SVG ids, text as paths.
-RC = {"svg.hashsalt": "kvbench", "svg.fonttype": "path", "svg.id": None, "savefig.dpi": 110, "figure.dpi": 110,
-      "font.family": "DejaVu Sans", "axes.titlesize": "medium", "figure.titlesize": "large"}
+RC = {
+    "svg.hashsalt": "kvbench",
+    "svg.fonttype": "path",
+    "svg.id": None,
+    "savefig.dpi": 110,
+    "figure.dpi": 110,
+    "font.family": "DejaVu Sans",
+    "axes.titlesize": "medium",
+    "figure.titlesize": "large",
+}
 SAVE_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 PALETTE = dict(zip(fr.KV_MODE_ORDER, sns.color_palette("colorblind", len(fr.KV_MODE_ORDER))))  # the kv-mode colours
-FAILED = {"oom": ("#d62728", "out of memory (not measured)"), "unsupported": ("#7f7f7f", "unsupported (not measured)"),
-          "error": ("#000000", "error (not measured)")}
-AXIS_LABELS = {"cell.prompt_len": "prompt length (tokens)", "cell.new_tokens": "new tokens generated",
-               "cell.model": "model (by parameter count)", "cell.batch": "batch"}
+FAILED = {
+    "oom": ("#d62728", "out of memory (not measured)"),
+    "unsupported": ("#7f7f7f", "unsupported (not measured)"),
+    "error": ("#000000", "error (not measured)"),
+}
+AXIS_LABELS = {
+    "cell.prompt_len": "prompt length (tokens)",
+    "cell.new_tokens": "new tokens generated",
+    "cell.model": "model (by parameter count)",
+    "cell.batch": "batch",
+}
 
 
 class Skip(Exception):
@@ -41,15 +55,43 @@ def mark_failed(ax, xs, statuses, labels, y0: float = 0.95) -> None:
         y = y0 - 0.09 * level.get(x, 0)
         level[x] = level.get(x, 0) + 1
         color = FAILED.get(str(status), ("#9467bd", ""))[0]
-        ax.scatter([x], [y], transform=ax.get_xaxis_transform(), marker="X", s=70, color=color, zorder=6,
-                   clip_on=False, edgecolors="white", linewidths=0.5)
-        ax.annotate(label, (x, y), xycoords=ax.get_xaxis_transform(), xytext=(6, 0), textcoords="offset points",
-                    va="center", fontsize=7, color=color)
+        ax.scatter(
+            [x],
+            [y],
+            transform=ax.get_xaxis_transform(),
+            marker="X",
+            s=70,
+            color=color,
+            zorder=6,
+            clip_on=False,
+            edgecolors="white",
+            linewidths=0.5,
+        )
+        ax.annotate(
+            label,
+            (x, y),
+            xycoords=ax.get_xaxis_transform(),
+            xytext=(6, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+            color=color,
+        )
 
 
 def failed_handles(statuses) -> list[Line2D]:
-    return [Line2D([], [], marker="X", color=FAILED.get(s, ("#9467bd", ""))[0], linestyle="none", markersize=9,
-                   label=FAILED.get(s, ("", f"{s} (not measured)"))[1]) for s in sorted(set(map(str, statuses)))]
+    return [
+        Line2D(
+            [],
+            [],
+            marker="X",
+            color=FAILED.get(s, ("#9467bd", ""))[0],
+            linestyle="none",
+            markersize=9,
+            label=FAILED.get(s, ("", f"{s} (not measured)"))[1],
+        )
+        for s in sorted(set(map(str, statuses)))
+    ]
 
 
 def ticks(axis, lo: float, hi: float, log: bool, fmt: str = "{:g}") -> None:
@@ -69,8 +111,10 @@ def facet_label(df: pd.DataFrame, exclude: Sequence[str]) -> pd.Series:
     keys = [k for k in rp.varying(df, [c.removeprefix("cell.") for c in exclude]) if k != "seed"]
     if not keys:
         return pd.Series("", index=df.index)
-    return df[[f"cell.{k}" for k in keys]].apply(lambda r: ", ".join(
-        f"{k}={'all' if k == 'n_kv_head' and pd.isna(v) else rp.lab(v)}" for k, v in zip(keys, r)), axis=1)
+    return df[[f"cell.{k}" for k in keys]].apply(
+        lambda r: ", ".join(f"{k}={'all' if k == 'n_kv_head' and pd.isna(v) else rp.lab(v)}" for k, v in zip(keys, r)),
+        axis=1,
+    )
 
 
 def x_values(df: pd.DataFrame, x: str) -> tuple[pd.Series, list[float], list[str]]:
@@ -78,9 +122,16 @@ def x_values(df: pd.DataFrame, x: str) -> tuple[pd.Series, list[float], list[str
     if x == "cell.model":
         cats = list(df[x].cat.categories)
         rows = df.drop_duplicates(x).set_index(x)
-        return (df[x].cat.codes.astype(float), [float(i) for i in range(len(cats))],
-                [f"{m}\n{rows.at[m, 'n_params'] / 1e6:.0f}M params" if m in rows.index and rows.at[m, "n_params"] > 0
-                 else m for m in cats])
+        return (
+            df[x].cat.codes.astype(float),
+            [float(i) for i in range(len(cats))],
+            [
+                f"{m}\n{rows.at[m, 'n_params'] / 1e6:.0f}M params"
+                if m in rows.index and rows.at[m, "n_params"] > 0
+                else m
+                for m in cats
+            ],
+        )
     vals = sorted(set(df[x].astype(float)))
     return df[x].astype(float), vals, [rp.lab(v) for v in vals]
 
@@ -96,12 +147,11 @@ def _x_axis(ax, x: str, pos: list[float], labels: list[str]) -> None:
 
 def grid(data: pd.DataFrame, col: str, col_order, **kw) -> sns.FacetGrid:
     rows = list(dict.fromkeys(data["facet"]))
-    return sns.FacetGrid(data, col=col, col_order=col_order, row="facet", row_order=rows, margin_titles=False,
-                         despine=False, **kw)
+    return sns.FacetGrid(
+        data, col=col, col_order=col_order, row="facet", row_order=rows, margin_titles=False, despine=False, **kw
+    )
 
 
 def _titles(g: sns.FacetGrid, fmt: str) -> None:
     for (row, col), ax in g.axes_dict.items() if g.row_names else ((("", k), a) for k, a in g.axes_dict.items()):
         ax.set_title(fmt.format(col) + (f"\n{row}" if row else ""))
-
-

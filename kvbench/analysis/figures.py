@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt  # after facets' matplotlib.use('Agg') takes effect: no figure exists yet
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -32,30 +33,61 @@ from kvbench.analysis import aggregate as agg
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
 from kvbench.analysis import speedup_figures
-from kvbench.analysis.facets import (AXIS_LABELS, FAILED, RC, SAVE_METADATA, Skip, _titles, _x_axis, facet_label,
-                                     failed_handles, grid, mark_failed, plt, ticks, x_values)
+from kvbench.analysis.facets import (
+    AXIS_LABELS,
+    FAILED,
+    RC,
+    SAVE_METADATA,
+    Skip,
+    _titles,
+    _x_axis,
+    facet_label,
+    failed_handles,
+    grid,
+    mark_failed,
+    ticks,
+    x_values,
+)
 
 FORMATS = ("png", "svg")
-FIGURE_STEMS = ("decode_ms_per_token", "peak_memory", "prefill_decode_split", "speedup_heatmap", "per_token_latency",
-                "floor_fraction", "speedup_vs_model", "speedup_vs_new_tokens", "kv_variants")
+FIGURE_STEMS = (
+    "decode_ms_per_token",
+    "peak_memory",
+    "prefill_decode_split",
+    "speedup_heatmap",
+    "per_token_latency",
+    "floor_fraction",
+    "speedup_vs_model",
+    "speedup_vs_new_tokens",
+    "kv_variants",
+)
 
 
 # ---------------------------------------------------------------------------------- figures
 
-def line_figure(df: pd.DataFrame, y: pd.Series, ylabel: str, title: str, *, yerr=None, beside=None,
-                hline=None, log: bool = True) -> plt.Figure:
+
+def line_figure(
+    df: pd.DataFrame, y: pd.Series, ylabel: str, title: str, *, yerr=None, beside=None, hline=None, log: bool = True
+) -> plt.Figure:
     """A panel per kv mode (columns) and varying setting (rows); x from what the sweep varies,
     a line per batch; `beside` (a second series) dashed in the same colour."""
     x = fr.x_axis(df)
     if x is None:
         raise Skip("one cell per kv mode: nothing varies to draw a line along")
     hue = "cell.batch" if x != "cell.batch" else None
-    data = df.assign(y=y, x=x_values(df, x)[0], facet=facet_label(df, ("cell.kv_mode", x, "cell.batch")),
-                     hue=df["cell.batch"].map(rp.lab) if hue else "all", lo=np.nan, hi=np.nan, beside=beside)
+    data = df.assign(
+        y=y,
+        x=x_values(df, x)[0],
+        facet=facet_label(df, ("cell.kv_mode", x, "cell.batch")),
+        hue=df["cell.batch"].map(rp.lab) if hue else "all",
+        lo=np.nan,
+        hi=np.nan,
+        beside=beside,
+    )
     if yerr is not None:
         data["lo"], data["hi"] = (y - yerr[0]).clip(lower=0), (yerr[1] - y).clip(lower=0)
     hues = sorted(set(data["hue"]), key=rp.natural)
-    colors = dict(zip(hues, sns.color_palette("viridis", len(hues) + 1)[:len(hues)]))  # viridis' pale end dropped
+    colors = dict(zip(hues, sns.color_palette("viridis", len(hues) + 1)[: len(hues)]))  # viridis' pale end dropped
     modes = list(df["cell.kv_mode"].cat.categories)
     g = grid(data, "cell.kv_mode", modes, sharex=True, sharey=True, height=3.4, aspect=1.2)
 
@@ -67,7 +99,9 @@ def line_figure(df: pd.DataFrame, y: pd.Series, ylabel: str, title: str, *, yerr
             if d["beside"].notna().any():
                 ax.plot(d["x"], d["beside"], linestyle="--", color=colors[h], linewidth=1)
             if yerr is not None:
-                ax.errorbar(d["x"], d["y"], yerr=[d["lo"], d["hi"]], fmt="none", ecolor=colors[h], elinewidth=0.8, capsize=2)
+                ax.errorbar(
+                    d["x"], d["y"], yerr=[d["lo"], d["hi"]], fmt="none", ecolor=colors[h], elinewidth=0.8, capsize=2
+                )
         bad = data[~data["ok"]]
         mark_failed(ax, bad["x"], bad["status"], [f"b{rp.lab(b)}" for b in bad["cell.batch"]])
         if hline is not None:
@@ -95,8 +129,9 @@ def line_figure(df: pd.DataFrame, y: pd.Series, ylabel: str, title: str, *, yerr
     if hline is not None:
         handles.append(Line2D([], [], color="0.3", linestyle=":", label=hline[1]))
     if yerr is not None:
-        handles.append(Line2D([], [], color="0.3", marker="|", linestyle="none", markersize=10,
-                              label="min–max over iterations"))
+        handles.append(
+            Line2D([], [], color="0.3", marker="|", linestyle="none", markersize=10, label="min–max over iterations")
+        )
     g.add_legend(legend_data={h.get_label(): h for h in handles + failed_handles(df.loc[~df["ok"], "status"])})
     g.figure.suptitle(title, y=1.02)
     return g.figure
@@ -104,35 +139,62 @@ def line_figure(df: pd.DataFrame, y: pd.Series, ylabel: str, title: str, *, yerr
 
 def decode_figure(df: pd.DataFrame) -> plt.Figure:
     d = "latency.decode_ms_per_token"
-    return line_figure(df, df[f"{d}.median"].astype(float), "decode ms / token (median)",
-                       "Decode latency per token", yerr=(df[f"{d}.min"].astype(float), df[f"{d}.max"].astype(float)))
+    return line_figure(
+        df,
+        df[f"{d}.median"].astype(float),
+        "decode ms / token (median)",
+        "Decode latency per token",
+        yerr=(df[f"{d}.min"].astype(float), df[f"{d}.max"].astype(float)),
+    )
 
 
 def memory_figure(df: pd.DataFrame) -> plt.Figure:
     """Issue 17: what the cache costs, the peak bytes beyond the weights, beside the formula's bytes."""
     sources = sorted(set(df.loc[df["ok"] & df["beyond_bytes"].notna(), "beyond_source"].astype(str)))
-    return line_figure(df, df["beyond_bytes"] / fr.MIB, f"peak beyond the weights, MiB\n({', '.join(sources) or 'n/a'})",
-                       "Peak memory beyond the weights (solid) and the KV cache by formula (dashed)",
-                       beside=df["memory.kv_cache_bytes_formula"].astype(float) / fr.MIB)
+    return line_figure(
+        df,
+        df["beyond_bytes"] / fr.MIB,
+        f"peak beyond the weights, MiB\n({', '.join(sources) or 'n/a'})",
+        "Peak memory beyond the weights (solid) and the KV cache by formula (dashed)",
+        beside=df["memory.kv_cache_bytes_formula"].astype(float) / fr.MIB,
+    )
 
 
 def floor_figure(df: pd.DataFrame) -> plt.Figure:
-    return line_figure(df, df["analytic.fraction_of_floor"].astype(float), "analytic floor / measured",
-                       "Decode step vs its analytic lower bound", hline=(1.0, "at the floor (1.0); above is suspect"))
+    return line_figure(
+        df,
+        df["analytic.fraction_of_floor"].astype(float),
+        "analytic floor / measured",
+        "Decode step vs its analytic lower bound",
+        hline=(1.0, "at the floor (1.0); above is suspect"),
+    )
 
 
 def split_figure(df: pd.DataFrame) -> plt.Figure:
     """One stacked bar per cell: the prefill, then the decode steps of one generation."""
-    keys = [k for k in ("batch", "prompt_len", "new_tokens") if df[f"cell.{k}"].nunique() > 1] or ["batch", "prompt_len"]
-    data = df.assign(facet=facet_label(df, ("cell.kv_mode", *(f"cell.{k}" for k in keys))),
-                     label=df[[f"cell.{k}" for k in keys]].apply(lambda r: " · ".join(
-                         f"{k[0]}{rp.lab(v)}" for k, v in zip(keys, r)), axis=1),
-                     prefill=df["latency.prefill_ms.median"].astype(float),
-                     decode=df["latency.decode_ms_per_token.median"].astype(float) * df["latency.decode_steps"].astype(float))
+    keys = [k for k in ("batch", "prompt_len", "new_tokens") if df[f"cell.{k}"].nunique() > 1] or [
+        "batch",
+        "prompt_len",
+    ]
+    data = df.assign(
+        facet=facet_label(df, ("cell.kv_mode", *(f"cell.{k}" for k in keys))),
+        label=df[[f"cell.{k}" for k in keys]].apply(
+            lambda r: " · ".join(f"{k[0]}{rp.lab(v)}" for k, v in zip(keys, r)), axis=1
+        ),
+        prefill=df["latency.prefill_ms.median"].astype(float),
+        decode=df["latency.decode_ms_per_token.median"].astype(float) * df["latency.decode_steps"].astype(float),
+    )
     labels = list(dict.fromkeys(data.sort_values([f"cell.{k}" for k in keys])["label"]))
     colors = sns.color_palette("colorblind", 2)
-    g = grid(data, "cell.kv_mode", list(df["cell.kv_mode"].cat.categories), sharey=True, sharex=False,
-             height=0.9 + 0.28 * len(labels), aspect=4.2 / (0.9 + 0.28 * len(labels)))
+    g = grid(
+        data,
+        "cell.kv_mode",
+        list(df["cell.kv_mode"].cat.categories),
+        sharey=True,
+        sharex=False,
+        height=0.9 + 0.28 * len(labels),
+        aspect=4.2 / (0.9 + 0.28 * len(labels)),
+    )
 
     def panel(data, **_):
         ax = plt.gca()
@@ -142,8 +204,16 @@ def split_figure(df: pd.DataFrame) -> plt.Figure:
         ax.barh(ypos, ok["decode"], left=ok["prefill"], color=colors[1], height=0.7)
         bad = data[~data["ok"]]
         for y, status in zip(bad["label"].map(labels.index), bad["status"]):  # the marker, turned on its side
-            ax.scatter([0.03], [y], transform=ax.get_yaxis_transform(), marker="X", s=60, zorder=6, clip_on=False,
-                       color=FAILED.get(str(status), ("#9467bd", ""))[0])
+            ax.scatter(
+                [0.03],
+                [y],
+                transform=ax.get_yaxis_transform(),
+                marker="X",
+                s=60,
+                zorder=6,
+                clip_on=False,
+                color=FAILED.get(str(status), ("#9467bd", ""))[0],
+            )
         ax.set_xlim(left=0)
 
     g.map_dataframe(panel)
@@ -152,8 +222,11 @@ def split_figure(df: pd.DataFrame) -> plt.Figure:
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
         ax.set_ylim(len(labels) - 0.5, -0.5)
     g.set_axis_labels("ms per generation (median)", "cell")
-    handles = [Patch(color=colors[0], label="prefill (time to first token)"),
-               Patch(color=colors[1], label="decode (steps × median ms/step)"), *failed_handles(df.loc[~df["ok"], "status"])]
+    handles = [
+        Patch(color=colors[0], label="prefill (time to first token)"),
+        Patch(color=colors[1], label="decode (steps × median ms/step)"),
+        *failed_handles(df.loc[~df["ok"], "status"]),
+    ]
     g.add_legend(legend_data={h.get_label(): h for h in handles})
     g.figure.suptitle("Prefill vs decode: where one generation's time goes", y=1.02)
     return g.figure
@@ -166,30 +239,58 @@ def heatmap_figure(df: pd.DataFrame) -> plt.Figure:
         raise Skip("no cached cell has a `none` cell beside it")
     if sp["cell.batch"].nunique() < 2 and sp["cell.prompt_len"].nunique() < 2:
         raise Skip("one batch and one prompt length: see speedup_vs_model / speedup_vs_new_tokens")
-    long = pd.concat([sp.assign(metric=name, v=sp[col].astype(float)) for col, name in
-                      (("decode_speedup", "decode"), ("total_speedup", "whole generation"))])
+    long = pd.concat(
+        [
+            sp.assign(metric=name, v=sp[col].astype(float))
+            for col, name in (("decode_speedup", "decode"), ("total_speedup", "whole generation"))
+        ]
+    )
     long["facet"] = long["metric"] + facet_label(long, ("cell.kv_mode", "cell.batch", "cell.prompt_len")).map(
-        lambda s: f", {s}" if s else "")
+        lambda s: f", {s}" if s else ""
+    )
     vals = long["v"][long["v"] > 0]
     span = max(float(vals.max()), 1 / float(vals.min()), 2.0) if len(vals) else 2.0
     norm, cmap = mcolors.LogNorm(1 / span, span), matplotlib.colormaps["RdBu"]
     batches, prompts = sorted(set(sp["cell.batch"])), sorted(set(sp["cell.prompt_len"]))
-    g = grid(long, "cell.kv_mode", [m for m in sp["cell.kv_mode"].cat.categories if m != "none"], sharex=False,
-             sharey=False, height=max(2.4, 0.45 * len(batches) + 1.3),
-             aspect=max(4.2, 0.75 * len(prompts) + 1.4) / max(2.4, 0.45 * len(batches) + 1.3))
+    g = grid(
+        long,
+        "cell.kv_mode",
+        [m for m in sp["cell.kv_mode"].cat.categories if m != "none"],
+        sharex=False,
+        sharey=False,
+        height=max(2.4, 0.45 * len(batches) + 1.3),
+        aspect=max(4.2, 0.75 * len(prompts) + 1.4) / max(2.4, 0.45 * len(batches) + 1.3),
+    )
 
     def panel(data, **_):
         ax = plt.gca()
-        wide = data.pivot_table(index="cell.batch", columns="cell.prompt_len", values="v", aggfunc="first",
-                                observed=True).reindex(index=batches, columns=prompts)
-        sns.heatmap(wide, ax=ax, cmap=cmap, norm=norm, cbar=False, annot=wide.map(lambda v: f"{v:.2f}×"), fmt="",
-                    annot_kws={"fontsize": 8}, linewidths=0.5, linecolor="white")
+        wide = data.pivot_table(
+            index="cell.batch", columns="cell.prompt_len", values="v", aggfunc="first", observed=True
+        ).reindex(index=batches, columns=prompts)
+        sns.heatmap(
+            wide,
+            ax=ax,
+            cmap=cmap,
+            norm=norm,
+            cbar=False,
+            annot=wide.map(lambda v: f"{v:.2f}×"),
+            fmt="",
+            annot_kws={"fontsize": 8},
+            linewidths=0.5,
+            linecolor="white",
+        )
         bad = data[data["v"].isna()]
         ax.grid(False)
         for b, p, s, n in zip(bad["cell.batch"], bad["cell.prompt_len"], bad["status"], bad["none_status"]):
             status = s if s != "ok" else n
-            ax.scatter([prompts.index(p) + 0.5], [batches.index(b) + 0.5], marker="X", s=60, zorder=6,
-                       color=FAILED.get(str(status), ("#9467bd", ""))[0])
+            ax.scatter(
+                [prompts.index(p) + 0.5],
+                [batches.index(b) + 0.5],
+                marker="X",
+                s=60,
+                zorder=6,
+                color=FAILED.get(str(status), ("#9467bd", ""))[0],
+            )
         ax.set_xlabel("prompt length (tokens)")
         ax.set_ylabel("batch")
         ax.tick_params(axis="y", rotation=0)
@@ -197,17 +298,25 @@ def heatmap_figure(df: pd.DataFrame) -> plt.Figure:
     g.map_dataframe(panel)
     _titles(g, "{} vs none")
     g.figure.subplots_adjust(hspace=0.6, top=0.88, right=0.85)
-    cbar = g.figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=g.axes, shrink=0.8, label="speedup = none ms / mode ms")
+    cbar = g.figure.colorbar(
+        ScalarMappable(norm=norm, cmap=cmap), ax=g.axes, shrink=0.8, label="speedup = none ms / mode ms"
+    )
     ticks(cbar.ax.yaxis, 1 / span, span, log=True, fmt="{:g}×")
     bad = long.loc[long["v"].isna()]
     if len(bad):
-        g.figure.legend(handles=failed_handles(bad["status"].where(bad["status"] != "ok", bad["none_status"])),
-                        loc="lower center", frameon=False, ncols=3, bbox_to_anchor=(0.5, -0.05))
+        g.figure.legend(
+            handles=failed_handles(bad["status"].where(bad["status"] != "ok", bad["none_status"])),
+            loc="lower center",
+            frameon=False,
+            ncols=3,
+            bbox_to_anchor=(0.5, -0.05),
+        )
     g.figure.suptitle("Speedup of each KV cache over none", y=1.02)
     return g.figure
 
 
 # ---------------------------------------------------------------------------------- entry points
+
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     paths = []
@@ -219,8 +328,12 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def render(tables_dir: Path, out_dir: Path, only: Sequence[str] | None = None,
-           log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> list[Path]:
+def render(
+    tables_dir: Path,
+    out_dir: Path,
+    only: Sequence[str] | None = None,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> list[Path]:
     """Draw every figure the sweep supports (PNG and SVG each); say in one line why any other is
     left out (and remove an older copy of it). `only`: just these stems."""
     unknown = sorted(set(only or ()) - set(FIGURE_STEMS))
@@ -228,13 +341,17 @@ def render(tables_dir: Path, out_dir: Path, only: Sequence[str] | None = None,
         raise ValueError(f"unknown figure(s) {', '.join(unknown)}; known: {', '.join(FIGURE_STEMS)}")
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     df = fr.read_cells(tables_dir / "cells.csv")
-    builders = {"decode_ms_per_token": lambda: decode_figure(df), "peak_memory": lambda: memory_figure(df),
-                "prefill_decode_split": lambda: split_figure(df), "speedup_heatmap": lambda: heatmap_figure(df),
-                "per_token_latency": lambda: speedup_figures.per_token_figure(df, fr.read_table(tables_dir / "per_step.csv")),
-                "floor_fraction": lambda: floor_figure(df),
-                "speedup_vs_model": lambda: speedup_figures.axis_speedup_figure(df, "model"),
-                "speedup_vs_new_tokens": lambda: speedup_figures.axis_speedup_figure(df, "new_tokens"),
-                "kv_variants": lambda: speedup_figures.kv_variants_figure(df)}
+    builders = {
+        "decode_ms_per_token": lambda: decode_figure(df),
+        "peak_memory": lambda: memory_figure(df),
+        "prefill_decode_split": lambda: split_figure(df),
+        "speedup_heatmap": lambda: heatmap_figure(df),
+        "per_token_latency": lambda: speedup_figures.per_token_figure(df, fr.read_table(tables_dir / "per_step.csv")),
+        "floor_fraction": lambda: floor_figure(df),
+        "speedup_vs_model": lambda: speedup_figures.axis_speedup_figure(df, "model"),
+        "speedup_vs_new_tokens": lambda: speedup_figures.axis_speedup_figure(df, "new_tokens"),
+        "kv_variants": lambda: speedup_figures.kv_variants_figure(df),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85), matplotlib.rc_context(RC):

@@ -24,28 +24,97 @@ KV_MODE_ORDER = ("none", "concat", "static", "static-int8")
 STATUS_ORDER = ("ok", "oom", "unsupported", "error")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # Cell keys in the order a person reads a cell; the first ones are the grid coordinates.
-CELL_KEYS = ("model", "dtype", "attention", "kv_mode", "batch", "prompt_len", "new_tokens", "device",
-             "prompt_source", "seed", "warmup", "iters", "engine", "n_kv_head", "compile", "checkpoint",
-             "check_steps")
+CELL_KEYS = (
+    "model",
+    "dtype",
+    "attention",
+    "kv_mode",
+    "batch",
+    "prompt_len",
+    "new_tokens",
+    "device",
+    "prompt_source",
+    "seed",
+    "warmup",
+    "iters",
+    "engine",
+    "n_kv_head",
+    "compile",
+    "checkpoint",
+    "check_steps",
+)
 CELL = tuple(f"cell.{k}" for k in CELL_KEYS)
-SECTIONS = ("schema_version", "status", "error", "created_utc", "cell", "model_info", "latency", "memory",
-            "energy", "analytic", "check", "environment")
+SECTIONS = (
+    "schema_version",
+    "status",
+    "error",
+    "created_utc",
+    "cell",
+    "model_info",
+    "latency",
+    "memory",
+    "energy",
+    "analytic",
+    "check",
+    "environment",
+)
 _STATS = ("median", "min", "max")
 # cells.csv always has these (in this order, after the cell keys), filled or not.
-CORE = (("record", "status", "error") + CELL
-        + tuple(f"latency.{m}.{s}" for m in ("prefill_ms", "decode_ms_per_token", "total_generate_ms") for s in _STATS)
-        + ("latency.decode_tokens_per_s", "latency.decode_steps")
-        + tuple(f"memory.{k}" for k in (
-            "torch_peak_allocated_bytes", "torch_peak_reserved_bytes", "prefill_peak_allocated_bytes",
-            "decode_peak_allocated_bytes", "nvml_peak_used_bytes", "rss_peak_bytes", "weights_bytes",
-            "kv_cache_bytes_formula", "kv_cache_bytes_measured"))
-        + ("energy.decode_joules_per_token", "energy.method", "analytic.decode_flops_per_token",
-           "analytic.decode_bytes_per_token", "analytic.floor_ms_per_token", "analytic.fraction_of_floor",
-           "check.tokens_sha256", "check.matches_reference", "environment.device_name"))
+CORE = (
+    ("record", "status", "error")
+    + CELL
+    + tuple(f"latency.{m}.{s}" for m in ("prefill_ms", "decode_ms_per_token", "total_generate_ms") for s in _STATS)
+    + ("latency.decode_tokens_per_s", "latency.decode_steps")
+    + tuple(
+        f"memory.{k}"
+        for k in (
+            "torch_peak_allocated_bytes",
+            "torch_peak_reserved_bytes",
+            "prefill_peak_allocated_bytes",
+            "decode_peak_allocated_bytes",
+            "nvml_peak_used_bytes",
+            "rss_peak_bytes",
+            "weights_bytes",
+            "kv_cache_bytes_formula",
+            "kv_cache_bytes_measured",
+        )
+    )
+    + (
+        "energy.decode_joules_per_token",
+        "energy.method",
+        "analytic.decode_flops_per_token",
+        "analytic.decode_bytes_per_token",
+        "analytic.floor_ms_per_token",
+        "analytic.fraction_of_floor",
+        "check.tokens_sha256",
+        "check.matches_reference",
+        "environment.device_name",
+    )
+)
 PER_STEP = "latency.per_step_decode_ms"  # a list: per_step.csv carries it in long form
-DERIVED = ("ident", "key", "key_eager", "n_params", "n_layer", "n_head", "n_embd", "n_kv_head", "block_size", "ok",
-           "kv_heads", "head_dim", "elem_bytes", "tokens", "kv_formula", "peak_bytes", "peak_source", "kv_held",
-           "beyond_bytes", "beyond_source", "prefill_peak")
+DERIVED = (
+    "ident",
+    "key",
+    "key_eager",
+    "n_params",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "n_kv_head",
+    "block_size",
+    "ok",
+    "kv_heads",
+    "head_dim",
+    "elem_bytes",
+    "tokens",
+    "kv_formula",
+    "peak_bytes",
+    "peak_source",
+    "kv_held",
+    "beyond_bytes",
+    "beyond_source",
+    "prefill_peak",
+)
 
 
 def _schema_types(node: dict, prefix: str = "") -> dict[str, str]:
@@ -86,7 +155,7 @@ def record_names(paths: list[Path]) -> list[str]:
         if not idx:
             root = os.path.commonpath([str(q.parent) for q in absolute])
             return [Path(os.path.relpath(q, root)).as_posix() for q in absolute]
-        names.append(Path(*p.parts[idx[-1] + 1:]).as_posix())
+        names.append(Path(*p.parts[idx[-1] + 1 :]).as_posix())
     return names
 
 
@@ -122,7 +191,7 @@ def from_records(paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise kvrecord.RecordError("\n".join(problems))
     flat = pd.json_normalize(records) if records else pd.DataFrame()
     flat.insert(0, "record", record_names(paths))
-    for col in flat.columns[(flat.dtypes == object) & (flat.columns != PER_STEP)]:
+    for col in [c for c in flat.columns if c != PER_STEP and pd.api.types.is_object_dtype(flat[c])]:
         flat[col] = flat[col].map(_as_text)
     # a section null in one record and filled in another flattens to "latency" and "latency.*" too
     bare = [c for c in flat.columns if flat[c].isna().all() and any(o.startswith(c + ".") for o in flat.columns)]
@@ -159,23 +228,41 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     """Orders as Categoricals, the model's shape filled from a sibling record for a cell that
     failed before its model was built, and the derived columns; rows in grid order."""
     df = df.copy()
-    for col in CELL + ("model_info.n_params", "model_info.n_layer", "model_info.n_head", "model_info.n_embd",
-                       "model_info.n_kv_head", "model_info.block_size"):
+    for col in CELL + (
+        "model_info.n_params",
+        "model_info.n_layer",
+        "model_info.n_head",
+        "model_info.n_embd",
+        "model_info.n_kv_head",
+        "model_info.block_size",
+    ):
         if col not in df.columns:
             df[col] = None
     cell = df[list(CELL)].astype(object).where(df[list(CELL)].notna(), None)
-    ident = [json.dumps({k: _plain(v) for k, v in zip(CELL_KEYS, row)}, sort_keys=True) for row in cell.itertuples(False)]
+    ident = [
+        json.dumps({k: _plain(v) for k, v in zip(CELL_KEYS, row)}, sort_keys=True) for row in cell.itertuples(False)
+    ]
     df["ident"] = ident
     df["key"] = [i for i in _drop_keys(cell, ("kv_mode",))]
     df["key_eager"] = [i for i in _drop_keys(cell, ("kv_mode", "compile"))]
-    family = pd.Series([json.dumps([_plain(v) for v in r], default=str) for r in
-                        cell[["cell.model", "cell.n_kv_head", "cell.checkpoint"]].itertuples(False)], index=df.index)
+    family = pd.Series(
+        [
+            json.dumps([_plain(v) for v in r], default=str)
+            for r in cell[["cell.model", "cell.n_kv_head", "cell.checkpoint"]].itertuples(False)
+        ],
+        index=df.index,
+    )
     for k in ("n_params", "n_layer", "n_head", "n_embd", "n_kv_head", "block_size"):
         df[k] = _num(df[f"model_info.{k}"]).groupby(family).transform("max")
     size = df.groupby(df["cell.model"].astype(str))["n_params"].transform("max")  # the largest a record reports
-    models = sorted(set(df["cell.model"].astype(str)), key=lambda m: (
-        (0, float(size[df["cell.model"].astype(str) == m].iloc[0]), m)
-        if size[df["cell.model"].astype(str) == m].notna().any() else (1, 0.0, m)))
+    models = sorted(
+        set(df["cell.model"].astype(str)),
+        key=lambda m: (
+            (0, float(size[df["cell.model"].astype(str) == m].iloc[0]), m)
+            if size[df["cell.model"].astype(str) == m].notna().any()
+            else (1, 0.0, m)
+        ),
+    )
     df["cell.model"] = _ordered(df["cell.model"].astype(str), models)
     df["cell.kv_mode"] = _ordered(df["cell.kv_mode"].astype(str), KV_MODE_ORDER)
     df["status"] = _ordered(df["status"].astype(str), STATUS_ORDER)
@@ -184,13 +271,29 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     df["head_dim"] = df["n_embd"] / df["n_head"]
     df["elem_bytes"] = df["cell.dtype"].map(DTYPE_BYTES)
     df["tokens"] = _num(df["cell.prompt_len"]) + _num(df["cell.new_tokens"]) - 1
-    df["kv_formula"] = [_kv(r) for r in df[["n_layer", "cell.batch", "kv_heads", "tokens", "head_dim", "elem_bytes",
-                                          "cell.kv_mode"]].itertuples(False)]
-    mem = {k: _num(df.get(f"memory.{k}", pd.Series(np.nan, index=df.index)))
-           for k in ("torch_peak_allocated_bytes", "rss_peak_bytes", "prefill_peak_allocated_bytes",
-                     "decode_peak_allocated_bytes", "weights_bytes", "kv_cache_bytes_measured", "kv_cache_bytes_formula")}
+    df["kv_formula"] = [
+        _kv(r)
+        for r in df[
+            ["n_layer", "cell.batch", "kv_heads", "tokens", "head_dim", "elem_bytes", "cell.kv_mode"]
+        ].itertuples(False)
+    ]
+    mem = {
+        k: _num(df.get(f"memory.{k}", pd.Series(np.nan, index=df.index)))
+        for k in (
+            "torch_peak_allocated_bytes",
+            "rss_peak_bytes",
+            "prefill_peak_allocated_bytes",
+            "decode_peak_allocated_bytes",
+            "weights_bytes",
+            "kv_cache_bytes_measured",
+            "kv_cache_bytes_formula",
+        )
+    }
     # a 0 from torch on a CPU means 'not tracked', not 'no memory'
-    torch_peak, rss = mem["torch_peak_allocated_bytes"].where(lambda s: s > 0), mem["rss_peak_bytes"].where(lambda s: s > 0)
+    torch_peak, rss = (
+        mem["torch_peak_allocated_bytes"].where(lambda s: s > 0),
+        mem["rss_peak_bytes"].where(lambda s: s > 0),
+    )
     df["peak_bytes"] = torch_peak.fillna(rss)
     df["peak_source"] = np.where(torch_peak.notna(), "torch_peak_allocated", np.where(rss.notna(), "rss_peak", None))
     df["kv_held"] = mem["kv_cache_bytes_measured"].fillna(mem["kv_cache_bytes_formula"])
@@ -199,14 +302,30 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     phase = pd.concat([mem["prefill_peak_allocated_bytes"], mem["decode_peak_allocated_bytes"]], axis=1).max(axis=1)
     method = df.get("memory.peak_method", pd.Series(None, index=df.index, dtype=object))
     df["beyond_bytes"] = phase.fillna(torch_peak).fillna(rss) - mem["weights_bytes"]
-    df["beyond_source"] = np.where(phase.notna(), method.fillna("allocator peak").astype(str),
-                                   np.where(torch_peak.notna(), "torch peak (whole cell)",
-                                            np.where(rss.notna(), "process RSS (includes the runtime)", None)))
+    df["beyond_source"] = np.where(
+        phase.notna(),
+        method.fillna("allocator peak").astype(str),
+        np.where(
+            torch_peak.notna(),
+            "torch peak (whole cell)",
+            np.where(rss.notna(), "process RSS (includes the runtime)", None),
+        ),
+    )
     df["prefill_peak"] = mem["prefill_peak_allocated_bytes"].where(lambda s: s > 0)
-    order = ["cell.model", "cell.dtype", "cell.attention", "cell.kv_mode", "cell.batch", "cell.prompt_len",
-             "cell.new_tokens", "ident", "record"]
-    return df.sort_values(order, kind="stable", key=lambda s: s.astype(str) if s.name in ("cell.dtype", "cell.attention")
-                          else s).reset_index(drop=True)
+    order = [
+        "cell.model",
+        "cell.dtype",
+        "cell.attention",
+        "cell.kv_mode",
+        "cell.batch",
+        "cell.prompt_len",
+        "cell.new_tokens",
+        "ident",
+        "record",
+    ]
+    return df.sort_values(
+        order, kind="stable", key=lambda s: s.astype(str) if s.name in ("cell.dtype", "cell.attention") else s
+    ).reset_index(drop=True)
 
 
 def x_axis(df: pd.DataFrame) -> str | None:
@@ -235,10 +354,23 @@ def _drop_keys(cell: pd.DataFrame, drop: tuple[str, ...]):
 
 def _kv(row) -> float:
     n_layer, batch, kv_heads, tokens, head_dim, elem, mode = row
-    if mode == "none" or any(pd.isna(v) for v in (n_layer, kv_heads, head_dim)) or (pd.isna(elem) and mode != "static-int8"):
+    if (
+        mode == "none"
+        or any(pd.isna(v) for v in (n_layer, kv_heads, head_dim))
+        or (pd.isna(elem) and mode != "static-int8")
+    ):
         return np.nan
-    return float(kv_cache_bytes(int(n_layer), int(batch), int(kv_heads), int(tokens), int(head_dim),
-                                0 if pd.isna(elem) else int(elem), str(mode)))
+    return float(
+        kv_cache_bytes(
+            int(n_layer),
+            int(batch),
+            int(kv_heads),
+            int(tokens),
+            int(head_dim),
+            0 if pd.isna(elem) else int(elem),
+            str(mode),
+        )
+    )
 
 
 def record_columns(df: pd.DataFrame) -> list[str]:
@@ -249,12 +381,18 @@ def record_columns(df: pd.DataFrame) -> list[str]:
 def per_step(df: pd.DataFrame) -> pd.DataFrame:
     """Long format, one row per decode step of each ok record. Step s leaves prompt_len + s tokens
     in the cache; the record's formula bytes are for the final prompt_len + new_tokens - 1."""
-    long = df[list(("record",) + CELL)].assign(decode_ms=df.get(PER_STEP, pd.Series(None, index=df.index, dtype=object)).where(df["ok"]),
-                                               formula=df["memory.kv_cache_bytes_formula"], tokens=df["tokens"])
+    long = df[list(("record",) + CELL)].assign(
+        decode_ms=df.get(PER_STEP, pd.Series(None, index=df.index, dtype=object)).where(df["ok"]),
+        formula=df["memory.kv_cache_bytes_formula"],
+        tokens=df["tokens"],
+    )
     long = long[long["decode_ms"].map(lambda v: isinstance(v, list) and len(v) > 0)].explode("decode_ms")
     long["step"] = long.groupby(level=0).cumcount() + 1
     long["context_tokens"] = long["cell.prompt_len"].astype("Int64") + long["step"]
-    kv = [None if pd.isna(f) else round(f * c / t) for f, c, t in zip(long["formula"], long["context_tokens"], long["tokens"])]
+    kv = [
+        None if pd.isna(f) else round(f * c / t)
+        for f, c, t in zip(long["formula"], long["context_tokens"], long["tokens"])
+    ]
     long["kv_cache_bytes"] = pd.array(kv, dtype="Int64")
     long["kv_cache_mib"] = long["kv_cache_bytes"].astype(float) / MIB
     long["decode_ms"] = long["decode_ms"].astype(float)
@@ -268,8 +406,9 @@ def pairs(df: pd.DataFrame) -> pd.DataFrame:
     cached, none = df[df["cell.kv_mode"] != "none"], df[df["cell.kv_mode"] == "none"]
     exact = cached.merge(none, on="key", suffixes=("", "_none"))
     eager = none[~none["cell.compile"].fillna(False).astype(bool)]
-    rest = cached[~cached["key"].isin(exact["key"])].merge(eager.drop(columns="key"), on="key_eager",
-                                                               suffixes=("", "_none"))
+    rest = cached[~cached["key"].isin(exact["key"])].merge(
+        eager.drop(columns="key"), on="key_eager", suffixes=("", "_none")
+    )
     both = pd.concat([exact, rest]) if len(rest) else exact
     return both.set_index("ident").reindex([i for i in cached["ident"] if i in set(both["ident"])]).reset_index()
 

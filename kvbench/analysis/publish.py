@@ -57,20 +57,19 @@ def bundle_device(zf: zipfile.ZipFile) -> str:
     if not names:
         raise PublishError("the bundle holds no cell records to name a device from")
     if len(names) > 1:
-        raise PublishError(f"records come from several devices ({', '.join(sorted(names))}); "
-                           "pass --device")
+        raise PublishError(f"records come from several devices ({', '.join(sorted(names))}); pass --device")
     return names.pop()
 
 
-def publish(bundle_zip: Path, dest_root: Path = DEFAULT_DEST, device: str | None = None,
-            *, sweep: str | None = None) -> Path:
+def publish(
+    bundle_zip: Path, dest_root: Path = DEFAULT_DEST, device: str | None = None, *, sweep: str | None = None
+) -> Path:
     """Publish ``bundle_zip``; return the folder it lives in.  Raises PublishError when the
     bundle does not verify or a different bundle is already published at that place."""
     return _publish(bundle_zip, dest_root, device, sweep)[0]
 
 
-def _publish(bundle_zip: Path, dest_root: Path, device: str | None,
-             sweep: str | None) -> tuple[Path, bool]:
+def _publish(bundle_zip: Path, dest_root: Path, device: str | None, sweep: str | None) -> tuple[Path, bool]:
     """(folder, whether anything was written)."""
     bundle_zip, dest_root = Path(bundle_zip), Path(dest_root)
     problems = verify_bundle(bundle_zip)
@@ -86,10 +85,10 @@ def _publish(bundle_zip: Path, dest_root: Path, device: str | None,
         if dest.exists():
             if target.is_file() and _sha256_file(target) == _sha256_file(bundle_zip):
                 return dest, False  # the same bundle again: nothing to do
-            what = ("a different bundle" if target.is_file()
-                    else "a folder that is not a published bundle")
-            raise PublishError(f"refusing to overwrite {dest}: it holds {what}; "
-                               "remove it first or publish with another --device")
+            what = "a different bundle" if target.is_file() else "a folder that is not a published bundle"
+            raise PublishError(
+                f"refusing to overwrite {dest}: it holds {what}; remove it first or publish with another --device"
+            )
         # Build the whole folder beside its final place, then rename it in one step: a reader
         # or a second publisher never sees half a publication.
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -98,8 +97,7 @@ def _publish(bundle_zip: Path, dest_root: Path, device: str | None,
             shutil.copyfile(bundle_zip, tmp / "bundle.zip")
             for info in sorted(zf.infolist(), key=lambda i: i.filename):
                 name = info.filename
-                if info.is_dir() or not (name.startswith(UNPACKED_PREFIXES)
-                                         or name in UNPACKED_FILES):
+                if info.is_dir() or not (name.startswith(UNPACKED_PREFIXES) or name in UNPACKED_FILES):
                     continue
                 out = tmp / name  # names were checked safe by verify_bundle
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -120,12 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kvbench publish",
         description="Copy a bundle to results/published/<device>/<sweep>/ (bundle.zip plus "
-                    "unpacked figures and tables), refusing to replace a different one.")
+        "unpacked figures and tables), refusing to replace a different one.",
+    )
     parser.add_argument("bundle", type=Path, help="results/<sweep>/bundle.zip")
-    parser.add_argument("--dest", type=Path, default=DEFAULT_DEST,
-                        help=f"published root (default {DEFAULT_DEST})")
-    parser.add_argument("--device", default=None,
-                        help="device folder name (default: the records' device_name, slugified)")
+    parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help=f"published root (default {DEFAULT_DEST})")
+    parser.add_argument(
+        "--device", default=None, help="device folder name (default: the records' device_name, slugified)"
+    )
     parser.add_argument("--sweep", default=None, help="sweep folder name (default: the bundle's)")
     args = parser.parse_args(argv)
     try:
@@ -133,8 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PublishError, OSError, ValueError, KeyError) as exc:
         print(f"publish: error: {exc}", file=sys.stderr)
         return 1
-    print(f"publish: {dest / 'bundle.zip'}" if written
-          else f"publish: {dest / 'bundle.zip'} already holds this bundle; nothing to do")
+    print(
+        f"publish: {dest / 'bundle.zip'}"
+        if written
+        else f"publish: {dest / 'bundle.zip'} already holds this bundle; nothing to do"
+    )
     return 0
 
 
