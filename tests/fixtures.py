@@ -62,6 +62,7 @@ def make_record(
     device_name: str | None = DEVICE_NAME,
     n_kv_head: int | None = None,
     mismatch_step: int | None = None,
+    engine: str = "kvbench",
 ) -> dict[str, Any]:
     """One record exactly as record.schema.json describes it (non-ok: null sections)."""
     n_layer, n_head, n_embd, n_params, scale = MODELS[model]
@@ -78,7 +79,7 @@ def make_record(
         "seed": 1337,
         "warmup": 1,
         "iters": 3,
-        "engine": "kvbench",
+        "engine": engine,
         "n_kv_head": n_kv_head,
         "compile": False,
         "checkpoint": None,
@@ -176,8 +177,10 @@ def make_record(
         "decode_bytes_per_token": 6.0e5 + kv_bytes,
         "floor_ms_per_token": floor,
         "fraction_of_floor": floor / decode,
-        "bandwidth_bytes_per_s": 3.0e12,
-        "bandwidth_source": "table",
+        "bandwidth_bytes_per_s": 3.0e12,  # the floor's bandwidth: the read bandwidth
+        "bandwidth_source": "measured read",
+        "read_bandwidth_bytes_per_s": 3.0e12,
+        "copy_bandwidth_bytes_per_s": 2.0e12,
         "suspect": False,
     }
     rec["check"] = {"tokens_sha256": "ab" * 32, "matches_reference": True if cached else None}
@@ -198,9 +201,9 @@ def make_record(
 def cell_path(root: Path, rec: dict[str, Any]) -> Path:
     c = rec["cell"]
     kv = "" if c["n_kv_head"] is None else f"-kv{c['n_kv_head']}"
+    engine = () if c["engine"] == "kvbench" else (c["engine"],)
     return (
-        root
-        / "cells"
+        root.joinpath("cells", *engine)
         / c["model"]
         / c["dtype"]
         / c["kv_mode"]
@@ -284,3 +287,23 @@ class Sweep:
 
     def csv(self, name: str) -> pd.DataFrame:
         return pd.read_csv(self.tables / name)
+
+
+# Three engines side by side (the vs-hf / vs-peers sweeps): kvbench, hf and ct2 (CTranslate2,
+# whose records carry no phase peaks, peak_method null and the KV bytes by formula only).
+ENGINES = ("kvbench", "hf", "ct2")
+
+
+def engine_records() -> list[dict[str, Any]]:
+    recs = []
+    for engine in ENGINES:
+        for model in AXIS_MODELS:
+            for mode in ("none", "static"):
+                rec = make_record(mode, 1, AXIS_PROMPT, new_tokens=AXIS_LENGTHS[0], model=model, engine=engine)
+                if engine == "ct2":
+                    rec["memory"].update(
+                        prefill_peak_allocated_bytes=None, decode_peak_allocated_bytes=None, peak_method=None
+                    )
+                    rec["memory"].update(kv_cache_bytes_measured=None, torch_peak_allocated_bytes=None)
+                recs.append(rec)
+    return recs

@@ -16,6 +16,7 @@ from fixtures import (
     AXIS_OOM,
     AXIS_PROMPT,
     BATCHES,
+    ENGINES,
     GQA_HEADS,
     INT8_LOGIT_DIFF,
     INT8_MISMATCH,
@@ -29,6 +30,7 @@ from fixtures import (
     Sweep,
     axis_records,
     by_coords,
+    engine_records,
     grid_records,
     kv_bytes_for,
     make_record,
@@ -212,7 +214,16 @@ def test_speedup_row_kept_when_the_baseline_failed(tmp_path: Path) -> None:
 def test_sweep_tables_per_mode(sweep: Sweep) -> None:
     for mode in MODES:
         table = sweep.csv(f"sweep_kv_{mode}.csv")
-        assert list(table.columns[:7]) == ["model", "dtype", "attention", "new_tokens", "batch", "prompt_len", "status"]
+        assert list(table.columns[:8]) == [
+            "engine",
+            "model",
+            "dtype",
+            "attention",
+            "new_tokens",
+            "batch",
+            "prompt_len",
+            "status",
+        ]
         assert {
             "prefill_ms",
             "decode_ms_per_token",
@@ -425,3 +436,24 @@ def test_axis_tables_follow_the_sweep_and_stale_copies_go(axis_sweep: Sweep, tmp
     assert not (out / "speedup_by_model.csv").exists()
     assert not (out / "kv_variants.csv").exists()
     assert len(pd.read_csv(out / "speedup_by_length.csv")) == len(AXIS_LENGTHS)
+
+
+def test_a_third_engine_keeps_its_rows_and_pairs_within_its_engine(tmp_path: Path) -> None:
+    recs = engine_records()
+    s = Sweep(tmp_path, recs)
+    agg.aggregate(s.paths, s.tables)
+    by_model = s.csv("speedup_by_model.csv")
+    assert sorted(set(by_model["engine"])) == sorted(ENGINES)
+    assert len(by_model) == len(ENGINES) * len(AXIS_MODELS)  # one static row per engine and model
+    ms = {
+        (r["cell"]["engine"], r["cell"]["model"], r["cell"]["kv_mode"]): r["latency"]["decode_ms_per_token"]["median"]
+        for r in recs
+    }
+    for _, row in by_model.iterrows():  # each engine's cache against its own none
+        key = (row["engine"], row["model"])
+        assert row["decode_speedup"] == ms[(*key, "none")] / ms[(*key, "static")]
+    static = s.csv("sweep_kv_static.csv")
+    assert sorted(static["engine"]) == sorted(ENGINES * len(AXIS_MODELS))
+    ct2 = static[static["engine"] == "ct2"]
+    assert set(ct2["peak_memory_source"]) == {"rss_peak"}  # no torch peak: the process RSS
+    assert len(s.csv("speedup.csv")) == len(ENGINES) * len(AXIS_MODELS)

@@ -18,6 +18,7 @@ from fixtures import (
     Sweep,
     axis_records,
     by_coords,
+    engine_records,
     grid_records,
 )
 
@@ -236,3 +237,20 @@ def test_peak_memory_figure_plots_peak_beyond_weights_beside_the_formula(sweep: 
         for b in BATCHES
     ]
     assert "cuda_allocator" in figure.axes[0].get_ylabel()
+
+
+def test_a_third_engine_gets_its_own_panels(tmp_path: Path) -> None:
+    s = Sweep(tmp_path, engine_records())
+    agg.aggregate(s.paths, s.tables)
+    df = frame(s)
+    with matplotlib.rc_context(fig.RC):
+        speedup = spf.axis_speedup_figure(df, "model")
+        decode = fig.decode_figure(df)
+        memory = fig.memory_figure(df)
+    for figure in (speedup, decode, memory):
+        titles = " ".join(ax.get_title() for ax in figure.axes)
+        assert all(f"engine={e}" in titles for e in ("kvbench", "hf", "ct2")), titles
+    # ct2 has no phase peaks: its peak beyond the weights comes from the process RSS, labelled so
+    assert "process RSS" in memory.axes[0].get_ylabel()
+    rendered = fig.render(s.tables, s.figures, log=lambda line: None)
+    assert {p.stem for p in rendered} >= {"decode_ms_per_token", "peak_memory", "speedup_vs_model"}

@@ -1,4 +1,4 @@
-"""Cell records -> tables, each a selection of the one frame (kvbench.analysis.frame):
+"""Cell records -> tables, each a column selection of the one frame (kvbench.analysis.frame):
 cells.csv, per_step.csv, sweep_kv_<mode>.csv, speedup.csv, summary.md, and where the sweep
 varies their axis speedup_by_model.csv, speedup_by_length.csv, kv_variants.csv.
 
@@ -24,58 +24,51 @@ from kvbench.analysis import frame as fr
 from kvbench.analysis import report
 
 CSV_OPTS = {"index": False, "lineterminator": "\n", "na_rep": ""}
-SPEEDUP_METRICS = (
-    ("prefill", "latency.prefill_ms.median"),
-    ("decode", "latency.decode_ms_per_token.median"),
-    ("total", "latency.total_generate_ms.median"),
+# Each table's columns, named as in `readable` (settings without "cell.", measurements plainly).
+SPEEDUP_COLUMNS = ("record", *fr.CELL, "status", "none_status") + tuple(
+    c for m in fr.METRICS for c in (f"{m}_ms", f"none_{m}_ms", f"{m}_speedup")
+)
+SWEEP_COLUMNS = tuple(
+    "engine model dtype attention new_tokens batch prompt_len status prefill_ms decode_ms_per_token "
+    "decode_tokens_per_s total_generate_ms peak_memory_mib peak_memory_source kv_cache_mib".split()
 )
 # speedup_by_model.csv and speedup_by_length.csv (write-ups 003 and 002): the whole generation in
 # seconds as the write-ups timed it, and per decode token.
-AXIS_SPEEDUP_COLUMNS = (
-    "record",
-    "model",
-    "n_params",
-    "n_layer",
-    "dtype",
-    "attention",
-    "n_kv_head",
-    "batch",
-    "prompt_len",
-    "new_tokens",
-    "kv_mode",
-    "status",
-    "none_status",
-    "none_total_s",
-    "total_s",
-    "total_speedup",
-    "none_decode_ms_per_token",
-    "decode_ms_per_token",
-    "decode_speedup",
+AXIS_SPEEDUP_COLUMNS = tuple(
+    "record engine model n_params n_layer dtype attention n_kv_head batch prompt_len new_tokens kv_mode status "
+    "none_status none_total_s total_s total_speedup none_decode_ms_per_token decode_ms_per_token decode_speedup".split()
 )
-KV_VARIANT_COLUMNS = (
-    "record",
-    "model",
-    "dtype",
-    "attention",
-    "batch",
-    "prompt_len",
-    "new_tokens",
-    "n_head",
-    "n_kv_head",
-    "kv_mode",
-    "status",
-    "kv_cache_bytes_formula",
-    "kv_cache_bytes_measured",
-    "kv_cache_mib",
-    "weights_bytes",
-    "decode_ms_per_token",
-    "decode_tokens_per_s",
-    "none_decode_ms_per_token",
-    "decode_speedup",
-    "max_logit_diff",
-    "first_mismatch_step",
-    "matches_reference",
+KV_VARIANT_COLUMNS = tuple(
+    "record engine model dtype attention batch prompt_len new_tokens n_head n_kv_head kv_mode status "
+    "kv_cache_bytes_formula kv_cache_bytes_measured kv_cache_mib weights_bytes decode_ms_per_token "
+    "decode_tokens_per_s none_decode_ms_per_token decode_speedup max_logit_diff first_mismatch_step "
+    "matches_reference".split()
 )
+# Row orders of the axis tables: the axis last, so each row group reads along it.
+SETTINGS = ["engine", "dtype", "attention", "n_kv_head", "batch", "prompt_len"]
+AXIS_ORDER = {"model": [*SETTINGS, "new_tokens", "model"], "new_tokens": ["model", *SETTINGS, "kv_mode", "new_tokens"]}
+
+
+def readable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The reading tables' names: a setting without "cell." (n_kv_head is the setting, empty for
+    all heads), the medians by their measurement's name, decode times only where the cell is ok."""
+    out = frame.drop(columns=["n_kv_head", "n_kv_head_none"], errors="ignore")
+    out = out.rename(columns=lambda c: c.removeprefix("cell."))
+    ok = frame["ok"]
+    return out.assign(
+        prefill_ms=frame["latency.prefill_ms.median"],
+        decode_ms_per_token=frame["latency.decode_ms_per_token.median"].where(ok),
+        decode_tokens_per_s=frame["latency.decode_tokens_per_s"].where(ok),
+        total_generate_ms=frame["latency.total_generate_ms.median"],
+        peak_memory_mib=frame["peak_bytes"] / fr.MIB,
+        peak_memory_source=frame["peak_source"],
+        kv_cache_mib=frame["memory.kv_cache_bytes_formula"].astype(float) / fr.MIB,
+        n_params=frame["n_params"].astype("Int64"),
+        n_layer=frame["n_layer"].astype("Int64"),
+        n_head=frame["n_head"].astype("Int64"),
+        **{k: frame[f"memory.{k}"] for k in ("kv_cache_bytes_formula", "kv_cache_bytes_measured", "weights_bytes")},
+        **{k: frame.get(f"check.{k}") for k in ("max_logit_diff", "first_mismatch_step", "matches_reference")},
+    )
 
 
 def _sig(series: pd.Series) -> pd.Series:
@@ -83,88 +76,34 @@ def _sig(series: pd.Series) -> pd.Series:
     return pd.to_numeric(series, errors="coerce").astype(float).map(lambda v: float(f"{v:.6g}"), na_action="ignore")
 
 
-def _col(df: pd.DataFrame, name: str) -> pd.Series:
-    return df[name] if name in df.columns else pd.Series(None, index=df.index, dtype=object)
-
-
 def sweep_table(df: pd.DataFrame, kv_mode: str) -> pd.DataFrame:
     """Write-up 001's per-mode table; non-ok cells kept as rows with their status."""
-    d = df[df["cell.kv_mode"] == kv_mode]
-    out = pd.DataFrame(
-        {k: d[f"cell.{k}"] for k in ("model", "dtype", "attention", "new_tokens", "batch", "prompt_len")}
-    )
-    out["status"] = d["status"]
-    for name, col in (
-        ("prefill_ms", "latency.prefill_ms.median"),
-        ("decode_ms_per_token", "latency.decode_ms_per_token.median"),
-        ("decode_tokens_per_s", "latency.decode_tokens_per_s"),
-        ("total_generate_ms", "latency.total_generate_ms.median"),
-    ):
-        out[name] = _sig(d[col])
-    out["peak_memory_mib"] = _sig(d["peak_bytes"] / fr.MIB)
-    out["peak_memory_source"] = d["peak_source"]
-    out["kv_cache_mib"] = _sig(d["memory.kv_cache_bytes_formula"].astype(float) / fr.MIB)
-    return out
+    t = readable(df[df["cell.kv_mode"] == kv_mode])[list(SWEEP_COLUMNS)]
+    numbers = [c for c in SWEEP_COLUMNS[8:] if c != "peak_memory_source"]
+    return t.assign(**{c: _sig(t[c]) for c in numbers})
 
 
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     """Each cached mode against `none` = none_ms / mode_ms; a pair where a side is not ok keeps
-    its row (the statuses say why) with empty speedups, so the heatmap marks it."""
-    p = fr.pairs(df)
-    out = p[["record", *fr.CELL, "status"]].assign(none_status=p["status_none"])
-    for metric, col in SPEEDUP_METRICS:
-        out[f"{metric}_ms"], out[f"none_{metric}_ms"], out[f"{metric}_speedup"] = fr.ratio(p, col)
-    return out
+    its row (the statuses say why) with empty speedups, so the figures mark it."""
+    return fr.pairs(df)[list(SPEEDUP_COLUMNS)]
 
 
-def _axis_rows(df: pd.DataFrame) -> pd.DataFrame:
+def axis_table(df: pd.DataFrame, axis: str) -> pd.DataFrame | None:
+    """Write-up 003's table (axis "model", models by parameter count) or 002's (axis
+    "new_tokens"): none vs each cached mode along the axis. None when the sweep has one value."""
     p = fr.pairs(df)
-    total, none_total, total_speedup = fr.ratio(p, "latency.total_generate_ms.median")
-    decode, none_decode, decode_speedup = fr.ratio(p, "latency.decode_ms_per_token.median")
-    out = pd.DataFrame(
-        {
-            "record": p["record"],
-            "model": p["cell.model"],
-            "n_params": p["n_params"].astype("Int64"),
-            "n_layer": p["n_layer"].astype("Int64"),
-            **{
-                k: p[f"cell.{k}"]
-                for k in ("dtype", "attention", "n_kv_head", "batch", "prompt_len", "new_tokens", "kv_mode")
-            },
-            "status": p["status"],
-            "none_status": p["status_none"],
-            "none_total_s": none_total / 1000.0,
-            "total_s": total / 1000.0,
-            "total_speedup": total_speedup,
-            "none_decode_ms_per_token": none_decode,
-            "decode_ms_per_token": decode,
-            "decode_speedup": decode_speedup,
-        }
+    t = readable(p).assign(
+        total_s=p["total_ms"] / 1000.0,
+        none_total_s=p["none_total_ms"] / 1000.0,
+        total_speedup=p["total_speedup"],
+        decode_ms_per_token=p["decode_ms"],
+        none_decode_ms_per_token=p["none_decode_ms"],
+        none_status=p["none_status"],
     )
-    return out.assign(kv_sort=out["n_kv_head"].astype(float).fillna(-1))
-
-
-def speedup_by_model_table(df: pd.DataFrame) -> pd.DataFrame | None:
-    """Write-up 003's table: none vs each cached mode per model (by parameter count). None when
-    the sweep has fewer than two models to compare."""
-    rows = _axis_rows(df)
-    if rows["model"].nunique() < 2:
+    if t[axis].nunique() < 2:
         return None
-    order = ["dtype", "attention", "kv_sort", "batch", "prompt_len", "new_tokens", "model"]
-    return rows.sort_values(order, kind="stable", key=_key)[list(AXIS_SPEEDUP_COLUMNS)]
-
-
-def speedup_by_length_table(df: pd.DataFrame) -> pd.DataFrame | None:
-    """Write-up 002's claim: speedup vs generated tokens. None when the sweep has one new_tokens."""
-    rows = _axis_rows(df)
-    if rows["new_tokens"].nunique() < 2:
-        return None
-    order = ["model", "dtype", "attention", "kv_sort", "batch", "prompt_len", "kv_mode", "new_tokens"]
-    return rows.sort_values(order, kind="stable", key=_key)[list(AXIS_SPEEDUP_COLUMNS)]
-
-
-def _key(s: pd.Series) -> pd.Series:
-    return s.astype(str) if s.name in ("dtype", "attention") else s
+    return t.sort_values(AXIS_ORDER[axis], kind="stable", na_position="first")[list(AXIS_SPEEDUP_COLUMNS)]
 
 
 def kv_variants_table(df: pd.DataFrame) -> pd.DataFrame | None:
@@ -172,66 +111,38 @@ def kv_variants_table(df: pd.DataFrame) -> pd.DataFrame | None:
     logit error against `none` each costs. None when the sweep has no static-int8 cell and no n_kv_head."""
     if not ((df["cell.kv_mode"] == "static-int8") | df["cell.n_kv_head"].notna()).any():
         return None
-    p = fr.pairs(df).set_index("ident")
-    d = df.set_index("ident")
-    _, none_decode, speedup = (s.reindex(d.index) for s in fr.ratio(p, "latency.decode_ms_per_token.median"))
-    out = pd.DataFrame(
-        {
-            "record": d["record"],
-            **{k: d[f"cell.{k}"] for k in ("model", "dtype", "attention", "batch", "prompt_len", "new_tokens")},
-            "n_head": d["n_head"].astype("Int64"),
-            "n_kv_head": d["kv_heads"].astype("Int64"),
-            "kv_mode": d["cell.kv_mode"],
-            "status": d["status"],
-            "kv_cache_bytes_formula": d["memory.kv_cache_bytes_formula"],
-            "kv_cache_bytes_measured": d["memory.kv_cache_bytes_measured"],
-            "kv_cache_mib": d["memory.kv_cache_bytes_formula"].astype(float) / fr.MIB,
-            "weights_bytes": d["memory.weights_bytes"],
-            "decode_ms_per_token": d["latency.decode_ms_per_token.median"].where(d["ok"]),
-            "decode_tokens_per_s": d["latency.decode_tokens_per_s"].where(d["ok"]),
-            "none_decode_ms_per_token": none_decode,
-            "decode_speedup": speedup,
-            **{k: _col(d, f"check.{k}") for k in ("max_logit_diff", "first_mismatch_step", "matches_reference")},
-            "kv_sort": d["cell.n_kv_head"].astype(float).fillna(-1),
-        }
-    )
-    order = ["model", "dtype", "attention", "batch", "prompt_len", "new_tokens", "kv_sort"]
-    return out.sort_values(order, kind="stable", key=_key)[list(KV_VARIANT_COLUMNS)].reset_index(drop=True)
-
-
-def csv_text(df: pd.DataFrame) -> str:
-    return df.to_csv(**CSV_OPTS)
+    p = fr.pairs(df)[["ident", "none_decode_ms", "decode_speedup"]]
+    t = readable(df.merge(p, on="ident", how="left")).rename(columns={"none_decode_ms": "none_decode_ms_per_token"})
+    order = ["engine", "model", "dtype", "attention", "batch", "prompt_len", "new_tokens", "n_kv_head"]
+    t = t.sort_values(order, kind="stable", na_position="first")
+    return t.assign(n_kv_head=t["kv_heads"].astype("Int64"))[list(KV_VARIANT_COLUMNS)].reset_index(drop=True)
 
 
 # Written only when the sweep varies their axis; otherwise an older copy is removed.
 OPTIONAL_TABLES = {
-    "speedup_by_model.csv": speedup_by_model_table,
-    "speedup_by_length.csv": speedup_by_length_table,
+    "speedup_by_model.csv": lambda df: axis_table(df, "model"),
+    "speedup_by_length.csv": lambda df: axis_table(df, "new_tokens"),
     "kv_variants.csv": kv_variants_table,
 }
 
 
-def tables(df: pd.DataFrame, steps: pd.DataFrame, sweep: str | None) -> dict[str, str]:
+def tables(df: pd.DataFrame, sweep: str | None) -> dict[str, str]:
     """File name -> text of every table of one sweep."""
     out = {
-        "cells.csv": csv_text(df[fr.record_columns(df)]),
-        "per_step.csv": csv_text(steps),
-        "speedup.csv": csv_text(speedup_table(df)),
+        "cells.csv": df[fr.record_columns(df)],
+        "per_step.csv": fr.per_step(df),
+        "speedup.csv": speedup_table(df),
+        **{f"sweep_kv_{m}.csv": sweep_table(df, m) for m in sorted(set(df["cell.kv_mode"].astype(str)))},
+        **{name: build(df) for name, build in OPTIONAL_TABLES.items()},
     }
-    out |= {f"sweep_kv_{m}.csv": csv_text(sweep_table(df, m)) for m in sorted(set(df["cell.kv_mode"].astype(str)))}
-    for name, build in OPTIONAL_TABLES.items():
-        table = build(df)
-        if table is not None:
-            out[name] = csv_text(table)
-    out["summary.md"] = report.summary_markdown(df, sweep)
-    return out
+    texts = {name: t.to_csv(**CSV_OPTS) for name, t in out.items() if t is not None}
+    return texts | {"summary.md": report.summary_markdown(df, sweep)}
 
 
 def aggregate(record_paths: Sequence[Path], out_dir: Path) -> None:
     """Write every table into out_dir; stale sweep_kv_* and optional tables of an older run go."""
     paths = [Path(p) for p in record_paths]
-    df, steps = fr.from_records(paths)
-    texts = tables(df, steps, fr.sweep_name(paths))
+    texts = tables(fr.from_records(paths), fr.sweep_name(paths))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in [*out_dir.glob("sweep_kv_*.csv"), *(out_dir / n for n in OPTIONAL_TABLES)]:

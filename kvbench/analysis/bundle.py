@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kvbench.analysis.frame import STATUS_ORDER, _as_text
+from kvbench.analysis.frame import STATUS_ORDER, as_text
 from kvbench.record import load as load_record
 from kvbench.record import write_atomic_bytes as atomic_write_bytes
 
@@ -55,9 +55,7 @@ def flatten(obj: dict, prefix: str = "") -> dict[str, Any]:
     """Nested dicts -> dot-joined keys, lists as text (as cells.csv spells them)."""
     out: dict[str, Any] = {}
     for key, value in obj.items():
-        out.update(
-            flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": _as_text(value)}
-        )
+        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": as_text(value)})
     return out
 
 

@@ -164,8 +164,8 @@ def floor_figure(df: pd.DataFrame) -> plt.Figure:
     return line_figure(
         df,
         df["analytic.fraction_of_floor"].astype(float),
-        "analytic floor / measured",
-        "Decode step vs its analytic lower bound",
+        "analytic floor / measured\n(floor: bytes / measured read bandwidth)",
+        "Decode step vs its analytic lower bound (bytes over the read bandwidth, FLOPs over the peak rate)",
         hline=(1.0, "at the floor (1.0); above is suspect"),
     )
 
@@ -318,6 +318,10 @@ def heatmap_figure(df: pd.DataFrame) -> plt.Figure:
 # ---------------------------------------------------------------------------------- entry points
 
 
+def _read(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.is_file() and path.stat().st_size else None
+
+
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     paths = []
     for fmt in FORMATS:
@@ -346,7 +350,7 @@ def render(
         "peak_memory": lambda: memory_figure(df),
         "prefill_decode_split": lambda: split_figure(df),
         "speedup_heatmap": lambda: heatmap_figure(df),
-        "per_token_latency": lambda: speedup_figures.per_token_figure(df, fr.read_table(tables_dir / "per_step.csv")),
+        "per_token_latency": lambda: speedup_figures.per_token_figure(df, _read(tables_dir / "per_step.csv")),
         "floor_fraction": lambda: floor_figure(df),
         "speedup_vs_model": lambda: speedup_figures.axis_speedup_figure(df, "model"),
         "speedup_vs_new_tokens": lambda: speedup_figures.axis_speedup_figure(df, "new_tokens"),

@@ -22,21 +22,19 @@ NOT_MEASURED = "not measured in this sweep"
 
 def f(value) -> float | None:
     """A finite number or None (NaN, NA, missing and booleans all mean 'no number')."""
-    if value is None or isinstance(value, bool) or value is pd.NA:
+    if value is None or value is pd.NA or isinstance(value, (bool, str)):
         return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
+    return float(value) if math.isfinite(float(value)) else None
 
 
 def lab(value) -> str:
     """One spelling per value (16 and 16.0 alike; empty -> 'none')."""
+    if isinstance(value, str):
+        return value
     v = f(value)
-    if v is None and (value is None or value is pd.NA or isinstance(value, float)):
-        return "none"
-    return str(int(v)) if v is not None and not isinstance(value, str) and v.is_integer() else str(value)
+    if v is None:
+        return str(value) if isinstance(value, bool) else "none"
+    return str(int(v)) if v.is_integer() else str(value)
 
 
 def num(v: float | None) -> str:
@@ -44,33 +42,29 @@ def num(v: float | None) -> str:
     if v is None:
         return "–"
     a = abs(v)
-    return (
-        f"{v:,.0f}" if a >= 100 else f"{v:.1f}" if a >= 10 else f"{v:.2f}" if a >= 1 else "0" if a == 0 else f"{v:.3g}"
-    )
+    return f"{v:,.0f}" if a >= 100 else f"{v:.1f}" if a >= 10 else f"{v:.2f}" if a >= 1 else f"{v:.3g}" if a else "0"
 
 
-def x(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}×"
+def _or_dash(fmt: Callable) -> Callable:
+    return lambda v: "–" if f(v) is None else fmt(f(v))
 
 
-def pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.0f} %"
+x = _or_dash(lambda v: f"{v:.2f}×")
+fixed = _or_dash(lambda v: f"{v:.3f}")
+pct = _or_dash(lambda v: f"{100 * v:.0f} %")
+nbytes = _or_dash(lambda n: f"{int(n):,} B")
+mb = _or_dash(lambda n: f"{n / MB:.3g} MB")
+mib = _or_dash(lambda n: f"{num(n / fr.MIB)} MiB")
 
 
-def nbytes(n: float | None) -> str:
-    return "–" if n is None else f"{int(n):,} B"
+def heads(v) -> str:
+    """A cell's n_kv_head setting: empty means every head (plain multi-head attention); tables
+    group by `sort_heads` so those rows come first."""
+    return "all" if f(v) is None or f(v) < 0 else lab(v)
 
 
-def mb(n: float | None) -> str:
-    return "–" if n is None else f"{n / MB:.3g} MB"
-
-
-def mib(n: float | None) -> str:
-    return "–" if n is None else f"{num(n / fr.MIB)} MiB"
-
-
-def fixed(v, spec: str = ".3f") -> str:
-    return "–" if f(v) is None else format(f(v), spec)
+def sort_heads(s: pd.Series) -> pd.Series:
+    return s.astype(float).fillna(-1)
 
 
 def spread(values: Sequence[float], fmt: Callable = x, noun: str = "pairs") -> str:
@@ -83,15 +77,10 @@ def spread(values: Sequence[float], fmt: Callable = x, noun: str = "pairs") -> s
 
 def trend(vals: Sequence[float | None]) -> str:
     got = [v for v in vals if f(v) is not None]
-    if len(got) < 2:
+    steps = [b - a for a, b in zip(got, got[1:])]
+    if not steps:
         return "–"
-    return (
-        "grows"
-        if all(b >= a for a, b in zip(got, got[1:]))
-        else "falls"
-        if all(b <= a for a, b in zip(got, got[1:]))
-        else "mixed"
-    )
+    return "grows" if min(steps) >= 0 else "falls" if max(steps) <= 0 else "mixed"
 
 
 def md(df: pd.DataFrame) -> str:
@@ -101,23 +90,21 @@ def md(df: pd.DataFrame) -> str:
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=False,
     keep_trailing_newline=True,
     trim_blocks=True,
     lstrip_blocks=True,
     undefined=jinja2.StrictUndefined,
 )
-_ENV.filters.update(md=md, x=x, num=num, nbytes=nbytes, mb=mb, mib=mib, pct=pct)
+_ENV.filters.update(md=md)
 
 
 def render(template: str, **context) -> str:
     return _ENV.get_template(template).render(NOT_MEASURED=NOT_MEASURED, **context)
 
 
-def natural(text: str) -> tuple:
+def natural(text) -> tuple:
     """Numbers in numeric order (16 before 128), then text."""
-    v = f(text) if not isinstance(text, bool) else None
-    return (0, v, "") if v is not None else (1, 0.0, str(text))
+    return (0, f(float(text)), "") if str(text).replace(".", "", 1).isdigit() else (1, 0.0, str(text))
 
 
 def values(df: pd.DataFrame, key: str) -> list[str]:
@@ -137,95 +124,51 @@ def where(row: pd.Series, keys: Sequence[str]) -> str:
 
 
 def devices(df: pd.DataFrame) -> list[str]:
-    """The accelerator's name; on a CPU run the CPU's."""
-    name = fr_col(df, "environment.device_name").where(lambda s: s.astype(object).map(str) != "cpu")
-    cpu = "CPU: " + fr_col(df, "environment.cpu").astype(object).where(lambda s: s.notna(), None).map(str)
-    cpu = cpu.where(fr_col(df, "environment.cpu").notna(), df["cell.device"].astype(object).map(str))
+    """The accelerator's name; on a CPU run the CPU's (else the device setting)."""
+    col = lambda c: df.get(c, pd.Series(None, index=df.index, dtype=object)).astype(object)  # noqa: E731
+    name = col("environment.device_name").where(lambda s: s.astype(str) != "cpu")
+    cpu = ("CPU: " + col("environment.cpu").astype(str)).where(col("environment.cpu").notna(), df["cell.device"])
     return sorted(set(name.fillna(cpu).map(str)))
 
 
-def fr_col(df: pd.DataFrame, col: str) -> pd.Series:
-    return df[col] if col in df.columns else pd.Series(None, index=df.index, dtype=object)
-
-
 def status_counts(df: pd.DataFrame) -> str:
-    counts = df["status"].value_counts(sort=False)
-    return ", ".join(f"{s} {n}" for s, n in counts.items() if n) or "none"
+    return ", ".join(f"{s} {n}" for s, n in df["status"].value_counts(sort=False).items() if n) or "none"
 
 
 def summary_markdown(df: pd.DataFrame, sweep: str | None) -> str:
     """A page a person reads first: what ran, what failed, the headline numbers."""
     keys = varying(df, ("kv_mode", "batch", "prompt_len")) + ["batch", "prompt_len"]
-    dec, tps = "latency.decode_ms_per_token.median", "latency.decode_tokens_per_s"
+    dec = "latency.decode_ms_per_token.median"
+    ok = df[df["ok"] & df[dec].notna()]
     latency = []
-    for mode, g in df.groupby("cell.kv_mode", observed=True):
-        ok = g[g["ok"] & g[dec].notna()]
-        if not len(ok):
+    for mode in df["cell.kv_mode"].cat.categories:
+        g = ok[ok["cell.kv_mode"] == mode]
+        if not len(g):
             latency.append([mode, 0] + ["–"] * 5)
             continue
-        fast, slow = ok.loc[ok[dec].astype(float).idxmin()], ok.loc[ok[dec].astype(float).idxmax()]
+        fast, slow = g.loc[g[dec].astype(float).idxmin()], g.loc[g[dec].astype(float).idxmax()]
+        tps = g["latency.decode_tokens_per_s"].astype(float).max()
         latency.append(
-            [
-                mode,
-                len(ok),
-                fixed(fast[dec]),
-                where(fast, keys),
-                fixed(slow[dec]),
-                where(slow, keys),
-                fixed(ok[tps].astype(float).max(), ".1f"),
-            ]
+            [mode, len(g), fixed(fast[dec]), where(fast, keys), fixed(slow[dec]), where(slow, keys), f"{tps:.1f}"]
         )
-    latency = pd.DataFrame(
-        latency,
-        columns=[
-            "kv_mode",
-            "ok cells",
-            "fastest ms/token",
-            "at",
-            "slowest ms/token",
-            "at ",
-            "best tokens/s (batch total)",
-        ],
-    )
-    from kvbench.analysis.aggregate import speedup_table  # the same pairs as speedup.csv
-
-    sp = speedup_table(df).dropna(subset=["decode_speedup"])
-    speedups, best = [], None
-    for mode, g in sp.groupby("cell.kv_mode", observed=True):
-        top = g.loc[g["decode_speedup"].idxmax()]
-        speedups.append(
-            [
-                mode,
-                len(g),
-                x(top["decode_speedup"]),
-                where(top, keys),
-                x(g["decode_speedup"].median()),
-                x(g["total_speedup"].max()),
-            ]
-        )
-    if len(sp):
-        top = sp.loc[sp["decode_speedup"].idxmax()]
-        best = {
-            "speedup": x(top["decode_speedup"]),
-            "mode": top["cell.kv_mode"],
-            "at": where(top, keys),
-            "ms": fixed(top["decode_ms"]),
-            "none_ms": fixed(top["none_decode_ms"]),
-        }
-    speedups = pd.DataFrame(
-        speedups,
-        columns=["kv_mode", "pairs", "best decode speedup", "at", "median decode speedup", "best total speedup"],
-    )
-    mismatch = df[fr_col(df, "check.matches_reference").astype(str) == "False"]
+    sp = fr.pairs(df).dropna(subset=["decode_speedup"])
+    speedups = [
+        [mode, len(g), x(top["decode_speedup"]), where(top, keys)]
+        + [x(g["decode_speedup"].median()), x(g["total_speedup"].max())]
+        for mode, g in sp.groupby("cell.kv_mode", observed=True)
+        for top in [g.loc[g["decode_speedup"].idxmax()]]
+    ]
+    best = sp.loc[sp["decode_speedup"].idxmax()] if len(sp) else None
     bad = df[~df["ok"]].sort_values("status", kind="stable")
     failed = pd.DataFrame(
         {
             "status": bad["status"],
             "kv_mode": bad["cell.kv_mode"],
             "cell": [where(r, keys) for _, r in bad.iterrows()],
-            "message": [" ".join(str(e or "").split())[:160] for e in fr_col(bad, "error").fillna("")],
+            "message": [" ".join(str(e or "").split())[:160] for e in bad["error"].fillna("")],
         }
     )
+    mismatch = df[df.get("check.matches_reference", pd.Series(dtype=object)).astype(str) == "False"]
     return render(
         "summary.md.j2",
         sweep=sweep,
@@ -233,9 +176,12 @@ def summary_markdown(df: pd.DataFrame, sweep: str | None) -> str:
         statuses=status_counts(df),
         devices=devices(df),
         settings={k: values(df, k) for k in ("model", "dtype", "attention", "new_tokens")},
-        latency=latency,
-        speedups=speedups,
-        best=best,
+        latency=pd.DataFrame(latency, columns=LATENCY_COLUMNS),
+        speedups=pd.DataFrame(speedups, columns=SPEEDUP_COLUMNS),
+        best=None
+        if best is None
+        else {"mode": best["cell.kv_mode"], "at": where(best, keys), "speedup": x(best["decode_speedup"])}
+        | {"ms": fixed(best["decode_ms"]), "none_ms": fixed(best["none_decode_ms"])},
         failed=failed,
         mismatches=[
             f"{r['cell.kv_mode']}: {where(r, keys)} (first mismatch step {lab(r.get('check.first_mismatch_step'))})"
@@ -244,44 +190,13 @@ def summary_markdown(df: pd.DataFrame, sweep: str | None) -> str:
     )
 
 
-def axis_table(t: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, str]:
-    """Rows: kv mode x the other settings that vary; columns: the axis; cells total / per token
-    speedup; then one line counting the rows whose whole-generation speedup grows along it."""
-    t = t.assign(n_kv_head=t["n_kv_head"].astype(float).fillna(-1))  # -1: all heads (plain multi-head)
-    others = [
-        c
-        for c in ("model", "dtype", "attention", "n_kv_head", "batch", "prompt_len", "new_tokens")
-        if c != axis and t[c].nunique() > 1
-    ]
-    t = t.assign(
-        cell=[
-            x(a) + " / " + x(b) if f(a) or f(b) else f"not measured ({s if s != 'ok' else 'none ' + str(n)})"
-            for a, b, s, n in zip(t["total_speedup"], t["decode_speedup"], t["status"], t["none_status"])
-        ]
-    )
-    wide = t.pivot_table(
-        index=["kv_mode", *others], columns=axis, values="cell", aggfunc="first", observed=True, sort=True
-    )
-    totals = t.pivot_table(
-        index=["kv_mode", *others],
-        columns=axis,
-        values="total_speedup",
-        aggfunc="first",
-        observed=True,
-        dropna=False,
-        sort=True,
-    ).reindex(index=wide.index, columns=wide.columns)
-    trends = [trend(list(row)) for row in totals.itertuples(index=False)]
-    wide = wide.fillna("–").reset_index()
-    wide.columns = [f"{axis} = {lab(c)}" if c in totals.columns else c for c in wide.columns]
-    if "n_kv_head" in wide.columns:
-        wide["n_kv_head"] = wide["n_kv_head"].map(lambda v: "all" if v == -1 else lab(v))
-    wide["total speedup"] = trends
-    counted = [tr for tr in trends if tr != "–"]
-    counts = ", ".join(f"{n} in {counted.count(n)}" for n in ("grows", "falls", "mixed") if counted.count(n))
-    return wide.map(lab), (
-        f"Measured: of the {len(counted)} rows with two or more finished pairs, the "
-        f"whole-generation speedup along {axis} {counts}."
-        if counted
-        else "Measured: no row has two finished pairs to compare."
-    )
+LATENCY_COLUMNS = [
+    "kv_mode",
+    "ok cells",
+    "fastest ms/token",
+    "at",
+    "slowest ms/token",
+    "at ",
+    "best tokens/s (batch total)",
+]
+SPEEDUP_COLUMNS = ["kv_mode", "pairs", "best decode speedup", "at", "median decode speedup", "best total speedup"]

@@ -27,7 +27,8 @@ from kvbench.analysis.facets import (
     x_values,
 )
 
-OTHERS = ("model", "dtype", "attention", "n_kv_head", "batch", "prompt_len", "new_tokens")
+WRITEUP_002, WRITEUP_003 = "KV-Cache Implementation Summary", "nanoGPT + KV Cache"  # their claims: data/claims.csv
+OTHERS = ("engine", "model", "dtype", "attention", "n_kv_head", "batch", "prompt_len", "new_tokens")
 
 
 def _facet(t: pd.DataFrame, exclude) -> pd.Series:
@@ -47,8 +48,7 @@ def _facet(t: pd.DataFrame, exclude) -> pd.Series:
 def axis_speedup_figure(df: pd.DataFrame, axis: str) -> plt.Figure:
     """Speedup (none / cached) along model size or generation length: a column for the whole
     generation and one per decode token, a line per cached mode; the write-ups' claims in grey."""
-    build = agg.speedup_by_model_table if axis == "model" else agg.speedup_by_length_table
-    t = build(df)
+    t = agg.axis_table(df, axis)
     if t is None or not len(t):
         raise Skip(f"one {axis.replace('_', ' ')} only: nothing to compare along it")
     x = f"cell.{axis}"
@@ -60,11 +60,11 @@ def axis_speedup_figure(df: pd.DataFrame, axis: str) -> plt.Figure:
     claimed = (
         {
             float(list(df["cell.model"].cat.categories).index(m)): (v, v)
-            for m, v in claims.MODEL_003.items()
+            for m, (v, _) in claims.claimed(WRITEUP_003, "model").items()
             if m in set(t["model"].astype(str))
         }
         if axis == "model"
-        else {float(n): lohi for n, lohi in claims.LENGTH_002.items() if float(n) in pos}
+        else {float(n): lohi for n, lohi in claims.claimed(WRITEUP_002, "new_tokens").items() if float(n) in pos}
     )
     long = pd.concat(
         [
@@ -140,11 +140,7 @@ def axis_speedup_figure(df: pd.DataFrame, axis: str) -> plt.Figure:
                 color="0.55",
                 linewidth=5,
                 alpha=0.6,
-                label=(
-                    f"{claims.WRITEUPS['003']}: T4 GPU (claimed)"
-                    if axis == "model"
-                    else f"{claims.WRITEUPS['002']}: claimed range"
-                ),
+                label=(f"{WRITEUP_003}: T4 GPU (claimed)" if axis == "model" else f"{WRITEUP_002}: claimed range"),
             )
         )
     bad = long[long["v"].isna()]

@@ -5,7 +5,9 @@
 rule figures:
     input:
         tables="results/{sweep}/tables",
-        code=analysis_code("figures.py", "facets.py", "speedup_figures.py", "frame.py", "aggregate.py", "report.py"),
+        code=analysis_code(
+            "figures.py", "facets.py", "speedup_figures.py", "claims.py", "data/claims.csv", "frame.py", "aggregate.py", "report.py"
+        ),
     output:
         figures=report(
             directory("results/{sweep}/figures"),
