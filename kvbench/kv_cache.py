@@ -90,8 +90,12 @@ class StaticCache(KVCache):
         compiled step (a CUDA graph on GPU) replays without recompiling. The caller masks
         the positions not written yet.
         """
-        self.k[layer].index_copy_(2, pos, k)
-        self.v[layer].index_copy_(2, pos, v)
+        # One index_put_ on the whole buffer, not index_copy_ into a per-layer view: a compiler
+        # turns a view's mutation into a copy of the layer's cache plus a copy back (measured: ~5 ms
+        # of a 27 ms gpt2 CPU step), while a whole-buffer index_put_ is written in place.
+        at = (pos.new_full(pos.shape, layer), slice(None), slice(None), pos)  # indexed dims first: (T, B, H, D)
+        self.k[at] = k.permute(2, 0, 1, 3)
+        self.v[at] = v.permute(2, 0, 1, 3)
         return self.k[layer], self.v[layer]
 
     def reset(self) -> None:
