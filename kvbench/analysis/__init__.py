@@ -7,4 +7,4 @@ analysis runs on any machine that has the records.
 
 from __future__ import annotations
 
-__all__ = ["aggregate", "bundle", "figures", "publish", "records"]
+__all__ = ["aggregate", "bundle", "explain", "figures", "publish"]

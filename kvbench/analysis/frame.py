@@ -213,7 +213,7 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     df["prefill_peak"] = mem["prefill_peak_allocated_bytes"].where(mem["prefill_peak_allocated_bytes"] > 0)
     order = ["cell.model", "cell.dtype", "cell.attention", "cell.kv_mode", "cell.batch", "cell.prompt_len"]
     order += ["cell.new_tokens", "ident", "record"]
-    return df.sort_values(order, kind="stable").reset_index(drop=True)
+    return df.sort_values(order, kind="stable").reset_index(drop=True).copy()  # .copy(): one block per dtype
 
 
 def x_axis(df: pd.DataFrame) -> str | None:
@@ -265,8 +265,8 @@ def pairs(df: pd.DataFrame) -> pd.DataFrame:
         .dropna(subset=["partner"])
         .merge(df.add_suffix("_none"), left_on="partner", right_on="ident_none")
     )
-    p = p.assign(none_status=p["status_none"]).copy()  # one block: the columns below are added one by one
+    new = {"none_status": p["status_none"]}
     for metric, col in METRICS.items():
         mode, base = _num(p, col).where(p["ok"]), _num(p, f"{col}_none").where(p["ok_none"].astype(bool))
-        p[f"{metric}_ms"], p[f"none_{metric}_ms"], p[f"{metric}_speedup"] = mode, base, base / mode.where(mode != 0)
-    return p
+        new |= {f"{metric}_ms": mode, f"none_{metric}_ms": base, f"{metric}_speedup": base / mode.where(mode != 0)}
+    return pd.concat([p, pd.DataFrame(new, index=p.index)], axis=1)
