@@ -18,17 +18,16 @@ from pathlib import Path
 
 import torch
 
-from kvbench import checkpoint, memory, nvml, roofline
+from kvbench import checkpoint, engines, memory, nvml, roofline
 from kvbench.devices import DTYPES, dtype_unsupported_reason, resolve_device, synchronize
 from kvbench.environment import collect as collect_environment
-from kvbench.generate import generate
 from kvbench.kv_cache import INT8_SCALE_BYTES, KV_MODES, kv_cache_bytes
 from kvbench.model import ATTENTION_IMPLS, GPT, PRESETS, GPTConfig, build_random, prepare_for_decoding, preset
+from kvbench.presets import ENGINES
 from kvbench.record import SCHEMA_VERSION, now_utc, write_atomic
 from kvbench.timing import TokenTimer, stats
 
 
-ENGINES = ("kvbench", "hf")  # ours, or Hugging Face transformers' GPT-2 on the same weights
 
 
 class UsageError(ValueError):
@@ -75,10 +74,11 @@ class CellSpec:
         choose("dtype", self.dtype, tuple(DTYPES))
         choose("attention", self.attention, ATTENTION_IMPLS)
         choose("engine", self.engine, ENGINES)
-        if self.engine == "hf":
-            choose("kv_mode (engine hf)", self.kv_mode, ("none", "concat", "static"))
-            if self.n_kv_head is not None:
-                raise UsageError("n_kv_head: engine hf runs transformers' GPT-2, which has no grouped-query attention")
+        try:  # what this engine runs (kvbench/engines/): kv modes, attention, compile, its package
+            engines.check(self.engine, kv_mode=self.kv_mode, n_kv_head=self.n_kv_head, attention=self.attention,
+                          compile=self.compile)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         at_least("batch", self.batch, 1)
         at_least("prompt_len", self.prompt_len, 1)
         at_least("new_tokens", self.new_tokens, 2)  # one prefill token + at least one decode step
@@ -232,45 +232,38 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
     env = record["environment"]
 
     weights_read = roofline.weights_read_per_step(model)
-    if spec.engine == "hf":
-        from kvbench.hf_engine import hf_generate, to_hf
-        engine = to_hf(model)  # its own contiguous (in, out) Conv1D copy of the weights: its native layout
-        engine_generate = hf_generate
-    else:
-        engine, engine_generate = model, generate
+    engine = engines.build(spec.engine, model)  # ours, or the engine's own copy/conversion of the same weights
     compile_s = None
     if spec.compile:
         # Compiled once here, outside every timing: building the runner and one full generation
         # trace (and on a GPU capture) the prefill and decode graphs.
-        from kvbench.fast_decode import compiled_runner
         t0 = time.perf_counter()
-        run = compiled_runner(engine, spec.engine, spec.kv_mode, prompt, spec.new_tokens)
+        run = engine.compiled_runner(spec.kv_mode, prompt, spec.new_tokens)
         run(prompt, spec.new_tokens, spec.kv_mode)
         synchronize(device)
         compile_s = time.perf_counter() - t0
         env["phases_s"]["compile"] = compile_s
     else:
-        def run(*args, **kwargs):
-            return engine_generate(engine, *args, **kwargs)
+        run = engine.generate
 
     phases = env["phases_s"]
     t0 = time.perf_counter()
     check, check_tokens = token_check(model, run, prompt, spec)
-    if spec.engine == "hf":
-        model.to("meta")  # ours was needed only as the token reference: free it so memory is HF's alone
+    if engine.owns_weights:
+        model.to("meta")  # ours was needed only as the token reference: free it so memory is the engine's alone
     phases["check"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     mem = record["memory"]
     if cuda:
         mem["peak_method"] = memory.CUDA_METHOD
-    elif isinstance(engine, torch.nn.Module):
+    elif engine.module is not None:
         # The CPU's allocator peaks: live tensor bytes tracked op by op through one eager
         # generation with the cell's shapes. It doubles as the first warm-up when the cell runs
         # eagerly; a compiled cell gets it as an extra untimed pass (the tracker would break its graph).
-        tracker = memory.LiveTensorBytes(memory.resident_tensors(engine, prompt))
+        tracker = memory.LiveTensorBytes(memory.resident_tensors(engine.module, prompt))
         with tracker:
-            engine_generate(engine, prompt, spec.new_tokens, spec.kv_mode,
+            engine.generate(prompt, spec.new_tokens, spec.kv_mode,
                             on_token=lambda i: tracker.end_prefill() if i == 0 else None)
         mem["prefill_peak_allocated_bytes"] = tracker.prefill_peak
         mem["decode_peak_allocated_bytes"] = tracker.decode_peak
@@ -341,6 +334,7 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
     mem["nvml_peak_used_bytes"] = sampler.peak_used
     mem["rss_peak_bytes"] = memory.rss_peak_bytes()
     mem["kv_cache_bytes_measured"] = gen.cache.nbytes() if gen.cache is not None else None
+    mem["kv_cache_note"] = engine.kv_cache_note
     if cuda:  # decode-only peak: one more iteration with the counter reset after the prefill
         def reset_after_prefill(i: int) -> None:
             if i == 0:

@@ -40,8 +40,9 @@ def add_cell_parser(sub) -> None:
     p.add_argument("--iters", type=int, default=d.iters, help="timed generations, each from a fresh cache")
     p.add_argument("--check-steps", type=int, default=d.check_steps,
                    help="tokens compared against the 'none' mode (0 = no check)")
-    p.add_argument("--engine", default=d.engine, help="kvbench (this model) or hf (transformers' GPT-2 on the "
-                   "same weights, its own caches: none, concat = DynamicCache, static = StaticCache)")
+    p.add_argument("--engine", default=d.engine, help="kvbench (this model), hf (transformers' GPT-2 on the "
+                   "same weights, its own caches: none, concat = DynamicCache, static = StaticCache) or ct2 "
+                   "(CTranslate2 on the same weights, its own growing cache: concat)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.compile,
                    help="torch.compile the model (dynamic shapes); compile time is recorded apart as latency.compile_s")
     p.add_argument("--n-kv-head", type=int, default=None, help="grouped-query attention: K/V heads (random weights)")

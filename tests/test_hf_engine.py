@@ -39,7 +39,7 @@ def test_hf_cell_record(tmp_path, capsys):
 def test_hf_engine_refuses_what_transformers_gpt2_lacks(tmp_path, capsys):
     for args, message in ((["--kv-mode", "static-int8"], "kv_mode (engine hf): 'static-int8' is not one of"),
                           (["--n-kv-head", "2"], "n_kv_head: engine hf"),
-                          (["--engine", "vllm"], "engine: 'vllm' is not one of kvbench, hf")):
+                          (["--engine", "vllm"], "engine: 'vllm' is not one of kvbench, hf, ct2")):
         code = main(["cell", "--engine", "hf", "--model", "tiny", *args, "--out", str(tmp_path / "x.json")])
         err = capsys.readouterr().err
         assert code == 2 and message in err, err

@@ -40,6 +40,9 @@ class Engine(ABC):
     owns_weights: ClassVar[bool] = False
     # Said in the record (memory.kv_cache_note) where the cache is not ours to measure.
     kv_cache_note: ClassVar[str | None] = None
+    # The torch module holding the engine's weights, whose tensors the CPU allocator-peak tracker
+    # counts as resident; None where the engine's memory lives outside torch.
+    module: torch.nn.Module | None = None
 
     @classmethod
     def check(cls, *, kv_mode: str, n_kv_head: int | None, attention: str, compile: bool) -> None:

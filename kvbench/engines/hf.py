@@ -128,7 +128,7 @@ class HFEngine(Engine):
             raise ValueError("n_kv_head: engine hf runs transformers' GPT-2, which has no grouped-query attention")
 
     def __init__(self, model: GPT):
-        self.hf = to_hf(model)
+        self.hf = self.module = to_hf(model)
 
     def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None):
         return hf_generate(self.hf, prompt, new_tokens, kv_mode, sampling=sampling, keep_logits=keep_logits,

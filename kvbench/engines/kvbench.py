@@ -54,7 +54,7 @@ class KvbenchEngine(Engine):
     name = "kvbench"
 
     def __init__(self, model: GPT):
-        self.model = model
+        self.model = self.module = model
 
     def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None):
         return generate(self.model, prompt, new_tokens, kv_mode, sampling=sampling, keep_logits=keep_logits,
