@@ -12,20 +12,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from kvbench.presets import KV_MODES
-
-
-def kv_cache_bytes(n_layer: int, batch: int, n_kv_head: int, tokens: int, head_dim: int,
-                   element_bytes: int, kv_mode: str = "static") -> int:
-    """2 (K and V) x layers x batch x kv heads x tokens x head dim x bytes per element.
-
-    static-int8 stores 1 byte per element plus one fp32 scale per token and head.
-    """
-    per_vector = head_dim + INT8_SCALE_BYTES if kv_mode == "static-int8" else head_dim * element_bytes
-    return 2 * n_layer * batch * n_kv_head * tokens * per_vector
-
-
-INT8_SCALE_BYTES = 4
+# The byte count lives with the shapes (importable without torch, for the analysis side).
+from kvbench.presets import INT8_SCALE_BYTES, KV_MODES, kv_cache_bytes  # noqa: F401  (re-exported)
 
 
 class KVCache(ABC):
