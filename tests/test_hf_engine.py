@@ -66,3 +66,67 @@ def test_vs_hf_sweep_runs_on_tiny(tmp_path):
     assert cells.loc[compiled, "cell.compile"].all() and not cells.loc[~compiled, "cell.compile"].any()
     assert (cells.loc[compiled, "latency.compile_s"] > 0).all()
     assert speedup.loc[speedup["cell.kv_mode"] == "static", "decode_speedup"].notna().all()
+
+
+# Run in a fresh interpreter (transformers logs a deprecation once per process): hf cells in every mode,
+# recording each DeprecationWarning/FutureWarning raised while kvbench's code is on the stack, and each
+# transformers log line that says "deprecated". A warning raised while a library is being imported is
+# that library's own business (torch warns about itself while transformers imports it), not our call.
+WARNING_PROBE = r"""
+import json, logging, sys, traceback, warnings
+from pathlib import Path
+
+import kvbench
+from kvbench.cli import main
+
+OURS = str(Path(kvbench.__file__).parent)
+found = []
+
+def showwarning(message, category, filename, lineno, file=None, line=None):
+    stack = traceback.extract_stack()
+    during_import = any("importlib._bootstrap" in f.filename for f in stack)
+    if issubclass(category, (DeprecationWarning, FutureWarning)) and not during_import \
+            and any(f.filename.startswith(OURS) for f in stack):
+        found.append(f"{category.__name__}: {message} ({filename}:{lineno})")
+
+class Deprecations(logging.Handler):
+    def emit(self, record):
+        if "deprecat" in record.getMessage().lower():
+            found.append(f"transformers log: {record.getMessage()}")
+
+warnings.simplefilter("always")
+warnings.showwarning = showwarning
+logging.getLogger("transformers").addHandler(Deprecations())
+if sys.argv[2] == "inject":  # the probe's own check: a deprecated call made from the engine is caught
+    from kvbench.engines.hf import HFEngine
+    real = HFEngine.generate
+    def generate(self, *args, **kwargs):
+        warnings.warn("past_key_values as a tuple is deprecated", FutureWarning)
+        return real(self, *args, **kwargs)
+    HFEngine.generate = generate
+for args in json.loads(sys.argv[1]):
+    assert main(["cell", "--engine", "hf", "--model", "tiny", "--prompt-len", "8", "--new-tokens", "6",
+                 "--iters", "1", "--warmup", "1", *args]) == 0
+print(json.dumps(found))
+"""
+
+
+def deprecations_in_hf_cells(cells: list[list[str]], inject: bool = False) -> list[str]:
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", WARNING_PROBE, json.dumps(cells), "inject" if inject else "-"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_hf_cells_raise_no_deprecation_or_future_warning(tmp_path):
+    cells = [["--kv-mode", mode, "--out", str(tmp_path / f"{mode}.json")] for mode in ("none", "concat", "static")]
+    assert deprecations_in_hf_cells(cells) == []
+    found = deprecations_in_hf_cells(cells[:1], inject=True)  # the probe sees a deprecated call when there is one
+    assert found and all("FutureWarning: past_key_values as a tuple is deprecated" in f for f in found)
+
+
+@pytest.mark.slow
+def test_hf_compiled_static_cell_raises_no_deprecation_or_future_warning(tmp_path):
+    assert deprecations_in_hf_cells([["--kv-mode", "static", "--compile", "--out", str(tmp_path / "c.json")]]) == []
