@@ -1,0 +1,113 @@
+"""Benchmark: kvbench's decode against its peers on the same weights, in one run, with the floor beside them.
+
+Each variant is one `kvbench cell` process (same measurement code, same weights, same prompt):
+kvbench's static cache eager and compiled, transformers' GPT-2 with its default DynamicCache, its
+StaticCache and its StaticCache compiled, and CTranslate2 (its own growing cache). The table gives
+decode ms/token (median over the cell's iterations, min-max), the ratio to CTranslate2 and the
+fraction of the floor, and a row for the floor itself: the cell's decode-step bytes (weights + KV
+read) over the host's measured read bandwidth (`analytic.bandwidth_source` says which). A benchmark,
+not a test: it prints, it does not pass or fail.
+
+    python benchmarks/decode_vs_peers.py --device cpu --threads 2 --prompt-len 128 512   # CPU targets
+    python benchmarks/decode_vs_peers.py --model gpt2-xl --dtype bf16 --device cuda      # GPU targets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# (label, engine, kv_mode, compile)
+VARIANTS = (
+    ("kvbench static", "kvbench", "static", False),
+    ("kvbench static + compile", "kvbench", "static", True),
+    ("hf default (DynamicCache)", "hf", "concat", False),
+    ("hf static", "hf", "static", False),
+    ("hf static + compile", "hf", "static", True),
+    ("ct2 (CTranslate2, its own cache)", "ct2", "concat", False),
+)
+CT2 = VARIANTS[-1][0]
+OURS = ("kvbench static", "kvbench static + compile")
+
+
+def run_cell(args: argparse.Namespace, prompt_len: int, engine: str, kv_mode: str, compiled: bool, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "kvbench.cli", "cell", "--model", args.model, "--engine", engine,
+           "--kv-mode", kv_mode, "--dtype", args.dtype, "--device", args.device, "--batch", str(args.batch),
+           "--prompt-len", str(prompt_len), "--new-tokens", str(args.new_tokens),
+           "--warmup", str(args.warmup), "--iters", str(args.iters), "--check-steps", "8", "--out", str(out)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if compiled:
+        cmd.append("--compile")
+    subprocess.run(cmd, check=False)
+    return json.loads(out.read_text()) if out.exists() else {"status": "missing", "error": "no record"}
+
+
+def decode_ms(rec: dict) -> float | None:
+    return rec["latency"]["decode_ms_per_token"]["median"] if rec.get("status") == "ok" else None
+
+
+def table(args: argparse.Namespace, prompt_len: int, results: dict[str, dict], out_dir: Path) -> None:
+    ok = [r for r in results.values() if r.get("status") == "ok"]
+    env = ok[0]["environment"] if ok else {}
+    print(f"\n{args.model} {args.dtype} batch {args.batch}, prompt {prompt_len}, {args.new_tokens} new tokens, "
+          f"{args.threads or 'default'} threads on {env.get('device_name')}; records in {out_dir}\n")
+    print("| variant | decode ms/token median (min-max) | / ct2 | fraction of floor | prefill ms | matches none "
+          "| compile s |")
+    print("|---|---|---|---|---|---|---|")
+    ct2 = decode_ms(results.get(CT2, {}))
+    for label, rec in results.items():
+        if rec.get("status") != "ok":
+            print(f"| {label} | {rec.get('status')}: {rec.get('error')} | | | | | |")
+            continue
+        lat, an, d = rec["latency"], rec["analytic"], rec["latency"]["decode_ms_per_token"]
+        ratio = f"{d['median'] / ct2:.2f}" if ct2 else ""
+        compile_s = f"{lat['compile_s']:.1f}" if lat.get("compile_s") else ""
+        print(f"| {label} | {d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f}) | {ratio} | {an['fraction_of_floor']:.2f} "
+              f"| {lat['prefill_ms']['median']:.1f} | {rec['check']['matches_reference']} | {compile_s} |")
+    if ok:  # every cell has the same shapes, so the same floor; its bandwidth is the host's best read so far
+        an = max(ok, key=lambda r: r["analytic"]["bandwidth_bytes_per_s"])["analytic"]
+        floor = an["floor_ms_per_token"]
+        print(f"| floor: {an['decode_bytes_per_token'] / 1e6:.0f} MB read at {an['bandwidth_bytes_per_s'] / 1e9:.1f} "
+              f"GB/s ({an['bandwidth_source']}) | {floor:.2f} | {f'{floor / ct2:.2f}' if ct2 else ''} | 1.00 | | | |")
+    ours = {label: decode_ms(results[label]) for label in OURS if decode_ms(results.get(label, {}))}
+    if ours and ct2:
+        best = min(ours, key=ours.get)
+        print(f"\nkvbench static, best of eager/compiled ({best}, {ours[best]:.2f} ms) / ct2 ({ct2:.2f} ms) "
+              f"= {ours[best] / ct2:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="gpt2")
+    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--prompt-len", type=int, nargs="+", default=[128])
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--skip-compile", action="store_true", help="eager variants only")
+    p.add_argument("--records", default=None, help="keep the records in this folder (default: a temp dir)")
+    args = p.parse_args(argv)
+
+    out_dir = Path(args.records or tempfile.mkdtemp(prefix="kvbench-vs-peers-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for prompt_len in args.prompt_len:
+        results: dict[str, dict] = {}
+        for label, engine, kv_mode, compiled in VARIANTS:
+            if compiled and args.skip_compile:
+                continue
+            out = out_dir / f"p{prompt_len}-{engine}-{kv_mode}{'-compile' if compiled else ''}.json"
+            results[label] = run_cell(args, prompt_len, engine, kv_mode, compiled, out)
+        table(args, prompt_len, results, out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
