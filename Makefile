@@ -37,9 +37,9 @@ run: setup
 	@echo; for d in results/*/figures; do [ -d "$$d" ] && echo "figures: $$d/  tables: $${d%figures}tables/  bundle: $${d%figures}bundle.zip"; done
 
 gpu: setup  # the GPU sweeps: write-up 001's grid, model sizes, the peers side by side
-	$(BIN)/snakemake --profile workflow/profiles/gpu --config run='[$(or $(SWEEP),seed-grid,model-size,vs-hf)]' $(SNAKE_ARGS)
+	$(BIN)/snakemake --profile workflow/profiles/gpu --config run='[$(or $(SWEEP),seed-grid,model-size,vs-peers)]' $(SNAKE_ARGS)
 
-gpu-check: setup  # one command proves a GPU node: GPU tests, the vs-hf sweep, the benchmark -> one archive
+gpu-check: setup  # one command proves a GPU node: GPU tests, the vs-peers sweep, the benchmark -> one archive
 	PATH=$(abspath $(BIN)):$$PATH scripts/gpu-check.sh
 
 test: setup

@@ -13,6 +13,9 @@ KV_MODES = ("none", "concat", "static", "static-int8")
 ATTENTION_IMPLS = ("sdpa", "math")
 # kvbench: ours; hf: transformers' GPT-2 and ct2: CTranslate2, both on the same weights (kvbench/engines/)
 ENGINES = ("kvbench", "hf", "ct2")
+# The kv modes each engine runs: transformers' GPT-2 has no int8 cache; CTranslate2 has one cache, its
+# own, which grows by concatenation (kvbench/engines/ct2.py).
+ENGINE_KV_MODES = {"kvbench": KV_MODES, "hf": ("none", "concat", "static"), "ct2": ("concat",)}
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
 INT8_SCALE_BYTES = 4  # static-int8: one fp32 absmax scale per (token, head)
 

@@ -11,7 +11,7 @@ import itertools
 import json
 from pathlib import Path
 
-from kvbench.presets import ATTENTION_IMPLS, DTYPE_NAMES, KV_MODES, PRESETS
+from kvbench.presets import ATTENTION_IMPLS, DTYPE_NAMES, ENGINE_KV_MODES, KV_MODES, PRESETS
 
 # Grid axes in the order they appear in a cell's path; every axis has a default.
 AXES: dict[str, object] = {
@@ -67,9 +67,11 @@ def sweep_settings(sweep: dict) -> dict:
 
 
 def cells(sweep: dict) -> list[dict]:
-    """Every cell of a sweep, in a stable order."""
+    """Every cell of a sweep, in a stable order. An engine crosses only the kv modes it runs (ct2 has one
+    cache, its own), so one grid holds every engine side by side."""
     axes = sweep_axes(sweep)
-    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    grid = (dict(zip(axes, values)) for values in itertools.product(*axes.values()))
+    return [c for c in grid if c["engine"] not in ENGINE_KV_MODES or c["kv_mode"] in ENGINE_KV_MODES[c["engine"]]]
 
 
 def check(config: dict, schema_path: Path) -> None:
@@ -86,10 +88,14 @@ def check(config: dict, schema_path: Path) -> None:
             if not values:
                 raise SweepError(f"config: sweep {name!r}: grid.{axis} is empty")
         block_override = sweep_settings(sweep)["block_size"]
+        for engine in sweep_axes(sweep)["engine"]:
+            if not set(sweep_axes(sweep)["kv_mode"]) & set(ENGINE_KV_MODES.get(engine, KV_MODES)):
+                raise SweepError(f"config: sweep {name!r}: grid.kv_mode: engine {engine} runs "
+                                 f"{', '.join(ENGINE_KV_MODES[engine])} only, and the grid has none of them")
         for cell in cells(sweep):
-            if cell["engine"] == "hf" and (cell["kv_mode"] == "static-int8" or cell["n_kv_head"] != "all"):
-                raise SweepError(f"config: sweep {name!r}: engine hf runs transformers' GPT-2: kv_mode none, "
-                                 f"concat or static and n_kv_head all only")
+            if cell["engine"] in ("hf", "ct2") and cell["n_kv_head"] != "all":
+                raise SweepError(f"config: sweep {name!r}: engine {cell['engine']} runs transformers' GPT-2: "
+                                 f"n_kv_head all only")
             n_head = PRESETS[cell["model"]].n_head
             if cell["n_kv_head"] != "all" and n_head % cell["n_kv_head"]:
                 raise SweepError(f"config: sweep {name!r}: grid.n_kv_head: {cell['n_kv_head']} must divide "

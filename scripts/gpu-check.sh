@@ -3,7 +3,7 @@
 #
 #   1. the GPU tests (pytest -m gpu): CUDA graphs replayed without recompiles, CUDA events vs the
 #      wall clock, NVML fields, OOM as a status, fp16/bf16, gpt2-xl build time;
-#   2. the vs-hf sweep with the gpu profile (kvbench vs transformers (and the other peers) on the
+#   2. the vs-peers sweep with the gpu profile (kvbench vs transformers (and the other peers) on the
 #      same weights, gpt2 and gpt2-xl bf16);
 #   3. the peers benchmark for gpt2-xl bf16 on cuda;
 # then records, tables, figures, logs and the benchmark output -> results/gpu-check-<device>.tar.gz.
@@ -55,11 +55,11 @@ step() {  # step <name> <seconds> <command...>: run it with a limit, log it, not
 bench=benchmarks/decode_vs_peers.py
 [ -f "$bench" ] || bench=benchmarks/decode_vs_hf.py
 step gpu-tests 150 "$PY" -m pytest -m gpu -q -rA -p no:cacheprovider tests
-step vs-hf-sweep 240 snakemake --profile workflow/profiles/gpu --config 'run=[vs-hf]'
+step vs-peers-sweep 240 snakemake --profile workflow/profiles/gpu --config 'run=[vs-peers]'
 step benchmark 90 "$PY" "$bench" --model gpt2-xl --dtype bf16 --device cuda
 
 for part in cells tables figures logs explanation.md bundle.zip; do
-    [ -e "results/vs-hf/$part" ] && cp -r "results/vs-hf/$part" "$work/vs-hf-$part"
+    [ -e "results/vs-peers/$part" ] && cp -r "results/vs-peers/$part" "$work/vs-peers-$part"
 done
 tar -czf "$archive" -C results "$(basename "$work")"
 echo "gpu-check: $(cat "$work/steps.txt" | tr '\n' ';') archive: $archive"

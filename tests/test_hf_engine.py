@@ -8,8 +8,8 @@ import torch
 pytest.importorskip("transformers")
 
 from kvbench.cli import main  # noqa: E402
-from kvbench.generate import generate  # noqa: E402
 from kvbench.engines.hf import hf_generate, to_hf  # noqa: E402
+from kvbench.generate import generate  # noqa: E402
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "math"])
@@ -46,19 +46,21 @@ def test_hf_engine_refuses_what_transformers_gpt2_lacks(tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_vs_hf_sweep_runs_on_tiny(tmp_path):
-    """The shipped vs-hf-tiny sweep through the real snakemake: both engines side by side, static compiled."""
+def test_vs_peers_sweep_runs_on_tiny(tmp_path):
+    """The shipped vs-peers-tiny sweep through the real snakemake: three engines side by side, static compiled."""
     import pandas as pd
-
     from test_pipeline import REPO, copy_workflow, snakemake
     copy_workflow(tmp_path)
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text((REPO / "config" / "config.yaml").read_text())
-    snakemake(tmp_path, "--config", "run=[vs-hf-tiny]")
-    cells = pd.read_csv(tmp_path / "results/vs-hf-tiny/tables/cells.csv")
-    assert sorted(set(cells["cell.engine"])) == ["hf", "kvbench"] and (cells["status"] == "ok").all()
+    snakemake(tmp_path, "--config", "run=[vs-peers-tiny]")
+    cells = pd.read_csv(tmp_path / "results/vs-peers-tiny/tables/cells.csv")
+    assert sorted(set(cells["cell.engine"])) == ["ct2", "hf", "kvbench"] and (cells["status"] == "ok").all()
     assert cells["check.matches_reference"].all()
-    speedup = pd.read_csv(tmp_path / "results/vs-hf-tiny/tables/speedup.csv")
+    # each engine crosses only the kv modes it runs: CTranslate2 its own growing cache
+    modes = cells.groupby("cell.engine")["cell.kv_mode"].apply(sorted).to_dict()
+    assert modes == {"ct2": ["concat"], "hf": ["concat", "none", "static"], "kvbench": ["concat", "none", "static"]}
+    speedup = pd.read_csv(tmp_path / "results/vs-peers-tiny/tables/speedup.csv")
     assert set(zip(speedup["cell.engine"], speedup["cell.kv_mode"])) >= {("hf", "static"), ("kvbench", "static")}
     # `compile: [static]`: only the static cells were compiled, and they are still measured against
     # the (eager) recompute baseline of their engine

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from kvbench.engines import Engine
 from kvbench.generate import GREEDY, Generation, Sampling
 from kvbench.model import GPT
+from kvbench.presets import ENGINE_KV_MODES
 
 PIN = "ctranslate2==4.8.5"  # requirements.txt
 COMPUTE_TYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -109,7 +109,7 @@ def convert(model: GPT, compute_type: str) -> Path:
 
 class CT2Engine(Engine):
     name = "ct2"
-    kv_modes = ("concat",)  # CTranslate2 always caches, growing it by concatenation (module docstring)
+    kv_modes = ENGINE_KV_MODES["ct2"]  # CTranslate2 always caches, growing it by concatenation (module docstring)
     owns_weights = True
     kv_cache_note = ("CTranslate2 manages its own cache (grown by concatenation each step); "
                      "kv_cache_bytes_formula only, nothing measured")

@@ -19,8 +19,9 @@ from kvbench.checkpoint import CONV1D_WEIGHTS
 from kvbench.engines import Engine, Runner, compile_mode
 from kvbench.generate import GREEDY, Generation, Sampling, check_length, decode_loop
 from kvbench.model import GPT
+from kvbench.presets import ENGINE_KV_MODES
 
-HF_KV_MODES = ("none", "concat", "static")
+HF_KV_MODES = ENGINE_KV_MODES["hf"]
 
 
 def to_hf(model: GPT):

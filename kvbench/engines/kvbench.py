@@ -28,7 +28,6 @@ from kvbench.generate import GREEDY, Generation, Sampling, check_length, decode_
 from kvbench.kv_cache import StaticCache
 from kvbench.model import GPT
 
-
 # The CPU decode step is matrix-vector products over every weight: reading the weights is the step.
 # freezing: the weights become graph constants, prepacked for MKL's GEMV; max_autotune with the C++
 # GEMM template: per matrix shape, the faster of inductor's template and ATen's kernel (benchmarked
@@ -39,7 +38,7 @@ CPU_INDUCTOR_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_ge
 
 
 def inductor_options(device: torch.device) -> contextlib.AbstractContextManager:
-    """Inductor settings for compiling the static step on `device` (set around every call: a recompile gets them too)."""
+    """Inductor settings for compiling the static step on `device`, set around every call (a recompile gets them)."""
     if device.type != "cpu":
         return contextlib.nullcontext()
     # Compiled kernels and autotuning results on disk beside kvbench's other caches, so every cell
