@@ -25,7 +25,6 @@ from fixtures import (
 from kvbench.analysis import aggregate as agg
 from kvbench.analysis import figures as fig
 from kvbench.analysis import frame as fr
-from kvbench.analysis import speedup_figures as spf
 
 NEW_STEMS = ("speedup_vs_model", "speedup_vs_new_tokens", "kv_variants")
 
@@ -108,7 +107,7 @@ def red_marks(ax: Any) -> list[tuple[float, float]]:
 
 def test_oom_cell_is_marked_at_the_top_edge_not_dropped(sweep: Sweep) -> None:
     with matplotlib.rc_context(fig.RC):
-        figure = fig.decode_figure(frame(sweep))
+        figure = fig.draw("decode_ms_per_token", frame(sweep))
     panels = {ax.get_title(): ax for ax in figure.axes}
     # x = the prompt length in data units, y = 0.95 of the panel's height (its top edge)
     assert red_marks(panels["kv_mode = concat"]) == [(OOM_CELL[2], pytest.approx(0.95))]
@@ -187,7 +186,7 @@ def test_a_model_sweep_is_drawn_against_model_size_in_size_order(axis_sweep: Swe
     df = frame(axis_sweep)
     df = df[(df["cell.new_tokens"] == 20) & df["cell.n_kv_head"].isna()].iloc[::-1]  # order must not matter
     with matplotlib.rc_context(fig.RC):
-        figure = fig.decode_figure(df)
+        figure = fig.draw("decode_ms_per_token", df)
     ax = figure.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["gpt2\n124M params", "gpt2-medium\n355M params"]
     assert ax.get_xlabel() == "model (by parameter count)"
@@ -195,7 +194,7 @@ def test_a_model_sweep_is_drawn_against_model_size_in_size_order(axis_sweep: Swe
 
 def test_speedup_vs_model_orders_models_by_size_and_marks_the_oom(axis_sweep: Sweep) -> None:
     with matplotlib.rc_context(fig.RC):
-        figure = spf.axis_speedup_figure(frame(axis_sweep), "model")
+        figure = fig.draw("speedup_vs_model", frame(axis_sweep))
     bottom = [ax for ax in figure.axes if ax.get_xticklabels()]  # shared x: the bottom row carries the labels
     ticks = [t.get_text() for t in bottom[0].get_xticklabels()]
     assert ticks == ["gpt2\n124M params", "gpt2-medium\n355M params"]
@@ -209,13 +208,13 @@ def test_speedup_vs_model_orders_models_by_size_and_marks_the_oom(axis_sweep: Sw
     assert "nanoGPT + KV Cache: T4 GPU (claimed)" in labels
     one = frame(axis_sweep)
     with pytest.raises(fig.Skip, match="one model only"):
-        spf.axis_speedup_figure(one[one["cell.model"] == "gpt2"], "model")
+        fig.draw("speedup_vs_model", one[one["cell.model"] == "gpt2"])
 
 
 def test_peak_memory_figure_plots_peak_beyond_weights_beside_the_formula(sweep: Sweep) -> None:
     df = frame(sweep)
     with matplotlib.rc_context(fig.RC):
-        figure = fig.memory_figure(df)
+        figure = fig.draw("peak_memory", df)
     panel = {ax.get_title(): ax for ax in figure.axes}["kv_mode = static"]
     solid = [ln for ln in panel.get_lines() if ln.get_linestyle() == "-" and len(ln.get_xdata()) == len(PROMPTS)]
     dashed = [ln for ln in panel.get_lines() if ln.get_linestyle() == "--"]
@@ -244,9 +243,9 @@ def test_a_third_engine_gets_its_own_panels(tmp_path: Path) -> None:
     agg.aggregate(s.paths, s.tables)
     df = frame(s)
     with matplotlib.rc_context(fig.RC):
-        speedup = spf.axis_speedup_figure(df, "model")
-        decode = fig.decode_figure(df)
-        memory = fig.memory_figure(df)
+        speedup = fig.draw("speedup_vs_model", df)
+        decode = fig.draw("decode_ms_per_token", df)
+        memory = fig.draw("peak_memory", df)
     for figure in (speedup, decode, memory):
         titles = " ".join(ax.get_title() for ax in figure.axes)
         assert all(f"engine={e}" in titles for e in ("kvbench", "hf", "ct2")), titles

@@ -3,9 +3,12 @@
 Every figure reads the frame of cells.csv (kvbench.analysis.frame) and takes its x axis and its
 panels from what the sweep varies: a prompt-length sweep is drawn against the prompt, a model
 sweep against model size (models by parameter count), a generation-length sweep against new
-tokens. Columns of panels are kv modes (or metrics), rows the other settings that vary. A cell
-that did not finish (oom, unsupported, error) is one marker at its panel's top edge, never a
-silent hole. A figure with nothing to compare is left out, with one line saying why.
+tokens. Columns of panels are kv modes (or metrics), rows the other settings that vary (the
+engine among them). A cell that did not finish (oom, unsupported, error) is one marker where it
+would be, never a silent hole. A figure with nothing to compare is left out, with one line saying why.
+
+The five line figures are rows of one spec table (LINES) drawn by `lines`; the heatmap, the
+prefill/decode bars, the KV variants' bars and write-up 000's per-token chart draw their own panels.
 
     kvbench figures --tables results/<sweep>/tables --out results/<sweep>/figures
 """
@@ -16,158 +19,195 @@ import argparse
 import io
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt  # after facets' matplotlib.use('Agg') takes effect: no figure exists yet
-import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib import colors as mcolors
-from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from kvbench import record as kvrecord
 from kvbench.analysis import aggregate as agg
+from kvbench.analysis import claims
+from kvbench.analysis import facets as fc
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
-from kvbench.analysis import speedup_figures
-from kvbench.analysis.facets import (
-    AXIS_LABELS,
-    FAILED,
-    RC,
-    SAVE_METADATA,
-    Skip,
-    _titles,
-    _x_axis,
-    facet_label,
-    failed_handles,
-    grid,
-    mark_failed,
-    ticks,
-    x_values,
-)
+from kvbench.analysis.facets import RC, Skip  # noqa: F401 (tests and callers use them from here)
 
-FORMATS = ("png", "svg")
-FIGURE_STEMS = (
-    "decode_ms_per_token",
-    "peak_memory",
-    "prefill_decode_split",
-    "speedup_heatmap",
-    "per_token_latency",
-    "floor_fraction",
-    "speedup_vs_model",
-    "speedup_vs_new_tokens",
-    "kv_variants",
-)
+D = "latency.decode_ms_per_token"
+SPEEDUPS = {"total_speedup": "whole generation (total time)", "decode_speedup": "per decode token"}
+WRITEUP_002, WRITEUP_003 = "KV-Cache Implementation Summary", "nanoGPT + KV Cache"  # their claims: data/claims.csv
 
 
-# ---------------------------------------------------------------------------------- figures
+@dataclass(frozen=True)
+class Lines:
+    """A line figure: `y` along x, a column of panels per `col` value, a row per combination of
+    the other settings that vary, a line per `hue` value."""
+
+    data: Callable[[pd.DataFrame], pd.DataFrame]  # the rows: y, ok, status and mark (a failed point's label)
+    title: str
+    ylabel: str  # '{}' names the measurements' sources (a `source` column)
+    x: str | None = None  # None: what the sweep varies (frame.x_axis)
+    col: str = "cell.kv_mode"
+    col_title: str = "kv_mode = {}"
+    hue: str = "cell.batch"
+    hue_label: str = "batch {}"
+    err: bool = False  # min-max bars from the lo and hi columns
+    beside: str | None = None  # legend label of a second series (`beside`), dashed in the line's colour
+    hline: tuple[float, str] | None = None  # a reference line, kept in view, and its legend label
+    log: bool | None = None  # None: a log axis where the values span over 20×
+    fmt: str = "{:g}"  # y tick labels
+    annotate: str | None = None  # each point's value written beside it, in this format
+    claims: tuple[str, str] | None = None  # (write-up, legend label): its claimed values in grey
 
 
-def line_figure(
-    df: pd.DataFrame, y: pd.Series, ylabel: str, title: str, *, yerr=None, beside=None, hline=None, log: bool = True
-) -> plt.Figure:
-    """A panel per kv mode (columns) and varying setting (rows); x from what the sweep varies,
-    a line per batch; `beside` (a second series) dashed in the same colour."""
-    x = fr.x_axis(df)
+def cells(df: pd.DataFrame, **columns: pd.Series) -> pd.DataFrame:
+    """A point per cell of the frame; a failed one labelled by its batch."""
+    return df.assign(**{k: v.astype(float) for k, v in columns.items()}, mark="b" + df["cell.batch"].map(rp.lab))
+
+
+def failed_side(p: pd.DataFrame) -> pd.Series:
+    """Of a cached cell and its `none` partner, the status of the one that did not finish."""
+    return p["status"].astype(str).where(p["status"] != "ok", p["none_status"].astype(str))
+
+
+def speedups(df: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """The axis table (speedup_by_model.csv, speedup_by_length.csv), a panel per metric; a failed
+    pair labelled by its mode, and by its `none` partner's status when that side failed."""
+    t = agg.axis_table(df, axis)
+    if t is None:
+        raise Skip(f"one {axis.replace('_', ' ')} only: nothing to compare along it")
+    long = pd.concat([t.assign(metric=name, y=t[c].astype(float)) for c, name in SPEEDUPS.items()], ignore_index=True)
+    side = failed_side(long)
+    mark = long["kv_mode"].astype(str) + (" (none " + side + ")").where(long["status"] == "ok", "")
+    return long.assign(ok=long["y"].notna(), status=side, mark=mark)
+
+
+def speedup_lines(axis: str, writeup: str, claim: str) -> Lines:
+    return Lines(
+        lambda df: speedups(df, axis),
+        f"Speedup of the KV cache vs {'model size' if axis == 'model' else 'generation length'}",
+        "speedup = none / cached",
+        x=axis,
+        col="metric",
+        col_title="{}",
+        hue="kv_mode",
+        hue_label="{} vs none",
+        hline=(1.0, "1× (no speedup)"),
+        log=True,
+        fmt="{:g}×",
+        annotate="{:.2f}×",
+        claims=(writeup, f"{writeup}: {claim}"),
+    )
+
+
+LINES = {
+    "decode_ms_per_token": Lines(
+        lambda df: cells(df, y=df[f"{D}.median"], lo=df[f"{D}.min"], hi=df[f"{D}.max"]),
+        "Decode latency per token",
+        "decode ms / token (median)",
+        err=True,
+    ),
+    # Issue 17: what a cache costs is the peak beyond the weights, drawn beside the formula's bytes.
+    "peak_memory": Lines(
+        lambda df: cells(df, y=df["beyond_bytes"] / fr.MIB, beside=df["memory.kv_cache_bytes_formula"] / fr.MIB).assign(
+            source=df["beyond_source"]
+        ),
+        "Peak memory beyond the weights (solid) and the KV cache by formula (dashed)",
+        "peak beyond the weights, MiB\n({})",
+        beside="KV cache by formula",
+    ),
+    "floor_fraction": Lines(
+        lambda df: cells(df, y=df["analytic.fraction_of_floor"]),
+        "Decode step vs its analytic lower bound (bytes over the read bandwidth, FLOPs over the peak rate)",
+        "analytic floor / measured\n(floor: bytes / measured read bandwidth)",
+        hline=(1.0, "at the floor (1.0); above is suspect"),
+    ),
+    "speedup_vs_model": speedup_lines("model", WRITEUP_003, "T4 GPU (claimed)"),
+    "speedup_vs_new_tokens": speedup_lines("new_tokens", WRITEUP_002, "claimed range"),
+}
+
+
+def lines(spec: Lines, df: pd.DataFrame) -> plt.Figure:
+    x = spec.x or fr.x_axis(df)
     if x is None:
         raise Skip("one cell per kv mode: nothing varies to draw a line along")
-    hue = "cell.batch" if x != "cell.batch" else None
-    data = df.assign(
-        y=y,
-        x=x_values(df, x)[0],
-        facet=facet_label(df, ("cell.kv_mode", x, "cell.batch")),
-        hue=df["cell.batch"].map(rp.lab) if hue else "all",
-        lo=np.nan,
-        hi=np.nan,
-        beside=beside,
-    )
-    if yerr is not None:
-        data["lo"], data["hi"] = (y - yerr[0]).clip(lower=0), (yerr[1] - y).clip(lower=0)
-    hues = sorted(set(data["hue"]), key=rp.natural)
-    colors = dict(zip(hues, sns.color_palette("viridis", len(hues) + 1)[: len(hues)]))  # viridis' pale end dropped
-    modes = list(df["cell.kv_mode"].cat.categories)
-    g = grid(data, "cell.kv_mode", modes, sharex=True, sharey=True, height=3.4, aspect=1.2)
+    data = spec.data(df)
+    data["x"], where, labels = fc.x_axis(data, x)
+    prefix = "cell." if x.startswith("cell.") else ""  # the frame, or a reading table
+    data["facet"] = fc.facet_label(data, [c.removeprefix("cell.") for c in (spec.col, spec.hue, x)], prefix)
+    data["hue"] = data[spec.hue].astype(object).map(rp.lab) if x != spec.hue else "all"
+    colors = fc.hue_colors(spec.hue, sorted(set(data["hue"]), key=rp.natural))
+    claimed = {}
+    if spec.claims:
+        claimed = {where[v]: lohi for v, lohi in claims.claimed(spec.claims[0], x).items() if v in where}
+    first_col = data[spec.col].iloc[0]  # the claims go in the first column of panels (the whole generation)
 
-    def panel(data, **_):
-        ax = plt.gca()
-        ok = data[data["ok"] & data["y"].notna()].sort_values("x")
-        for h, d in ok.groupby("hue", sort=False):
-            ax.plot(d["x"], d["y"], marker="o", color=colors[h])
-            if d["beside"].notna().any():
-                ax.plot(d["x"], d["beside"], linestyle="--", color=colors[h], linewidth=1)
-            if yerr is not None:
-                ax.errorbar(
-                    d["x"], d["y"], yerr=[d["lo"], d["hi"]], fmt="none", ecolor=colors[h], elinewidth=0.8, capsize=2
+    def panel(ax, d: pd.DataFrame) -> None:
+        for h, line in d[d["ok"] & d["y"].notna()].sort_values("x").groupby("hue", sort=False):
+            c = colors[h]
+            ax.plot(line["x"], line["y"], marker="o", color=c)
+            if spec.beside:
+                ax.plot(line["x"], line["beside"], linestyle="--", color=c, linewidth=1)
+            if spec.err:
+                yerr = [(line["y"] - line["lo"]).clip(lower=0), (line["hi"] - line["y"]).clip(lower=0)]
+                ax.errorbar(line["x"], line["y"], yerr=yerr, fmt="none", ecolor=c, elinewidth=0.8, capsize=2)
+            for xv, v in zip(line["x"], line["y"]) if spec.annotate else ():
+                ax.annotate(
+                    spec.annotate.format(v), (xv, v), xytext=(5, 4), textcoords="offset points", fontsize=7, color=c
                 )
-        bad = data[~data["ok"]]
-        mark_failed(ax, bad["x"], bad["status"], [f"b{rp.lab(b)}" for b in bad["cell.batch"]])
-        if hline is not None:
-            ax.axhline(hline[0], color="0.3", linestyle=":", linewidth=1)
+        bad = d[~d["ok"]]
+        fc.mark_edge(ax, bad["x"], bad["status"], bad["mark"])
+        # the write-ups state the whole generation's speedup, of plain multi-head models
+        if claimed and d[spec.col].iloc[0] == first_col and d["n_kv_head"].isna().all():
+            for xv, (lo, hi) in claimed.items():
+                if lo == hi:
+                    ax.scatter([xv], [lo], marker="D", s=36, color="0.55", zorder=5)
+                else:
+                    ax.plot([xv, xv], [lo, hi], color="0.55", linewidth=5, alpha=0.6, solid_capstyle="butt", zorder=1)
+        if spec.hline:
+            ax.axhline(spec.hline[0], color="0.3", linestyle=":", linewidth=1)
 
-    g.map_dataframe(panel)
-    _titles(g, "kv_mode = {}")
-    pos, labels = x_values(df, x)[1:]
-    for ax in g.axes.flat:
-        _x_axis(ax, x, pos, labels)
-    g.set_axis_labels(AXIS_LABELS[x], ylabel)
-    vals = pd.concat([data.loc[data["ok"], "y"], data.loc[data["ok"], "beside"]]).dropna()
+    ok = data[data["ok"]]
+    vals = pd.concat([ok["y"], ok.get("beside"), pd.Series([v for lohi in claimed.values() for v in lohi])]).dropna()
     if not len(vals):
         raise Skip("no cell finished (status ok)")
     lo, hi = float(vals.min()), float(vals.max())
-    log = log and lo > 0 and hi / lo > 20  # a small range reads better on a linear axis
-    ax0 = g.axes.flat[0]
-    if log:
-        ax0.set_yscale("log")
-    ax0.set_ylim(*((lo / 1.3, hi * 1.6) if log else (min(0, lo * 1.1), hi * 1.15 + 1e-12)))
-    ticks(ax0.yaxis, *ax0.get_ylim(), log=log)
-    handles = [Line2D([], [], color=c, marker="o", label=f"batch {h}") for h, c in colors.items()] if hue else []
-    if beside is not None:
-        handles.append(Line2D([], [], color="0.3", linestyle="--", label="KV cache by formula"))
-    if hline is not None:
-        handles.append(Line2D([], [], color="0.3", linestyle=":", label=hline[1]))
-    if yerr is not None:
+    if spec.hline:
+        lo, hi = min(lo, spec.hline[0]), max(hi, spec.hline[0])
+    log = lo > 0 and (spec.log if spec.log is not None else hi / lo > 20)  # a small range reads better linear
+    handles = [Line2D([], [], color=c, marker="o", label=spec.hue_label.format(h)) for h, c in colors.items()]
+    handles = handles if x != spec.hue else []
+    if spec.beside:
+        handles.append(Line2D([], [], color="0.3", linestyle="--", label=spec.beside))
+    if spec.hline:
+        handles.append(Line2D([], [], color="0.3", linestyle=":", label=spec.hline[1]))
+    if spec.err:
         handles.append(
             Line2D([], [], color="0.3", marker="|", linestyle="none", markersize=10, label="min–max over iterations")
         )
-    g.add_legend(legend_data={h.get_label(): h for h in handles + failed_handles(df.loc[~df["ok"], "status"])})
-    g.figure.suptitle(title, y=1.02)
+    if claimed:
+        handles.append(Line2D([], [], color="0.55", linewidth=5, alpha=0.6, label=spec.claims[1]))
+    sources = ", ".join(sorted(set(ok["source"].dropna().astype(str)))) if "source" in ok else ""
+    axis_labels = (fc.AXIS_LABELS[x.removeprefix("cell.")], spec.ylabel.format(sources or "n/a"))
+    legend = handles + fc.failed_handles(data.loc[~data["ok"], "status"])
+    size = (max(4.2, 1.1 * len(where) + 1.5), 3.4)
+    g = fc.facet_grid(
+        data, spec.col, panel, spec.title, labels=axis_labels, col_title=spec.col_title, legend=legend, size=size
+    )
+    for ax in g.axes.flat:
+        fc.set_x(ax, x, list(where.values()), labels)
+    ax0 = g.axes.flat[0]  # the y axis is shared
+    if log:
+        ax0.set_yscale("log")
+    ax0.set_ylim(*((lo / 1.3, hi * 1.6) if log else (min(0, lo * 1.1), hi * 1.15 + 1e-12)))
+    fc.ticks(ax0.yaxis, *ax0.get_ylim(), log=log, fmt=spec.fmt)
     return g.figure
-
-
-def decode_figure(df: pd.DataFrame) -> plt.Figure:
-    d = "latency.decode_ms_per_token"
-    return line_figure(
-        df,
-        df[f"{d}.median"].astype(float),
-        "decode ms / token (median)",
-        "Decode latency per token",
-        yerr=(df[f"{d}.min"].astype(float), df[f"{d}.max"].astype(float)),
-    )
-
-
-def memory_figure(df: pd.DataFrame) -> plt.Figure:
-    """Issue 17: what the cache costs, the peak bytes beyond the weights, beside the formula's bytes."""
-    sources = sorted(set(df.loc[df["ok"] & df["beyond_bytes"].notna(), "beyond_source"].astype(str)))
-    return line_figure(
-        df,
-        df["beyond_bytes"] / fr.MIB,
-        f"peak beyond the weights, MiB\n({', '.join(sources) or 'n/a'})",
-        "Peak memory beyond the weights (solid) and the KV cache by formula (dashed)",
-        beside=df["memory.kv_cache_bytes_formula"].astype(float) / fr.MIB,
-    )
-
-
-def floor_figure(df: pd.DataFrame) -> plt.Figure:
-    return line_figure(
-        df,
-        df["analytic.fraction_of_floor"].astype(float),
-        "analytic floor / measured\n(floor: bytes / measured read bandwidth)",
-        "Decode step vs its analytic lower bound (bytes over the read bandwidth, FLOPs over the peak rate)",
-        hline=(1.0, "at the floor (1.0); above is suspect"),
-    )
 
 
 def split_figure(df: pd.DataFrame) -> plt.Figure:
@@ -176,200 +216,271 @@ def split_figure(df: pd.DataFrame) -> plt.Figure:
         "batch",
         "prompt_len",
     ]
+    cols = [f"cell.{k}" for k in keys]
     data = df.assign(
-        facet=facet_label(df, ("cell.kv_mode", *(f"cell.{k}" for k in keys))),
-        label=df[[f"cell.{k}" for k in keys]].apply(
-            lambda r: " · ".join(f"{k[0]}{rp.lab(v)}" for k, v in zip(keys, r)), axis=1
-        ),
+        facet=fc.facet_label(df, ("kv_mode", *keys)),
+        label=df[cols].apply(lambda r: " · ".join(f"{k[0]}{rp.lab(v)}" for k, v in zip(keys, r)), axis=1),
         prefill=df["latency.prefill_ms.median"].astype(float),
-        decode=df["latency.decode_ms_per_token.median"].astype(float) * df["latency.decode_steps"].astype(float),
+        decode=df[f"{D}.median"].astype(float) * df["latency.decode_steps"].astype(float),
     )
-    labels = list(dict.fromkeys(data.sort_values([f"cell.{k}" for k in keys])["label"]))
+    labels = list(dict.fromkeys(data.sort_values(cols)["label"]))
     colors = sns.color_palette("colorblind", 2)
-    g = grid(
-        data,
-        "cell.kv_mode",
-        list(df["cell.kv_mode"].cat.categories),
-        sharey=True,
-        sharex=False,
-        height=0.9 + 0.28 * len(labels),
-        aspect=4.2 / (0.9 + 0.28 * len(labels)),
-    )
 
-    def panel(data, **_):
-        ax = plt.gca()
-        ok = data[data["ok"]]
-        ypos = ok["label"].map(labels.index)
-        ax.barh(ypos, ok["prefill"], color=colors[0], height=0.7)
-        ax.barh(ypos, ok["decode"], left=ok["prefill"], color=colors[1], height=0.7)
-        bad = data[~data["ok"]]
-        for y, status in zip(bad["label"].map(labels.index), bad["status"]):  # the marker, turned on its side
-            ax.scatter(
-                [0.03],
-                [y],
-                transform=ax.get_yaxis_transform(),
-                marker="X",
-                s=60,
-                zorder=6,
-                clip_on=False,
-                color=FAILED.get(str(status), ("#9467bd", ""))[0],
-            )
+    def panel(ax, d: pd.DataFrame) -> None:
+        ok, bad = d[d["ok"]], d[~d["ok"]]
+        ax.barh(ok["label"].map(labels.index), ok["prefill"], color=colors[0], height=0.7)
+        ax.barh(ok["label"].map(labels.index), ok["decode"], left=ok["prefill"], color=colors[1], height=0.7)
+        for y, status in zip(bad["label"].map(labels.index), bad["status"]):  # the marker where the bar would start
+            fc.mark(ax, 0.03, y, status, transform=ax.get_yaxis_transform())
         ax.set_xlim(left=0)
 
-    g.map_dataframe(panel)
-    _titles(g, "kv_mode = {}")
+    legend = [Patch(color=colors[0], label="prefill (time to first token)")]
+    legend += [
+        Patch(color=colors[1], label="decode (steps × median ms/step)"),
+        *fc.failed_handles(df.loc[~df["ok"], "status"]),
+    ]
+    title, axis_labels, size = (
+        "Prefill vs decode: where one generation's time goes",
+        ("ms per generation (median)", "cell"),
+        (4.2, 0.9 + 0.28 * len(labels)),
+    )
+    g = fc.facet_grid(
+        data,
+        "cell.kv_mode",
+        panel,
+        title,
+        labels=axis_labels,
+        col_title="kv_mode = {}",
+        legend=legend,
+        size=size,
+        sharex=False,
+    )
     for ax in g.axes.flat:
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
         ax.set_ylim(len(labels) - 0.5, -0.5)
-    g.set_axis_labels("ms per generation (median)", "cell")
-    handles = [
-        Patch(color=colors[0], label="prefill (time to first token)"),
-        Patch(color=colors[1], label="decode (steps × median ms/step)"),
-        *failed_handles(df.loc[~df["ok"], "status"]),
-    ]
-    g.add_legend(legend_data={h.get_label(): h for h in handles})
-    g.figure.suptitle("Prefill vs decode: where one generation's time goes", y=1.02)
     return g.figure
 
 
 def heatmap_figure(df: pd.DataFrame) -> plt.Figure:
     """none ms / cached ms over batch x prompt length per cached mode; colour on a log scale centred on 1."""
-    sp = agg.speedup_table(df)
+    sp = fr.pairs(df)
     if not len(sp):
         raise Skip("no cached cell has a `none` cell beside it")
     if sp["cell.batch"].nunique() < 2 and sp["cell.prompt_len"].nunique() < 2:
         raise Skip("one batch and one prompt length: see speedup_vs_model / speedup_vs_new_tokens")
-    long = pd.concat(
-        [
-            sp.assign(metric=name, v=sp[col].astype(float))
-            for col, name in (("decode_speedup", "decode"), ("total_speedup", "whole generation"))
-        ]
-    )
-    long["facet"] = long["metric"] + facet_label(long, ("cell.kv_mode", "cell.batch", "cell.prompt_len")).map(
-        lambda s: f", {s}" if s else ""
-    )
+    metrics = {"decode_speedup": "decode", "total_speedup": "whole generation"}
+    long = pd.concat([sp.assign(metric=name, v=sp[c].astype(float)) for c, name in metrics.items()], ignore_index=True)
+    others = fc.facet_label(long, ("kv_mode", "batch", "prompt_len"))
+    long = long.assign(facet=long["metric"] + others.map(lambda s: f", {s}" if s else ""), status=failed_side(long))
     vals = long["v"][long["v"] > 0]
     span = max(float(vals.max()), 1 / float(vals.min()), 2.0) if len(vals) else 2.0
-    norm, cmap = mcolors.LogNorm(1 / span, span), matplotlib.colormaps["RdBu"]
+    norm, cmap = LogNorm(1 / span, span), matplotlib.colormaps["RdBu"]
     batches, prompts = sorted(set(sp["cell.batch"])), sorted(set(sp["cell.prompt_len"]))
-    g = grid(
-        long,
-        "cell.kv_mode",
-        [m for m in sp["cell.kv_mode"].cat.categories if m != "none"],
-        sharex=False,
-        sharey=False,
-        height=max(2.4, 0.45 * len(batches) + 1.3),
-        aspect=max(4.2, 0.75 * len(prompts) + 1.4) / max(2.4, 0.45 * len(batches) + 1.3),
-    )
 
-    def panel(data, **_):
-        ax = plt.gca()
-        wide = data.pivot_table(
-            index="cell.batch", columns="cell.prompt_len", values="v", aggfunc="first", observed=True
-        ).reindex(index=batches, columns=prompts)
-        sns.heatmap(
-            wide,
-            ax=ax,
-            cmap=cmap,
-            norm=norm,
-            cbar=False,
-            annot=wide.map(lambda v: f"{v:.2f}×"),
-            fmt="",
-            annot_kws={"fontsize": 8},
-            linewidths=0.5,
-            linecolor="white",
-        )
-        bad = data[data["v"].isna()]
+    def panel(ax, d: pd.DataFrame) -> None:
+        wide = d.pivot_table(index="cell.batch", columns="cell.prompt_len", values="v", aggfunc="first", observed=True)
+        wide = wide.reindex(index=batches, columns=prompts)
+        style = {"cmap": cmap, "norm": norm, "cbar": False, "fmt": "", "annot_kws": {"fontsize": 8}, "linewidths": 0.5}
+        sns.heatmap(wide, ax=ax, annot=wide.map(lambda v: f"{v:.2f}×"), linecolor="white", **style)
         ax.grid(False)
-        for b, p, s, n in zip(bad["cell.batch"], bad["cell.prompt_len"], bad["status"], bad["none_status"]):
-            status = s if s != "ok" else n
-            ax.scatter(
-                [prompts.index(p) + 0.5],
-                [batches.index(b) + 0.5],
-                marker="X",
-                s=60,
-                zorder=6,
-                color=FAILED.get(str(status), ("#9467bd", ""))[0],
-            )
-        ax.set_xlabel("prompt length (tokens)")
-        ax.set_ylabel("batch")
+        bad = d[d["v"].isna()]
+        for b, p, status in zip(bad["cell.batch"], bad["cell.prompt_len"], bad["status"]):
+            fc.mark(ax, prompts.index(p) + 0.5, batches.index(b) + 0.5, status)
         ax.tick_params(axis="y", rotation=0)
 
-    g.map_dataframe(panel)
-    _titles(g, "{} vs none")
-    g.figure.subplots_adjust(hspace=0.6, top=0.88, right=0.85)
-    cbar = g.figure.colorbar(
-        ScalarMappable(norm=norm, cmap=cmap), ax=g.axes, shrink=0.8, label="speedup = none ms / mode ms"
+    size = (max(4.2, 0.75 * len(prompts) + 1.4), max(2.4, 0.45 * len(batches) + 1.3))
+    axis_labels, title = ("prompt length (tokens)", "batch"), "Speedup of each KV cache over none"
+    g = fc.facet_grid(
+        long,
+        "cell.kv_mode",
+        panel,
+        title,
+        labels=axis_labels,
+        col_title="{} vs none",
+        size=size,
+        sharex=False,
+        sharey=False,
     )
-    ticks(cbar.ax.yaxis, 1 / span, span, log=True, fmt="{:g}×")
-    bad = long.loc[long["v"].isna()]
-    if len(bad):
+    g.figure.subplots_adjust(hspace=0.6, top=0.88, right=0.85)
+    bar = g.figure.colorbar(
+        plt.cm.ScalarMappable(norm, cmap), ax=g.axes, shrink=0.8, label="speedup = none ms / mode ms"
+    )
+    fc.ticks(bar.ax.yaxis, 1 / span, span, log=True, fmt="{:g}×")
+    bad = long.loc[long["v"].isna(), "status"]
+    if len(bad):  # below the panels: the colour bar holds the right side
         g.figure.legend(
-            handles=failed_handles(bad["status"].where(bad["status"] != "ok", bad["none_status"])),
-            loc="lower center",
-            frameon=False,
-            ncols=3,
-            bbox_to_anchor=(0.5, -0.05),
+            handles=fc.failed_handles(bad), loc="lower center", frameon=False, ncols=3, bbox_to_anchor=(0.5, -0.05)
         )
-    g.figure.suptitle("Speedup of each KV cache over none", y=1.02)
     return g.figure
+
+
+def variants_figure(df: pd.DataFrame) -> plt.Figure:
+    """Bars per kv_mode x n_kv_head (kv_variants.csv): KV-cache MiB, decode ms/token, max logit
+    error vs none, at the (batch, prompt, new tokens) the most variants measured."""
+    t = agg.kv_variants_table(df)
+    if t is None:
+        raise Skip("no static-int8 cell and no n_kv_head set")
+    at = ["batch", "prompt_len", "new_tokens"]
+    size = t["batch"] * (t["prompt_len"] + t["new_tokens"])
+    t = t.assign(facet=fc.facet_label(t, ("kv_mode", "n_kv_head", *at), prefix=""), ok=t["status"] == "ok", size=size)
+    # per row of panels, the settings with the most finished variants (then the largest cache)
+    counts = t.groupby(["facet", *at]).agg(n=("ok", "sum"), size=("size", "first")).reset_index()
+    best = counts.sort_values(["facet", "n", "size", *at]).drop_duplicates("facet", keep="last")
+    t = t.merge(best[["facet", *at]], on=["facet", *at])
+    setting = (
+        "batch "
+        + t["batch"].map(rp.lab)
+        + ", prompt "
+        + t["prompt_len"].map(rp.lab)
+        + ", new tokens "
+        + t["new_tokens"].map(rp.lab)
+    )
+    t["facet"] = (t["facet"] + "; ").where(t["facet"] != "", "") + setting
+    t["label"] = t["kv_mode"].astype(str) + "\n" + t["n_kv_head"].map(rp.lab) + " kv heads"
+    held = t["kv_cache_bytes_measured"].astype(float).fillna(t["kv_cache_bytes_formula"].astype(float))
+    panels = {
+        "KV cache, MiB (measured, else formula)": (held / fr.MIB, "{:.3g}"),
+        "decode ms / token (median)": (t["decode_ms_per_token"], "{:.3g}"),
+        "max |logit − none's logit|": (t["max_logit_diff"], "{:.2g}"),
+    }
+    long = pd.concat([t.assign(metric=k, v=v.astype(float), fmt=f) for k, (v, f) in panels.items()])
+
+    def panel(ax, d: pd.DataFrame) -> None:
+        for i, r in enumerate(d.itertuples()):
+            color, top = fc.PALETTE.get(str(r.kv_mode), "0.4"), ax.get_xaxis_transform()
+            if not r.ok:
+                fc.mark(ax, i, 0.06, r.status, str(r.status), top)
+            elif pd.isna(r.v):  # none has no cache and is the logits' reference
+                note = "n/a" if r.kv_mode != "none" else "no cache" if r.metric.startswith("KV") else "reference"
+                ax.annotate(note, (i, 0.04), xycoords=top, ha="center", fontsize=7, color="0.4")
+            else:
+                differs = r.metric.startswith("max") and str(r.matches_reference) == "False"
+                ax.bar(
+                    i,
+                    r.v,
+                    color=color,
+                    width=0.7,
+                    hatch="//" if differs else None,
+                    edgecolor="black" if differs else color,
+                )
+                ax.annotate(
+                    r.fmt.format(r.v),
+                    (i, r.v),
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+        ax.set_xticks(range(len(d)), d["label"], fontsize=7)
+        ax.set_xlim(-0.6, len(d) - 0.4)
+        ax.set_ylim(bottom=0)
+        ax.margins(y=0.15)
+
+    legend = [Patch(color=fc.PALETTE.get(str(m), "0.4"), label=str(m)) for m in t["kv_mode"].cat.categories]
+    if (t["matches_reference"].astype(str) == "False").any():
+        legend.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="greedy tokens differ from none's"))
+    legend += fc.failed_handles(t.loc[~t["ok"], "status"])
+    title = "KV-cache variants: memory, decode speed and the logit error they cost"
+    size = (max(4.2, 0.85 * t.groupby("facet").size().max() + 1.2), 3.6)
+    g = fc.facet_grid(
+        long, "metric", panel, title, labels=("", ""), legend=legend, size=size, sharex=False, sharey=False
+    )
+    return g.figure
+
+
+def per_token_figure(df: pd.DataFrame, steps: pd.DataFrame | None) -> plt.Figure:
+    """Write-up 000's chart: decode ms at every step, the KV cache's MiB on a second axis, for one
+    cell per mode at shared settings (the most modes, then the smallest batch and shortest prompt)."""
+    if steps is None or not len(steps):
+        raise Skip("no finished cell recorded per-step latencies")
+    steps = steps.assign(key=steps["record"].map(df.set_index("record")["key"]))
+    first = steps.drop_duplicates("record")
+    first = first.assign(n=first.groupby("key")["cell.kv_mode"].transform("nunique"))
+    chosen = first.sort_values(["n", "cell.batch", "cell.prompt_len", "key"], ascending=[False, True, True, True]).iloc[
+        0
+    ]
+    sel = steps[steps["key"] == chosen["key"]]
+    fig = plt.figure(figsize=(8.5, 5.2), layout="constrained")
+    ax = fig.subplots()
+    ax2 = ax.twinx()
+    handles = []
+    for mode in [m for m in df["cell.kv_mode"].cat.categories if m in set(sel["cell.kv_mode"])]:
+        d, color = sel[sel["cell.kv_mode"] == mode].sort_values("step"), fc.PALETTE.get(mode, "0.4")
+        handles += ax.plot(
+            d["step"], d["decode_ms"], color=color, marker="o", markersize=3, label=f"{mode}: decode ms / step"
+        )
+        if d["kv_cache_mib"].notna().any():
+            handles += ax2.plot(
+                d["step"], d["kv_cache_mib"], color=color, linestyle="--", label=f"{mode}: KV cache MiB (right)"
+            )
+    bad = df[(df["key"] == chosen["key"]) & ~df["ok"]]
+    handles += [
+        Line2D([], [], marker="X", color=fc.failed(s)[0], linestyle="none", label=f"{m}: {s} (no data)")
+        for m, s in zip(bad["cell.kv_mode"], bad["status"])
+    ]
+    ax.set(
+        xlabel="decode step (the cache then holds prompt + step tokens)",
+        ylabel="decode ms / step (median over iterations)",
+        ylim=(0, None),
+    )
+    ax2.set(ylabel="KV cache, MiB (formula, whole batch)", ylim=(0, None))
+    ax2.grid(False)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8, frameon=False)
+    where = ", ".join(
+        f"{k} {rp.lab(chosen[f'cell.{k}'])}"
+        for k in ("model", "dtype", "attention", "batch", "prompt_len", "new_tokens")
+    )
+    ax.set_title(f"Per-token decode latency and KV-cache size\n{where}")
+    return fig
 
 
 # ---------------------------------------------------------------------------------- entry points
 
+OTHERS = {"prefill_decode_split": split_figure, "speedup_heatmap": heatmap_figure, "kv_variants": variants_figure}
+FIGURE_STEMS = ("decode_ms_per_token", "peak_memory", "prefill_decode_split", "speedup_heatmap", "per_token_latency")
+FIGURE_STEMS += ("floor_fraction", "speedup_vs_model", "speedup_vs_new_tokens", "kv_variants")
 
-def _read(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.is_file() and path.stat().st_size else None
 
-
-def _save(fig, out_dir: Path, stem: str) -> list[Path]:
-    paths = []
-    for fmt in FORMATS:
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, metadata=SAVE_METADATA[fmt], bbox_inches="tight")
-        kvrecord.write_atomic_bytes(out_dir / f"{stem}.{fmt}", buf.getvalue())
-        paths.append(out_dir / f"{stem}.{fmt}")
-    return paths
+def draw(stem: str, df: pd.DataFrame, steps: pd.DataFrame | None = None) -> plt.Figure:
+    """One figure of the frame; raises Skip when the sweep gives it nothing to compare."""
+    if stem == "per_token_latency":
+        return per_token_figure(df, steps)
+    return lines(LINES[stem], df) if stem in LINES else OTHERS[stem](df)
 
 
 def render(
     tables_dir: Path,
     out_dir: Path,
     only: Sequence[str] | None = None,
-    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    log: Callable = lambda line: print(line, file=sys.stderr),
 ) -> list[Path]:
-    """Draw every figure the sweep supports (PNG and SVG each); say in one line why any other is
-    left out (and remove an older copy of it). `only`: just these stems."""
+    """Draw every figure the sweep supports (PNG and SVG each); say in one line (`log`) why any
+    other is left out, and remove an older copy of it. `only`: just these stems."""
     unknown = sorted(set(only or ()) - set(FIGURE_STEMS))
     if unknown:
         raise ValueError(f"unknown figure(s) {', '.join(unknown)}; known: {', '.join(FIGURE_STEMS)}")
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     df = fr.read_cells(tables_dir / "cells.csv")
-    builders = {
-        "decode_ms_per_token": lambda: decode_figure(df),
-        "peak_memory": lambda: memory_figure(df),
-        "prefill_decode_split": lambda: split_figure(df),
-        "speedup_heatmap": lambda: heatmap_figure(df),
-        "per_token_latency": lambda: speedup_figures.per_token_figure(df, _read(tables_dir / "per_step.csv")),
-        "floor_fraction": lambda: floor_figure(df),
-        "speedup_vs_model": lambda: speedup_figures.axis_speedup_figure(df, "model"),
-        "speedup_vs_new_tokens": lambda: speedup_figures.axis_speedup_figure(df, "new_tokens"),
-        "kv_variants": lambda: speedup_figures.kv_variants_figure(df),
-    }
+    steps_csv = tables_dir / "per_step.csv"
+    steps = pd.read_csv(steps_csv) if steps_csv.is_file() and steps_csv.stat().st_size else None
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85), matplotlib.rc_context(RC):
-        for stem, build in builders.items():
-            if only is not None and stem not in only:
-                continue
+        for stem in [s for s in FIGURE_STEMS if only is None or s in only]:
             try:
-                fig = build()
+                fig = draw(stem, df, steps)
             except Skip as why:
                 log(f"figures: {stem} left out of this sweep: {why}")
-                for fmt in FORMATS:  # a figure left out must not survive from an older run
+                for fmt in ("png", "svg"):  # a figure left out must not survive from an older run
                     (out_dir / f"{stem}.{fmt}").unlink(missing_ok=True)
                 continue
-            written += _save(fig, out_dir, stem)
+            for fmt in ("png", "svg"):
+                buf = io.BytesIO()
+                fig.savefig(buf, format=fmt, metadata=fc.SAVE_METADATA[fmt], bbox_inches="tight")
+                kvrecord.write_atomic_bytes(out_dir / f"{stem}.{fmt}", buf.getvalue())
+                written.append(out_dir / f"{stem}.{fmt}")
             plt.close(fig)
     return written
 

@@ -6,7 +6,7 @@ rule figures:
     input:
         tables="results/{sweep}/tables",
         code=analysis_code(
-            "figures.py", "facets.py", "speedup_figures.py", "claims.py", "data/claims.csv", "frame.py", "aggregate.py", "report.py"
+            "figures.py", "facets.py", "claims.py", "data/claims.csv", "frame.py", "aggregate.py", "report.py"
         ),
     output:
         figures=report(
