@@ -19,9 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kvbench.analysis.frame import STATUS_ORDER, as_text
-from kvbench.record import load as load_record
-from kvbench.record import write_atomic_bytes as atomic_write_bytes
+import pandas as pd
+
+from kvbench.analysis import frame as fr
+from kvbench.analysis import report as rp
+from kvbench.record import write_atomic_bytes
 
 MANIFEST = "MANIFEST.sha256"
 INDEX = "index.md"
@@ -30,6 +32,7 @@ META = "bundle.json"
 REQUIRED_MEMBERS = (MANIFEST, INDEX, ENVIRONMENT, META)
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can say; no build time leaks in
 FILE_MODE = 0o100644  # regular file, rw-r--r--
+MACHINE = ("device_name", "cpu", "torch", "cuda", "driver", "git_commit", "kvbench_version", "container_image")
 _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
 
@@ -37,89 +40,46 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _files_under(root: Path, pattern: str = "*") -> list[Path]:
-    """Regular files, hidden ones and temp files of interrupted writes left out; sorted."""
-    if not root.is_dir():
-        return []
-    return sorted(
-        (
-            p
-            for p in root.rglob(pattern)
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        ),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+def _files_under(root: Path, pattern: str = "*") -> dict[str, Path]:
+    """Name relative to root -> path of its regular files, sorted; hidden ones and the temp files
+    of interrupted writes (dot-named) left out."""
+    found = {p.relative_to(root).as_posix(): p for p in root.rglob(pattern) if p.is_file()} if root.is_dir() else {}
+    return {n: found[n] for n in sorted(found) if not any(part.startswith(".") for part in n.split("/"))}
 
 
-def flatten(obj: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> dot-joined keys, lists as text (as cells.csv spells them)."""
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": as_text(value)})
-    return out
+def _plain(value):
+    """A frame's cell as JSON would spell it (numpy scalars as Python ones, missing as null)."""
+    return None if pd.isna(value) else value.item() if hasattr(value, "item") else value
 
 
-def _environment(records: list[dict[str, Any]]) -> dict[str, Any]:
+def environment(df: pd.DataFrame) -> dict[str, Any]:
     """Each environment field's distinct values with how many records had each: one glance
-    says whether the sweep ran on one machine, one driver, one commit."""
-    counts: dict[str, Counter[str]] = {}
-    for rec in records:
-        for key, value in flatten(rec.get("environment") or {}).items():
-            counts.setdefault(key, Counter())[json.dumps(value, sort_keys=True)] += 1
-    return {
-        "records": len(records),
-        "values": {
-            key: [{"value": json.loads(v), "records": n} for v, n in sorted(c.items())]
-            for key, c in sorted(counts.items())
-        },
-    }
-
-
-def _status_counts(records: list[dict[str, Any]]) -> dict[str, int]:
-    c = Counter(str(r.get("status")) for r in records)
-    return {s: c[s] for s in sorted(c, key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s))}
+    says whether the sweep ran on one machine, one driver, one commit. From the records' frame,
+    so nested fields and lists are spelled as in cells.csv."""
+    values = {}
+    for col in sorted(c for c in df.columns if c.startswith("environment.")):
+        counts = df[col].map(lambda v: json.dumps(_plain(v), sort_keys=True)).value_counts().sort_index()
+        values[col.removeprefix("environment.")] = [{"value": json.loads(v), "records": n} for v, n in counts.items()]
+    return {"records": len(df), "values": values}
 
 
 def _index(sweep: str, entries: dict[str, bytes], meta: dict[str, Any], env: dict[str, Any]) -> str:
     """index.md: readable on GitHub once unpacked (figures inline, tables linked)."""
-    names = sorted(entries)
-    status = ", ".join(f"{s} {n}" for s, n in meta["status_counts"].items()) or "none"
-    lines = [
-        f"# kvbench bundle: {sweep}",
-        "",
-        f"{meta['records']} cell records ({status}).",
-        "",
-        "Check it: `unzip bundle.zip -d bundle && cd bundle && sha256sum -c MANIFEST.sha256`",
-        "",
-    ]
-    for key in ("device_name", "cpu", "torch", "cuda", "driver", "git_commit", "kvbench_version", "container_image"):
-        vals = [v["value"] for v in env["values"].get(key, [])]
-        if vals:
-            lines.append(f"- {key}: {', '.join(str(v) for v in vals)}")
-    figures = [n for n in names if n.startswith("figures/") and n.endswith(".png")]
-    if figures:
-        lines += ["", "## Figures", ""]
-        for n in figures:
-            stem = n[len("figures/") : -len(".png")]
-            svg = f"figures/{stem}.svg"
-            lines += [f"### {stem}", "", f"![{stem}]({n})" + (f" ([SVG]({svg}))" if svg in entries else ""), ""]
-    for title, prefix in (("Tables", "tables/"), ("Config", "config/"), ("Extra", "extra/")):
-        group = [n for n in names if n.startswith(prefix)]
-        if group:
-            lines += ["", f"## {title}", ""]
-            lines += [f"- [{n}]({n}) ({len(entries[n])} bytes)" for n in group]
-    records = [n for n in names if n.startswith("cells/")]
-    lines += ["", f"## Records ({len(records)}, in the zip)", ""]
-    lines += [f"- `{n}`" for n in records]
-    lines += [
-        "",
-        "## Other files",
-        "",
-        f"- [{ENVIRONMENT}]({ENVIRONMENT}): distinct environment values across records",
-        f"- [{META}]({META}): sweep name and record counts",
-        f"- `{MANIFEST}`: sha256 of every other file",
-    ]
-    return "\n".join(lines) + "\n"
+
+    def under(prefix: str) -> dict[str, int]:
+        return {n: len(entries[n]) for n in sorted(entries) if n.startswith(prefix)}
+
+    pngs = [n.removeprefix("figures/").removesuffix(".png") for n in under("figures/") if n.endswith(".png")]
+    return rp.render(
+        "index.md.j2",
+        sweep=sweep,
+        records=meta["records"],
+        statuses=", ".join(f"{s} {n}" for s, n in meta["status_counts"].items()) or "none",
+        machine={k: [str(v["value"]) for v in env["values"][k]] for k in MACHINE if env["values"].get(k)},
+        figures={stem: f"figures/{stem}.svg" in entries for stem in pngs},
+        groups={"Tables": under("tables/"), "Config": under("config/"), "Extra": under("extra/")},
+        cells=list(under("cells/")),
+    )
 
 
 def collect(
@@ -136,25 +96,22 @@ def collect(
         entries[name] = data
 
     for sub in ("figures", "tables"):
-        for p in _files_under(sweep_dir / sub):
-            add(f"{sub}/{p.relative_to(sweep_dir / sub).as_posix()}", p.read_bytes())
-    record_files = _files_under(sweep_dir / "cells", "*.json")
-    if not record_files:
+        for name, p in _files_under(sweep_dir / sub).items():
+            add(f"{sub}/{name}", p.read_bytes())
+    records = _files_under(sweep_dir / "cells", "*.json")
+    if not records:
         raise ValueError(f"{sweep_dir / 'cells'}: no cell records to bundle")
-    records = []
-    for p in record_files:
-        records.append(load_record(p))
-        add(f"cells/{p.relative_to(sweep_dir / 'cells').as_posix()}", p.read_bytes())
+    for name, p in records.items():
+        add(f"cells/{name}", p.read_bytes())
+    df = fr.from_records(list(records.values()))  # refuses damaged records, each named
     if config_path is not None:
         add(f"config/{Path(config_path).name}", Path(config_path).read_bytes())
-    for x in map(Path, extra):
-        if x.is_dir():
-            for p in _files_under(x):
-                add(f"extra/{x.name}/{p.relative_to(x).as_posix()}", p.read_bytes())
-        else:
-            add(f"extra/{x.name}", x.read_bytes())
-    env = _environment(records)
-    meta = {"sweep": sweep, "records": len(records), "status_counts": _status_counts(records)}
+    for x in map(Path, extra):  # a folder keeps its name above its files
+        for name, p in (_files_under(x) if x.is_dir() else {"": x}).items():
+            add(f"extra/{x.name}/{name}" if name else f"extra/{x.name}", p.read_bytes())
+    env = environment(df)
+    statuses = df["status"].value_counts(sort=False)  # in STATUS_ORDER: an ordered Categorical
+    meta = {"sweep": sweep, "records": len(df), "status_counts": {s: int(n) for s, n in statuses.items() if n}}
     add(ENVIRONMENT, (json.dumps(env, indent=1, sort_keys=True) + "\n").encode())
     add(META, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
     add(INDEX, _index(sweep, entries, meta, env).encode())
@@ -183,7 +140,7 @@ def build_bundle(
 ) -> None:
     """Write ``out_zip`` atomically (temp file + os.replace) from ``sweep_dir``'s figures/,
     tables/ and cells/, plus the config and extra files."""
-    atomic_write_bytes(Path(out_zip), zip_bytes(collect(sweep_dir, config_path, extra, sweep)))
+    write_atomic_bytes(Path(out_zip), zip_bytes(collect(sweep_dir, config_path, extra, sweep)))
 
 
 def verify_bundle(bundle_zip: Path) -> list[str]:

@@ -1,12 +1,14 @@
 """The drawing conventions every figure shares: reproducible bytes, one kv-mode palette, one
-failed-cell marker, one tick helper, one x axis from what the sweep varies, and the one FacetGrid
-(a column of panels per kv mode or metric, a row per combination of the other settings that vary)."""
+failed-cell marker, one tick helper, one x axis from what the sweep varies, the one FacetGrid
+(a column of panels per kv mode or metric, a row per combination of the other settings that vary),
+and `lines`, which draws a line figure from its row of the spec table (figures.LINES)."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -17,6 +19,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
+from kvbench.analysis import claims  # noqa: E402
 from kvbench.analysis import frame as fr  # noqa: E402
 from kvbench.analysis import report as rp  # noqa: E402
 
@@ -169,3 +172,102 @@ def facet_grid(
         g.add_legend(legend_data={h.get_label(): h for h in legend})
     g.figure.suptitle(title, y=1.02)
     return g
+
+
+@dataclass(frozen=True)
+class Lines:
+    """A line figure: `y` along x, a column of panels per `col` value, a row per combination of
+    the other settings that vary, a line per `hue` value."""
+
+    data: Callable[[pd.DataFrame], pd.DataFrame]  # the rows: y, ok, status and mark (a failed point's label)
+    title: str
+    ylabel: str  # '{}' names the measurements' sources (a `source` column)
+    x: str | None = None  # None: what the sweep varies (frame.x_axis)
+    col: str = "cell.kv_mode"
+    col_title: str = "kv_mode = {}"
+    hue: str = "cell.batch"
+    hue_label: str = "batch {}"
+    err: bool = False  # min-max bars from the lo and hi columns
+    beside: str | None = None  # legend label of a second series (`beside`), dashed in the line's colour
+    hline: tuple[float, str] | None = None  # a reference line, kept in view, and its legend label
+    log: bool | None = None  # None: a log axis where the values span over 20×
+    fmt: str = "{:g}"  # y tick labels
+    annotate: str | None = None  # each point's value written beside it, in this format
+    claims: tuple[str, str] | None = None  # (write-up, legend label): its claimed values in grey
+
+
+def lines(spec: Lines, df: pd.DataFrame) -> plt.Figure:
+    x = spec.x or fr.x_axis(df)
+    if x is None:
+        raise Skip("one cell per kv mode: nothing varies to draw a line along")
+    data = spec.data(df)
+    data["x"], where, labels = x_axis(data, x)
+    prefix = "cell." if x.startswith("cell.") else ""  # the frame, or a reading table
+    data["facet"] = facet_label(data, [c.removeprefix("cell.") for c in (spec.col, spec.hue, x)], prefix)
+    data["hue"] = data[spec.hue].astype(object).map(rp.lab) if x != spec.hue else "all"
+    colors = hue_colors(spec.hue, sorted(set(data["hue"]), key=rp.natural))
+    claimed = {}
+    if spec.claims:
+        claimed = {where[v]: lohi for v, lohi in claims.claimed(spec.claims[0], x).items() if v in where}
+    first_col = data[spec.col].iloc[0]  # the claims go in the first column of panels (the whole generation)
+
+    def panel(ax, d: pd.DataFrame) -> None:
+        for h, line in d[d["ok"] & d["y"].notna()].sort_values("x").groupby("hue", sort=False):
+            c = colors[h]
+            ax.plot(line["x"], line["y"], marker="o", color=c)
+            if spec.beside:
+                ax.plot(line["x"], line["beside"], linestyle="--", color=c, linewidth=1)
+            if spec.err:
+                yerr = [(line["y"] - line["lo"]).clip(lower=0), (line["hi"] - line["y"]).clip(lower=0)]
+                ax.errorbar(line["x"], line["y"], yerr=yerr, fmt="none", ecolor=c, elinewidth=0.8, capsize=2)
+            for xv, v in zip(line["x"], line["y"]) if spec.annotate else ():
+                ax.annotate(
+                    spec.annotate.format(v), (xv, v), xytext=(5, 4), textcoords="offset points", fontsize=7, color=c
+                )
+        bad = d[~d["ok"]]
+        mark_edge(ax, bad["x"], bad["status"], bad["mark"])
+        # the write-ups state the whole generation's speedup, of plain multi-head models
+        if claimed and d[spec.col].iloc[0] == first_col and d["n_kv_head"].isna().all():
+            for xv, (lo, hi) in claimed.items():
+                if lo == hi:
+                    ax.scatter([xv], [lo], marker="D", s=36, color="0.55", zorder=5)
+                else:
+                    ax.plot([xv, xv], [lo, hi], color="0.55", linewidth=5, alpha=0.6, solid_capstyle="butt", zorder=1)
+        if spec.hline:
+            ax.axhline(spec.hline[0], color="0.3", linestyle=":", linewidth=1)
+
+    ok = data[data["ok"]]
+    vals = pd.concat([ok["y"], ok.get("beside"), pd.Series([v for lohi in claimed.values() for v in lohi])]).dropna()
+    if not len(vals):
+        raise Skip("no cell finished (status ok)")
+    lo, hi = float(vals.min()), float(vals.max())
+    if spec.hline:
+        lo, hi = min(lo, spec.hline[0]), max(hi, spec.hline[0])
+    log = lo > 0 and (spec.log if spec.log is not None else hi / lo > 20)  # a small range reads better linear
+    handles = [Line2D([], [], color=c, marker="o", label=spec.hue_label.format(h)) for h, c in colors.items()]
+    handles = handles if x != spec.hue else []
+    if spec.beside:
+        handles.append(Line2D([], [], color="0.3", linestyle="--", label=spec.beside))
+    if spec.hline:
+        handles.append(Line2D([], [], color="0.3", linestyle=":", label=spec.hline[1]))
+    if spec.err:
+        handles.append(
+            Line2D([], [], color="0.3", marker="|", linestyle="none", markersize=10, label="min–max over iterations")
+        )
+    if claimed:
+        handles.append(Line2D([], [], color="0.55", linewidth=5, alpha=0.6, label=spec.claims[1]))
+    sources = ", ".join(sorted(set(ok["source"].dropna().astype(str)))) if "source" in ok else ""
+    axis_labels = (AXIS_LABELS[x.removeprefix("cell.")], spec.ylabel.format(sources or "n/a"))
+    legend = handles + failed_handles(data.loc[~data["ok"], "status"])
+    size = (max(4.2, 1.1 * len(where) + 1.5), 3.4)
+    g = facet_grid(
+        data, spec.col, panel, spec.title, labels=axis_labels, col_title=spec.col_title, legend=legend, size=size
+    )
+    for ax in g.axes.flat:
+        set_x(ax, x, list(where.values()), labels)
+    ax0 = g.axes.flat[0]  # the y axis is shared
+    if log:
+        ax0.set_yscale("log")
+    ax0.set_ylim(*((lo / 1.3, hi * 1.6) if log else (min(0, lo * 1.1), hi * 1.15 + 1e-12)))
+    ticks(ax0.yaxis, *ax0.get_ylim(), log=log, fmt=spec.fmt)
+    return g.figure

@@ -19,7 +19,6 @@ import argparse
 import io
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -33,37 +32,14 @@ from matplotlib.ticker import MaxNLocator
 
 from kvbench import record as kvrecord
 from kvbench.analysis import aggregate as agg
-from kvbench.analysis import claims
 from kvbench.analysis import facets as fc
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
-from kvbench.analysis.facets import RC, Skip  # noqa: F401 (tests and callers use them from here)
+from kvbench.analysis.facets import RC, Lines, Skip, lines  # noqa: F401 (RC: tests use it from here)
 
 D = "latency.decode_ms_per_token"
 SPEEDUPS = {"total_speedup": "whole generation (total time)", "decode_speedup": "per decode token"}
 WRITEUP_002, WRITEUP_003 = "KV-Cache Implementation Summary", "nanoGPT + KV Cache"  # their claims: data/claims.csv
-
-
-@dataclass(frozen=True)
-class Lines:
-    """A line figure: `y` along x, a column of panels per `col` value, a row per combination of
-    the other settings that vary, a line per `hue` value."""
-
-    data: Callable[[pd.DataFrame], pd.DataFrame]  # the rows: y, ok, status and mark (a failed point's label)
-    title: str
-    ylabel: str  # '{}' names the measurements' sources (a `source` column)
-    x: str | None = None  # None: what the sweep varies (frame.x_axis)
-    col: str = "cell.kv_mode"
-    col_title: str = "kv_mode = {}"
-    hue: str = "cell.batch"
-    hue_label: str = "batch {}"
-    err: bool = False  # min-max bars from the lo and hi columns
-    beside: str | None = None  # legend label of a second series (`beside`), dashed in the line's colour
-    hline: tuple[float, str] | None = None  # a reference line, kept in view, and its legend label
-    log: bool | None = None  # None: a log axis where the values span over 20×
-    fmt: str = "{:g}"  # y tick labels
-    annotate: str | None = None  # each point's value written beside it, in this format
-    claims: tuple[str, str] | None = None  # (write-up, legend label): its claimed values in grey
 
 
 def cells(df: pd.DataFrame, **columns: pd.Series) -> pd.DataFrame:
@@ -131,83 +107,6 @@ LINES = {
     "speedup_vs_model": speedup_lines("model", WRITEUP_003, "T4 GPU (claimed)"),
     "speedup_vs_new_tokens": speedup_lines("new_tokens", WRITEUP_002, "claimed range"),
 }
-
-
-def lines(spec: Lines, df: pd.DataFrame) -> plt.Figure:
-    x = spec.x or fr.x_axis(df)
-    if x is None:
-        raise Skip("one cell per kv mode: nothing varies to draw a line along")
-    data = spec.data(df)
-    data["x"], where, labels = fc.x_axis(data, x)
-    prefix = "cell." if x.startswith("cell.") else ""  # the frame, or a reading table
-    data["facet"] = fc.facet_label(data, [c.removeprefix("cell.") for c in (spec.col, spec.hue, x)], prefix)
-    data["hue"] = data[spec.hue].astype(object).map(rp.lab) if x != spec.hue else "all"
-    colors = fc.hue_colors(spec.hue, sorted(set(data["hue"]), key=rp.natural))
-    claimed = {}
-    if spec.claims:
-        claimed = {where[v]: lohi for v, lohi in claims.claimed(spec.claims[0], x).items() if v in where}
-    first_col = data[spec.col].iloc[0]  # the claims go in the first column of panels (the whole generation)
-
-    def panel(ax, d: pd.DataFrame) -> None:
-        for h, line in d[d["ok"] & d["y"].notna()].sort_values("x").groupby("hue", sort=False):
-            c = colors[h]
-            ax.plot(line["x"], line["y"], marker="o", color=c)
-            if spec.beside:
-                ax.plot(line["x"], line["beside"], linestyle="--", color=c, linewidth=1)
-            if spec.err:
-                yerr = [(line["y"] - line["lo"]).clip(lower=0), (line["hi"] - line["y"]).clip(lower=0)]
-                ax.errorbar(line["x"], line["y"], yerr=yerr, fmt="none", ecolor=c, elinewidth=0.8, capsize=2)
-            for xv, v in zip(line["x"], line["y"]) if spec.annotate else ():
-                ax.annotate(
-                    spec.annotate.format(v), (xv, v), xytext=(5, 4), textcoords="offset points", fontsize=7, color=c
-                )
-        bad = d[~d["ok"]]
-        fc.mark_edge(ax, bad["x"], bad["status"], bad["mark"])
-        # the write-ups state the whole generation's speedup, of plain multi-head models
-        if claimed and d[spec.col].iloc[0] == first_col and d["n_kv_head"].isna().all():
-            for xv, (lo, hi) in claimed.items():
-                if lo == hi:
-                    ax.scatter([xv], [lo], marker="D", s=36, color="0.55", zorder=5)
-                else:
-                    ax.plot([xv, xv], [lo, hi], color="0.55", linewidth=5, alpha=0.6, solid_capstyle="butt", zorder=1)
-        if spec.hline:
-            ax.axhline(spec.hline[0], color="0.3", linestyle=":", linewidth=1)
-
-    ok = data[data["ok"]]
-    vals = pd.concat([ok["y"], ok.get("beside"), pd.Series([v for lohi in claimed.values() for v in lohi])]).dropna()
-    if not len(vals):
-        raise Skip("no cell finished (status ok)")
-    lo, hi = float(vals.min()), float(vals.max())
-    if spec.hline:
-        lo, hi = min(lo, spec.hline[0]), max(hi, spec.hline[0])
-    log = lo > 0 and (spec.log if spec.log is not None else hi / lo > 20)  # a small range reads better linear
-    handles = [Line2D([], [], color=c, marker="o", label=spec.hue_label.format(h)) for h, c in colors.items()]
-    handles = handles if x != spec.hue else []
-    if spec.beside:
-        handles.append(Line2D([], [], color="0.3", linestyle="--", label=spec.beside))
-    if spec.hline:
-        handles.append(Line2D([], [], color="0.3", linestyle=":", label=spec.hline[1]))
-    if spec.err:
-        handles.append(
-            Line2D([], [], color="0.3", marker="|", linestyle="none", markersize=10, label="min–max over iterations")
-        )
-    if claimed:
-        handles.append(Line2D([], [], color="0.55", linewidth=5, alpha=0.6, label=spec.claims[1]))
-    sources = ", ".join(sorted(set(ok["source"].dropna().astype(str)))) if "source" in ok else ""
-    axis_labels = (fc.AXIS_LABELS[x.removeprefix("cell.")], spec.ylabel.format(sources or "n/a"))
-    legend = handles + fc.failed_handles(data.loc[~data["ok"], "status"])
-    size = (max(4.2, 1.1 * len(where) + 1.5), 3.4)
-    g = fc.facet_grid(
-        data, spec.col, panel, spec.title, labels=axis_labels, col_title=spec.col_title, legend=legend, size=size
-    )
-    for ax in g.axes.flat:
-        fc.set_x(ax, x, list(where.values()), labels)
-    ax0 = g.axes.flat[0]  # the y axis is shared
-    if log:
-        ax0.set_yscale("log")
-    ax0.set_ylim(*((lo / 1.3, hi * 1.6) if log else (min(0, lo * 1.1), hi * 1.15 + 1e-12)))
-    fc.ticks(ax0.yaxis, *ax0.get_ylim(), log=log, fmt=spec.fmt)
-    return g.figure
 
 
 def split_figure(df: pd.DataFrame) -> plt.Figure:

@@ -40,11 +40,8 @@ def slugify(text: str) -> str:
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def bundle_device(zf: zipfile.ZipFile) -> str:
@@ -61,16 +58,14 @@ def bundle_device(zf: zipfile.ZipFile) -> str:
     return names.pop()
 
 
-def publish(
-    bundle_zip: Path, dest_root: Path = DEFAULT_DEST, device: str | None = None, *, sweep: str | None = None
-) -> Path:
+def publish(bundle_zip: Path, dest_root: Path = DEFAULT_DEST, device: str | None = None, *, sweep=None) -> Path:
     """Publish ``bundle_zip``; return the folder it lives in.  Raises PublishError when the
     bundle does not verify or a different bundle is already published at that place."""
     return _publish(bundle_zip, dest_root, device, sweep)[0]
 
 
 def _publish(bundle_zip: Path, dest_root: Path, device: str | None, sweep: str | None) -> tuple[Path, bool]:
-    """(folder, whether anything was written)."""
+    """(folder, whether anything was written: False for the same bundle again)."""
     bundle_zip, dest_root = Path(bundle_zip), Path(dest_root)
     problems = verify_bundle(bundle_zip)
     if problems:
@@ -132,11 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PublishError, OSError, ValueError, KeyError) as exc:
         print(f"publish: error: {exc}", file=sys.stderr)
         return 1
-    print(
-        f"publish: {dest / 'bundle.zip'}"
-        if written
-        else f"publish: {dest / 'bundle.zip'} already holds this bundle; nothing to do"
-    )
+    print(f"publish: {dest / 'bundle.zip'}" + ("" if written else " already holds this bundle; nothing to do"))
     return 0
 
 

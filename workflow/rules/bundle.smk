@@ -9,7 +9,7 @@ rule bundle:
         explanation="results/{sweep}/explanation.md",
         gif="results/{sweep}/kv_attention.gif",
         config=CONFIG_FILE,
-        code=analysis_code("bundle.py", "frame.py"),
+        code=analysis_code("bundle.py", "frame.py", "report.py", "templates/index.md.j2"),
     output:
         bundle="results/{sweep}/bundle.zip",
     log:
