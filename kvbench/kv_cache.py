@@ -78,9 +78,10 @@ class StaticCache(KVCache):
         compiled step (a CUDA graph on GPU) replays without recompiling. The caller masks
         the positions not written yet.
         """
-        # One index_put_ on the whole buffer, not index_copy_ into a per-layer view: a compiler
-        # turns a view's mutation into a copy of the layer's cache plus a copy back (measured: ~5 ms
-        # of a 27 ms gpt2 CPU step), while a whole-buffer index_put_ is written in place.
+        # One index_put_ on the whole buffer, not index_copy_ into a per-layer view: inductor turns a
+        # view's mutation into a copy of the layer's cache plus a copy back, while a whole-buffer
+        # index_put_ is written in place (measured under torch.profiler, compiled gpt2 CPU step at
+        # prompt 128: 28.5 -> 20.1 ms).
         at = (pos.new_full(pos.shape, layer), slice(None), slice(None), pos)  # indexed dims first: (T, B, H, D)
         self.k[at] = k.permute(2, 0, 1, 3)
         self.v[at] = v.permute(2, 0, 1, 3)
