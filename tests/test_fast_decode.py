@@ -42,7 +42,9 @@ def test_compiled_static_decoder_matches_eager_and_compiles_the_step_once(tiny_m
         for a, b in zip(gen.logits, ref.logits):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert decoder.cache.k.data_ptr() == ptr
-    # one graph for the step, whatever the position: 33 decode steps, no recompilation
+    shorter = decoder(prompt, 5)  # fewer new tokens (the cell's token check): the same graph
+    assert torch.equal(shorter.tokens, ref.tokens[:, :5])
+    # one graph for the step, whatever the position or length: 38 decode steps, no recompilation
     assert counters["stats"]["unique_graphs"] == 1
     with pytest.raises(ValueError, match="built for batch 2"):
         decoder(random_prompt(3, 7), 12)

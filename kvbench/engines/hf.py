@@ -100,6 +100,9 @@ class HFCompiledStatic:
             hf(prompt[:, :1], past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         self.cache.reset()
         self.step = torch.compile(hf.forward, mode=compile_mode(prompt.device), dynamic=False)
+        # the step's token through one buffer: a slice of the loop's sequence has strides that differ
+        # with new_tokens, which would recompile the step
+        self.ids = torch.zeros((prompt.size(0), 1), dtype=torch.long, device=prompt.device)
 
     @torch.no_grad()
     def __call__(self, prompt: torch.Tensor, new_tokens: int, kv_mode: str = "static", *,
@@ -111,7 +114,7 @@ class HFCompiledStatic:
         compiled = hf_forward(self.step, self.cache, prompt.size(0), prompt.device)
 
         def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
-            return eager(ids, start) if start == 0 else compiled(ids, start)
+            return eager(ids, start) if start == 0 else compiled(self.ids.copy_(ids), start)
 
         tokens, kept = decode_loop(forward, prompt, new_tokens, False, sampling, keep_logits, on_token)
         return Generation(tokens=tokens, cache=HFCacheBytes(self.cache), logits=kept)

@@ -79,6 +79,9 @@ class CompiledStaticDecoder:
             torch._dynamo.mark_static_address(cache.k)
             torch._dynamo.mark_static_address(cache.v)
         self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
+        # The step's token goes through this buffer: the decode loop's slice of its sequence has that
+        # sequence's strides, which differ with new_tokens, and a compiled step would recompile for them.
+        self.ids = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
         self.options = inductor_options(self.device)  # before torch.compile, which fixes the cache folder
         self.step = torch.compile(model.static_step, mode=compile_mode(self.device), fullgraph=True, dynamic=False)
 
@@ -98,8 +101,9 @@ class CompiledStaticDecoder:
             if start == 0:
                 return self.model(ids, self.cache, 0)  # eager prefill, written into the same buffers
             self.pos.fill_(start)
+            self.ids.copy_(ids)
             with self.options:
-                return self.step(ids, self.pos, self.cache)
+                return self.step(self.ids, self.pos, self.cache)
 
         tokens, kept = decode_loop(forward, prompt, new_tokens, False, sampling, keep_logits, on_token)
         return Generation(tokens=tokens, cache=self.cache, logits=kept)
