@@ -42,12 +42,13 @@ gpu: setup  # the GPU sweeps: write-up 001's grid, model sizes, the peers side b
 gpu-check: setup  # one command proves a GPU node: GPU tests, the vs-peers sweep, the benchmark -> one archive
 	PATH=$(abspath $(BIN)):$$PATH scripts/gpu-check.sh
 
-# Two workers: files spread over them whole (tests/conftest.py), so a file's sequence stays in order.
+# Two workers, each taking whole files (--dist loadfile), so the tests of a file run in order on one;
+# the SLURM and container files share the one local cluster through lock files (tests/test_slurm.py).
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup  # for developing: everything but the slow tests
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check kvbench tests benchmarks

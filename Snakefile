@@ -20,9 +20,9 @@ include: "workflow/rules/bundle.smk"
 
 
 rule all:
+    default_target: True
     input:
         # Records are targets too: Snakemake would otherwise treat a deleted record as a spent
         # intermediate of an up-to-date bundle and not measure it again.
         [kvsweep.cell_path(s, c) for s in config.get("run", []) for c in sweep_cells(s)],
         expand("results/{sweep}/bundle.zip", sweep=config.get("run", [])),
-    default_target: True

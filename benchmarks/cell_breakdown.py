@@ -59,9 +59,28 @@ def main(argv: list[str] | None = None) -> int:
         # A run of its own: its own probe cache, and a start time, as Snakemake gives its cells.
         env = {**os.environ, "KVBENCH_CACHE_DIR": tmp, "KVBENCH_PROBE_SINCE": str(time.time())}
         out = Path(tmp) / "cell.json"
-        cell = [sys.executable, "-m", "kvbench.cli", "cell", "--model", args.model, "--kv-mode", args.kv_mode,
-                "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--device", "cpu",
-                "--warmup", "1", "--iters", "2", "--out", str(out)]
+        cell = [
+            sys.executable,
+            "-m",
+            "kvbench.cli",
+            "cell",
+            "--model",
+            args.model,
+            "--kv-mode",
+            args.kv_mode,
+            "--prompt-len",
+            str(args.prompt_len),
+            "--new-tokens",
+            str(args.new_tokens),
+            "--device",
+            "cpu",
+            "--warmup",
+            "1",
+            "--iters",
+            "2",
+            "--out",
+            str(out),
+        ]
         if args.threads:
             cell += ["--threads", str(args.threads)]
         rows: dict[str, list[dict]] = {"first cell (probe measured)": [], "later cells (probe reused)": []}
@@ -75,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             rows["first cell (probe measured)" if r == 0 else "later cells (probe reused)"].append(row)
 
     base = statistics.median(torch_walls)
-    print(f"kvbench cell {args.model} {args.kv_mode} p{args.prompt_len} n{args.new_tokens}, CPU, "
-          f"{args.rounds} rounds; `python -c 'import torch'`: {summary(torch_walls)} s\n")
+    print(
+        f"kvbench cell {args.model} {args.kv_mode} p{args.prompt_len} n{args.new_tokens}, CPU, "
+        f"{args.rounds} rounds; `python -c 'import torch'`: {summary(torch_walls)} s\n"
+    )
     cols = (*PHASES, "rest", "wall")
     print("| cell | " + " | ".join(cols) + " | fixed cost beyond import torch |")
     print("|---|" + "---|" * (len(cols) + 1))

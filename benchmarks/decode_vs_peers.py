@@ -35,10 +35,36 @@ OURS = ("kvbench static", "kvbench static + compile")
 
 
 def run_cell(args: argparse.Namespace, prompt_len: int, engine: str, kv_mode: str, compiled: bool, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "kvbench.cli", "cell", "--model", args.model, "--engine", engine,
-           "--kv-mode", kv_mode, "--dtype", args.dtype, "--device", args.device, "--batch", str(args.batch),
-           "--prompt-len", str(prompt_len), "--new-tokens", str(args.new_tokens),
-           "--warmup", str(args.warmup), "--iters", str(args.iters), "--check-steps", "8", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kvbench.cli",
+        "cell",
+        "--model",
+        args.model,
+        "--engine",
+        engine,
+        "--kv-mode",
+        kv_mode,
+        "--dtype",
+        args.dtype,
+        "--device",
+        args.device,
+        "--batch",
+        str(args.batch),
+        "--prompt-len",
+        str(prompt_len),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--warmup",
+        str(args.warmup),
+        "--iters",
+        str(args.iters),
+        "--check-steps",
+        "8",
+        "--out",
+        str(out),
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if compiled:
@@ -54,10 +80,14 @@ def decode_ms(rec: dict) -> float | None:
 def table(args: argparse.Namespace, prompt_len: int, results: dict[str, dict], out_dir: Path) -> None:
     ok = [r for r in results.values() if r.get("status") == "ok"]
     env = ok[0]["environment"] if ok else {}
-    print(f"\n{args.model} {args.dtype} batch {args.batch}, prompt {prompt_len}, {args.new_tokens} new tokens, "
-          f"{args.threads or 'default'} threads on {env.get('device_name')}; records in {out_dir}\n")
-    print("| variant | decode ms/token median (min-max) | / ct2 | fraction of floor | prefill ms | matches none "
-          "| compile s |")
+    print(
+        f"\n{args.model} {args.dtype} batch {args.batch}, prompt {prompt_len}, {args.new_tokens} new tokens, "
+        f"{args.threads or 'default'} threads on {env.get('device_name')}; records in {out_dir}\n"
+    )
+    print(
+        "| variant | decode ms/token median (min-max) | / ct2 | fraction of floor | prefill ms | matches none "
+        "| compile s |"
+    )
     print("|---|---|---|---|---|---|---|")
     ct2 = decode_ms(results.get(CT2, {}))
     # Every cell has the same shapes, so the same bytes per step; the floor divides them by the best read
@@ -71,17 +101,23 @@ def table(args: argparse.Namespace, prompt_len: int, results: dict[str, dict], o
         ratio = f"{d['median'] / ct2:.2f}" if ct2 else ""
         fraction = floor_an["floor_ms_per_token"] / d["median"]
         compile_s = f"{lat['compile_s']:.1f}" if lat.get("compile_s") else ""
-        print(f"| {label} | {d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f}) | {ratio} | {fraction:.2f} "
-              f"| {lat['prefill_ms']['median']:.1f} | {rec['check']['matches_reference']} | {compile_s} |")
+        print(
+            f"| {label} | {d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f}) | {ratio} | {fraction:.2f} "
+            f"| {lat['prefill_ms']['median']:.1f} | {rec['check']['matches_reference']} | {compile_s} |"
+        )
     if floor_an:
         an, floor = floor_an, floor_an["floor_ms_per_token"]
-        print(f"| floor: {an['decode_bytes_per_token'] / 1e6:.0f} MB read at {an['bandwidth_bytes_per_s'] / 1e9:.1f} "
-              f"GB/s ({an['bandwidth_source']}) | {floor:.2f} | {f'{floor / ct2:.2f}' if ct2 else ''} | 1.00 | | | |")
+        print(
+            f"| floor: {an['decode_bytes_per_token'] / 1e6:.0f} MB read at {an['bandwidth_bytes_per_s'] / 1e9:.1f} "
+            f"GB/s ({an['bandwidth_source']}) | {floor:.2f} | {f'{floor / ct2:.2f}' if ct2 else ''} | 1.00 | | | |"
+        )
     ours = {label: decode_ms(results[label]) for label in OURS if decode_ms(results.get(label, {}))}
     if ours and ct2:
         best = min(ours, key=ours.get)
-        print(f"\nkvbench static, best of eager/compiled ({best}, {ours[best]:.2f} ms) / ct2 ({ct2:.2f} ms) "
-              f"= {ours[best] / ct2:.2f}x")
+        print(
+            f"\nkvbench static, best of eager/compiled ({best}, {ours[best]:.2f} ms) / ct2 ({ct2:.2f} ms) "
+            f"= {ours[best] / ct2:.2f}x"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

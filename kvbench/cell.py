@@ -24,10 +24,8 @@ from kvbench.environment import collect as collect_environment
 from kvbench.kv_cache import INT8_SCALE_BYTES, KV_MODES, kv_cache_bytes
 from kvbench.model import ATTENTION_IMPLS, GPT, PRESETS, GPTConfig, build_random, prepare_for_decoding, preset
 from kvbench.presets import ENGINES
-from kvbench.record import SCHEMA_VERSION, now_utc, write_atomic
+from kvbench.record import SCHEMA_VERSION, now_utc
 from kvbench.timing import TokenTimer, stats
-
-
 
 
 class UsageError(ValueError):
@@ -60,6 +58,7 @@ class CellSpec:
 
     def check(self) -> tuple[GPTConfig, torch.device]:
         """Validate every field; return the model config and device. Raises UsageError."""
+
         def choose(field: str, value, allowed) -> None:
             if value not in allowed:
                 raise UsageError(f"{field}: {value!r} is not one of {', '.join(map(str, allowed))}")
@@ -75,8 +74,13 @@ class CellSpec:
         choose("attention", self.attention, ATTENTION_IMPLS)
         choose("engine", self.engine, ENGINES)
         try:  # what this engine runs (kvbench/engines/): kv modes, attention, compile, its package
-            engines.check(self.engine, kv_mode=self.kv_mode, n_kv_head=self.n_kv_head, attention=self.attention,
-                          compile=self.compile)
+            engines.check(
+                self.engine,
+                kv_mode=self.kv_mode,
+                n_kv_head=self.n_kv_head,
+                attention=self.attention,
+                compile=self.compile,
+            )
         except ValueError as e:
             raise UsageError(str(e)) from None
         at_least("batch", self.batch, 1)
@@ -105,8 +109,10 @@ class CellSpec:
             except ValueError as e:
                 raise UsageError(str(e)) from None
         if self.prompt_len + self.new_tokens > cfg.block_size:
-            raise UsageError(f"prompt_len + new_tokens: {self.prompt_len} + {self.new_tokens} = "
-                             f"{self.prompt_len + self.new_tokens} exceeds the model's block_size {cfg.block_size}")
+            raise UsageError(
+                f"prompt_len + new_tokens: {self.prompt_len} + {self.new_tokens} = "
+                f"{self.prompt_len + self.new_tokens} exceeds the model's block_size {cfg.block_size}"
+            )
         if self.prompt_file is not None and not Path(self.prompt_file).is_file():
             raise UsageError(f"prompt_file: {self.prompt_file!r} does not exist")
         if self.out is not None:
@@ -115,11 +121,23 @@ class CellSpec:
 
     def as_record_cell(self, device: torch.device) -> dict:
         return {
-            "model": self.model, "kv_mode": self.kv_mode, "batch": self.batch, "prompt_len": self.prompt_len,
-            "new_tokens": self.new_tokens, "dtype": self.dtype, "attention": self.attention, "device": str(device),
+            "model": self.model,
+            "kv_mode": self.kv_mode,
+            "batch": self.batch,
+            "prompt_len": self.prompt_len,
+            "new_tokens": self.new_tokens,
+            "dtype": self.dtype,
+            "attention": self.attention,
+            "device": str(device),
             "prompt_source": f"file:{self.prompt_file}" if self.prompt_file else "random",
-            "seed": self.seed, "warmup": self.warmup, "iters": self.iters, "engine": self.engine,
-            "n_kv_head": self.n_kv_head, "block_size": self.block_size, "compile": self.compile, "checkpoint": self.checkpoint,
+            "seed": self.seed,
+            "warmup": self.warmup,
+            "iters": self.iters,
+            "engine": self.engine,
+            "n_kv_head": self.n_kv_head,
+            "block_size": self.block_size,
+            "compile": self.compile,
+            "checkpoint": self.checkpoint,
             "check_steps": min(self.check_steps, self.new_tokens),
         }
 
@@ -154,6 +172,7 @@ def make_prompt(spec: CellSpec, vocab_size: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(spec.seed)
         return torch.randint(0, vocab_size, (spec.batch, spec.prompt_len), generator=gen)
     from kvbench.tokenizer import load_encoding
+
     ids = load_encoding(spec.encoding).encode_ordinary(Path(spec.prompt_file).read_text())
     if not ids:
         raise UsageError(f"prompt_file: {spec.prompt_file!r} encodes to no tokens")
@@ -168,7 +187,9 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
-def token_check(model: GPT, run, prompt: torch.Tensor, spec: CellSpec) -> tuple[dict, torch.Tensor | None]:
+def token_check(
+    model: GPT, run, prompt: torch.Tensor, spec: CellSpec, runs_our_model: bool
+) -> tuple[dict, torch.Tensor | None]:
     """Greedy tokens of this cell vs kvbench's no-cache forward over the first check_steps tokens.
 
     The reference is one forward of ours without a cache over the prompt and this cell's own
@@ -178,12 +199,20 @@ def token_check(model: GPT, run, prompt: torch.Tensor, spec: CellSpec) -> tuple[
     """
     steps = min(spec.check_steps, spec.new_tokens)
     if steps == 0:
-        return {"matches_reference": None, "reference_steps": 0, "first_mismatch_step": None,
-                "max_logit_diff": None}, None
+        return {
+            "matches_reference": None,
+            "reference_steps": 0,
+            "first_mismatch_step": None,
+            "max_logit_diff": None,
+        }, None
     mine = run(prompt, steps, spec.kv_mode, keep_logits=True)
-    if spec.kv_mode == "none" and spec.engine == "kvbench":  # it is the reference
-        return {"matches_reference": True, "reference_steps": steps, "first_mismatch_step": None,
-                "max_logit_diff": 0.0}, mine.tokens
+    if spec.kv_mode == "none" and runs_our_model:  # it is the reference
+        return {
+            "matches_reference": True,
+            "reference_steps": steps,
+            "first_mismatch_step": None,
+            "max_logit_diff": 0.0,
+        }, mine.tokens
     with torch.inference_mode():
         seq = torch.cat([prompt, mine.tokens[:, :-1].to(prompt.device)], dim=1)
         ref_logits = model(seq, last_only=False)[:, prompt.size(1) - 1 :].float()  # (B, steps, V)
@@ -193,24 +222,45 @@ def token_check(model: GPT, run, prompt: torch.Tensor, spec: CellSpec) -> tuple[
     upto = steps if first is None else first + 1  # after a divergence the contexts differ
     max_diff = None
     if mine.logits is not None:  # an engine that reports no logits is checked on its tokens alone
-        max_diff = max(float((mine.logits[i].to(ref_logits.device) - ref_logits[:, i]).abs().max())
-                       for i in range(upto))
-    return {"matches_reference": first is None, "reference_steps": steps, "first_mismatch_step": first,
-            "max_logit_diff": max_diff}, mine.tokens
+        max_diff = max(
+            float((mine.logits[i].to(ref_logits.device) - ref_logits[:, i]).abs().max()) for i in range(upto)
+        )
+    return {
+        "matches_reference": first is None,
+        "reference_steps": steps,
+        "first_mismatch_step": first,
+        "max_logit_diff": max_diff,
+    }, mine.tokens
 
 
 def empty_record(spec: CellSpec, device: torch.device, env: dict) -> dict:
     return {
-        "schema_version": SCHEMA_VERSION, "status": "ok", "error": None, "created_utc": now_utc(),
-        "cell": spec.as_record_cell(device), "model_info": None, "latency": None, "memory": None,
-        "energy": None, "analytic": None, "check": None, "environment": env,
+        "schema_version": SCHEMA_VERSION,
+        "status": "ok",
+        "error": None,
+        "created_utc": now_utc(),
+        "cell": spec.as_record_cell(device),
+        "model_info": None,
+        "latency": None,
+        "memory": None,
+        "energy": None,
+        "analytic": None,
+        "check": None,
+        "environment": env,
     }
 
 
 def model_info(model: GPT) -> dict:
     c = model.config
-    return {"n_layer": c.n_layer, "n_head": c.n_head, "n_kv_head": c.kv_heads, "n_embd": c.n_embd,
-            "block_size": c.block_size, "vocab_size": c.vocab_size, "n_params": model.num_params()}
+    return {
+        "n_layer": c.n_layer,
+        "n_head": c.n_head,
+        "n_kv_head": c.kv_heads,
+        "n_embd": c.n_embd,
+        "block_size": c.block_size,
+        "vocab_size": c.vocab_size,
+        "n_params": model.num_params(),
+    }
 
 
 def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.device, record: dict) -> None:
@@ -219,13 +269,24 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
     element_bytes = torch.empty((), dtype=dtype).element_size()
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     cached_tokens = spec.prompt_len + spec.new_tokens - 1
-    formula = None if spec.kv_mode == "none" else kv_cache_bytes(
-        cfg.n_layer, spec.batch, cfg.kv_heads, cached_tokens, cfg.head_dim, element_bytes, spec.kv_mode)
+    formula = (
+        None
+        if spec.kv_mode == "none"
+        else kv_cache_bytes(
+            cfg.n_layer, spec.batch, cfg.kv_heads, cached_tokens, cfg.head_dim, element_bytes, spec.kv_mode
+        )
+    )
     record["memory"] = {
-        "torch_peak_allocated_bytes": None, "torch_peak_reserved_bytes": None,
-        "prefill_peak_allocated_bytes": None, "decode_peak_allocated_bytes": None,
-        "nvml_peak_used_bytes": None, "rss_peak_bytes": None, "weights_bytes": weights_bytes,
-        "kv_cache_bytes_formula": formula, "kv_cache_bytes_measured": None, "peak_method": None,
+        "torch_peak_allocated_bytes": None,
+        "torch_peak_reserved_bytes": None,
+        "prefill_peak_allocated_bytes": None,
+        "decode_peak_allocated_bytes": None,
+        "nvml_peak_used_bytes": None,
+        "rss_peak_bytes": None,
+        "weights_bytes": weights_bytes,
+        "kv_cache_bytes_formula": formula,
+        "kv_cache_bytes_measured": None,
+        "peak_method": None,
     }
     cuda = device.type == "cuda"
     handle = nvml.handle_for(device)
@@ -248,7 +309,7 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
 
     phases = env["phases_s"]
     t0 = time.perf_counter()
-    check, check_tokens = token_check(model, run, prompt, spec)
+    check, check_tokens = token_check(model, run, prompt, spec, runs_our_model=not engine.owns_weights)
     if engine.owns_weights:
         model.to("meta")  # ours was needed only as the token reference: free it so memory is the engine's alone
     phases["check"] = time.perf_counter() - t0
@@ -263,8 +324,9 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
         # eagerly; a compiled cell gets it as an extra untimed pass (the tracker would break its graph).
         tracker = memory.LiveTensorBytes(memory.resident_tensors(engine.module, prompt))
         with tracker:
-            engine.generate(prompt, spec.new_tokens, spec.kv_mode,
-                            on_token=lambda i: tracker.end_prefill() if i == 0 else None)
+            engine.generate(
+                prompt, spec.new_tokens, spec.kv_mode, on_token=lambda i: tracker.end_prefill() if i == 0 else None
+            )
         mem["prefill_peak_allocated_bytes"] = tracker.prefill_peak
         mem["decode_peak_allocated_bytes"] = tracker.decode_peak
         mem["torch_peak_allocated_bytes"] = max(tracker.prefill_peak, tracker.decode_peak)
@@ -336,9 +398,11 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
     mem["kv_cache_bytes_measured"] = gen.cache.nbytes() if gen.cache is not None else None
     mem["kv_cache_note"] = engine.kv_cache_note
     if cuda:  # decode-only peak: one more iteration with the counter reset after the prefill
+
         def reset_after_prefill(i: int) -> None:
             if i == 0:
                 torch.cuda.reset_peak_memory_stats(device)
+
         gen = None
         run(prompt, spec.new_tokens, spec.kv_mode, on_token=reset_after_prefill)
         mem["decode_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
@@ -351,19 +415,22 @@ def measure(model: GPT, prompt: torch.Tensor, spec: CellSpec, device: torch.devi
     record["check"] = check
 
     if decode_j:
-        record["energy"] = {"decode_joules_per_token": stats(decode_j)["median"] / steps,
-                            "method": "nvml_energy_counter" if energy_marks.get("e0") is not None
-                            else "nvml_power_samples"}
+        record["energy"] = {
+            "decode_joules_per_token": stats(decode_j)["median"] / steps,
+            "method": "nvml_energy_counter" if energy_marks.get("e0") is not None else "nvml_power_samples",
+        }
     else:
         record["energy"] = {"decode_joules_per_token": None, "method": None}
 
     t0 = time.perf_counter()
     limits = roofline.device_limits(device, env["device_name"] or device.type, dtype)
     phases["probe"] = time.perf_counter() - t0
-    kv_element_bytes = (cfg.head_dim + INT8_SCALE_BYTES) / cfg.head_dim if spec.kv_mode == "static-int8" \
-        else element_bytes
-    record["analytic"] = roofline.analyse(cfg, spec.batch, spec.prompt_len, spec.new_tokens, kv_element_bytes,
-                                          weights_read, limits, decode_median)
+    kv_element_bytes = (
+        (cfg.head_dim + INT8_SCALE_BYTES) / cfg.head_dim if spec.kv_mode == "static-int8" else element_bytes
+    )
+    record["analytic"] = roofline.analyse(
+        cfg, spec.batch, spec.prompt_len, spec.new_tokens, kv_element_bytes, weights_read, limits, decode_median
+    )
 
 
 def run_cell(spec: CellSpec, import_s: float | None = None) -> dict:
@@ -394,8 +461,12 @@ def run_cell(spec: CellSpec, import_s: float | None = None) -> dict:
         model.set_attention(spec.attention)
         layout = prepare_for_decoding(model)
         record["model_info"] = {**model_info(model), "weight_layout": layout}
-        print(f"kvbench cell: built {spec.model} ({record['model_info']['n_params']:,} parameters) on {device}; "
-              f"measuring {spec.kv_mode} b{spec.batch} p{spec.prompt_len} n{spec.new_tokens}", file=sys.stderr, flush=True)
+        print(
+            f"kvbench cell: built {spec.model} ({record['model_info']['n_params']:,} parameters) on {device}; "
+            f"measuring {spec.kv_mode} b{spec.batch} p{spec.prompt_len} n{spec.new_tokens}",
+            file=sys.stderr,
+            flush=True,
+        )
         prompt = make_prompt(spec, cfg.vocab_size).to(device)
         env["phases_s"]["build"] = time.perf_counter() - t0
         measure(model, prompt, spec, device, record)
@@ -406,8 +477,14 @@ def run_cell(spec: CellSpec, import_s: float | None = None) -> dict:
             raise
         oom = is_oom(e)
         first_line = (str(e).strip().splitlines() or [""])[0][:500]
-        record.update(status="oom" if oom else "error", error=f"{type(e).__name__}: {first_line}",
-                      latency=None, energy=None, analytic=None, check=None)
+        record.update(
+            status="oom" if oom else "error",
+            error=f"{type(e).__name__}: {first_line}",
+            latency=None,
+            energy=None,
+            analytic=None,
+            check=None,
+        )
         if record["memory"] is not None:
             record["memory"]["rss_peak_bytes"] = memory.rss_peak_bytes()
             if device.type == "cuda":

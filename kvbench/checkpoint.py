@@ -29,15 +29,20 @@ def _resolve(spec: str) -> Path:
         except ImportError as e:  # pragma: no cover - transformers brings it
             raise CheckpointError(f"checkpoint: {spec!r} needs the huggingface_hub package") from e
         try:
-            return Path(snapshot_download(spec[len(HUB_PREFIX):],
-                                          allow_patterns=["config.json", "*.safetensors", "*.bin"]))
+            return Path(
+                snapshot_download(spec[len(HUB_PREFIX) :], allow_patterns=["config.json", "*.safetensors", "*.bin"])
+            )
         except Exception as e:  # network or unknown repo: one clear line for the user
-            raise CheckpointError(f"checkpoint: could not fetch {spec!r} from the Hugging Face hub "
-                                  f"({type(e).__name__}); download it and pass the local directory") from e
+            raise CheckpointError(
+                f"checkpoint: could not fetch {spec!r} from the Hugging Face hub "
+                f"({type(e).__name__}); download it and pass the local directory"
+            ) from e
     path = Path(spec)
     if not path.exists():
-        raise CheckpointError(f"checkpoint: {spec!r} does not exist (expected a Hugging Face GPT-2 directory, "
-                              f"a nanoGPT ckpt.pt, or {HUB_PREFIX}<name>)")
+        raise CheckpointError(
+            f"checkpoint: {spec!r} does not exist (expected a Hugging Face GPT-2 directory, "
+            f"a nanoGPT ckpt.pt, or {HUB_PREFIX}<name>)"
+        )
     return path
 
 
@@ -54,10 +59,18 @@ def _hf_config(d: Path) -> GPTConfig:
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"checkpoint: {str(d)!r} has no readable config.json ({e})") from e
     if raw.get("model_type") != "gpt2":
-        raise CheckpointError(f"checkpoint: config.json model_type is {raw.get('model_type')!r}, only 'gpt2' is supported")
+        raise CheckpointError(
+            f"checkpoint: config.json model_type is {raw.get('model_type')!r}, only 'gpt2' is supported"
+        )
     try:
-        return GPTConfig(block_size=raw["n_positions"], vocab_size=raw["vocab_size"], n_layer=raw["n_layer"],
-                         n_head=raw["n_head"], n_embd=raw["n_embd"], bias=True)
+        return GPTConfig(
+            block_size=raw["n_positions"],
+            vocab_size=raw["vocab_size"],
+            n_layer=raw["n_layer"],
+            n_head=raw["n_head"],
+            n_embd=raw["n_embd"],
+            bias=True,
+        )
     except KeyError as e:
         raise CheckpointError(f"checkpoint: config.json lacks {e}") from e
 
@@ -66,7 +79,9 @@ def _nanogpt_load(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint: {str(path)!r} is not a readable torch checkpoint ({type(e).__name__})") from e
+        raise CheckpointError(
+            f"checkpoint: {str(path)!r} is not a readable torch checkpoint ({type(e).__name__})"
+        ) from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(f"checkpoint: {str(path)!r} is not a nanoGPT ckpt.pt (needs 'model' and 'model_args')")
     return ckpt
@@ -93,6 +108,7 @@ def _hf_state_dict(d: Path) -> dict[str, torch.Tensor]:
     f = _hf_weights_file(d)
     if f.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         raw = load_file(str(f))
     else:
         raw = torch.load(f, map_location="cpu", weights_only=True)

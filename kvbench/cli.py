@@ -18,36 +18,65 @@ class OneLineParser(argparse.ArgumentParser):
 
 def add_cell_parser(sub) -> None:
     from kvbench.cell import CellSpec
+
     d = CellSpec()
-    p = sub.add_parser("cell", help="measure one cell and write one JSON record",
-                       description="Measure one cell: prefill and decode latency, memory, energy, the token check. "
-                                   "Writes one schema-valid JSON record atomically to --out (or prints it). "
-                                   "Exit 0 for status ok/oom/unsupported, 1 for error, 2 for bad input.")
-    p.add_argument("--model", default=None, help=f"preset: tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl (default "
-                   f"{d.model}); with --checkpoint, a label for the record (default: the checkpoint's name)")
-    p.add_argument("--checkpoint", default=None, help="real weights: a local Hugging Face GPT-2 directory, "
-                   "a nanoGPT ckpt.pt, or hf:<hub name> (needs internet)")
-    p.add_argument("--kv-mode", default=d.kv_mode, help="none (recompute everything each step), "
-                   "concat (torch.cat cache), static (preallocated, written in place)")
+    p = sub.add_parser(
+        "cell",
+        help="measure one cell and write one JSON record",
+        description="Measure one cell: prefill and decode latency, memory, energy, the token check. "
+        "Writes one schema-valid JSON record atomically to --out (or prints it). "
+        "Exit 0 for status ok/oom/unsupported, 1 for error, 2 for bad input.",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"preset: tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl (default "
+        f"{d.model}); with --checkpoint, a label for the record (default: the checkpoint's name)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="real weights: a local Hugging Face GPT-2 directory, a nanoGPT ckpt.pt, or hf:<hub name> (needs internet)",
+    )
+    p.add_argument(
+        "--kv-mode",
+        default=d.kv_mode,
+        help="none (recompute everything each step), concat (torch.cat cache), static (preallocated, written in place)",
+    )
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--prompt-len", type=int, default=d.prompt_len)
-    p.add_argument("--new-tokens", type=int, default=d.new_tokens, help="tokens generated (1 by prefill + decode steps)")
+    p.add_argument(
+        "--new-tokens", type=int, default=d.new_tokens, help="tokens generated (1 by prefill + decode steps)"
+    )
     p.add_argument("--dtype", default=d.dtype, help="fp32, bf16, fp16")
     p.add_argument("--attention", default=d.attention, help="sdpa (fused) or math (explicit softmax)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:<index>")
     p.add_argument("--seed", type=int, default=d.seed, help="weights and random prompt seed")
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed generations first")
     p.add_argument("--iters", type=int, default=d.iters, help="timed generations, each from a fresh cache")
-    p.add_argument("--check-steps", type=int, default=d.check_steps,
-                   help="tokens compared against the 'none' mode (0 = no check)")
-    p.add_argument("--engine", default=d.engine, help="kvbench (this model), hf (transformers' GPT-2 on the "
-                   "same weights, its own caches: none, concat = DynamicCache, static = StaticCache) or ct2 "
-                   "(CTranslate2 on the same weights, its own growing cache: concat)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.compile,
-                   help="torch.compile the model (dynamic shapes); compile time is recorded apart as latency.compile_s")
+    p.add_argument(
+        "--check-steps", type=int, default=d.check_steps, help="tokens compared against the 'none' mode (0 = no check)"
+    )
+    p.add_argument(
+        "--engine",
+        default=d.engine,
+        help="kvbench (this model), hf (transformers' GPT-2 on the "
+        "same weights, its own caches: none, concat = DynamicCache, static = StaticCache) or ct2 "
+        "(CTranslate2 on the same weights, its own growing cache: concat)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=d.compile,
+        help="torch.compile the model (dynamic shapes); compile time is recorded apart as latency.compile_s",
+    )
     p.add_argument("--n-kv-head", type=int, default=None, help="grouped-query attention: K/V heads (random weights)")
-    p.add_argument("--block-size", type=int, default=None,
-                   help="positions of a random-weight model (default: the preset's, 1024 for GPT-2)")
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="positions of a random-weight model (default: the preset's, 1024 for GPT-2)",
+    )
     p.add_argument("--prompt-file", default=None, help="text file encoded with tiktoken instead of a random prefix")
     p.add_argument("--encoding", default=d.encoding, help="tiktoken encoding name or a local .tiktoken file")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -56,10 +85,11 @@ def add_cell_parser(sub) -> None:
 
 def cmd_cell(args: argparse.Namespace, import_s: float | None = None) -> int:
     import json
+    from pathlib import Path
 
     from kvbench.cell import CellSpec, UsageError, run_cell
     from kvbench.record import write_atomic
-    from pathlib import Path
+
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
     if fields["model"] is None:
         fields["model"] = Path(args.checkpoint.rstrip("/")).name if args.checkpoint else CellSpec.model
@@ -79,12 +109,16 @@ def cmd_cell(args: argparse.Namespace, import_s: float | None = None) -> int:
         print(json.dumps(record, indent=2))
     status = record["status"]
     c = record["cell"]
-    summary = (f"kvbench cell {c['engine']} {c['model']} {c['dtype']} {c['kv_mode']}{' compiled' if c['compile'] else ''} "
-               f"b{c['batch']} p{c['prompt_len']} n{c['new_tokens']}: {status}")
+    summary = (
+        f"kvbench cell {c['engine']} {c['model']} {c['dtype']} {c['kv_mode']}{' compiled' if c['compile'] else ''} "
+        f"b{c['batch']} p{c['prompt_len']} n{c['new_tokens']}: {status}"
+    )
     if status == "ok":
         lat = record["latency"]
-        summary += (f", decode {lat['decode_ms_per_token']['median']:.3f} ms/token, "
-                    f"prefill {lat['prefill_ms']['median']:.2f} ms, matches none: {record['check']['matches_reference']}")
+        summary += (
+            f", decode {lat['decode_ms_per_token']['median']:.3f} ms/token, "
+            f"prefill {lat['prefill_ms']['median']:.2f} ms, matches none: {record['check']['matches_reference']}"
+        )
     elif record["error"]:
         summary += f": {record['error']}"
     print(summary, file=sys.stderr)  # the last line of the cell's log: the workflow echoes it as progress
@@ -98,9 +132,15 @@ DELEGATED = {
     "aggregate": ("kvbench.analysis.aggregate", "records -> tables (pandas)"),
     "figures": ("kvbench.analysis.figures", "tables -> seaborn figures"),
     "bundle": ("kvbench.analysis.bundle", "a sweep's outputs -> bundle.zip with a sha256 manifest"),
-    "explain": ("kvbench.analysis.explain", "tables -> explanation.md: the formula, the speedups, the claims vs measured"),
+    "explain": (
+        "kvbench.analysis.explain",
+        "tables -> explanation.md: the formula, the speedups, the claims vs measured",
+    ),
     "publish": ("kvbench.analysis.publish", "copy a bundle to results/published/<device>/<sweep>/"),
-    "check-records": ("kvbench.record", "move damaged records aside to results/<sweep>/damaged/ (Snakemake re-measures them)"),
+    "check-records": (
+        "kvbench.record",
+        "move damaged records aside to results/<sweep>/damaged/ (Snakemake re-measures them)",
+    ),
 }
 
 
@@ -108,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in DELEGATED:
         import importlib
+
         return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0
     started = time.perf_counter()
     parser = OneLineParser(prog="kvbench", description="Measure what a KV cache does to GPT-2 inference.")

@@ -53,8 +53,16 @@ class Generation:
 def new_cache(model: GPT, kv_mode: str, batch: int, max_len: int) -> KVCache | None:
     cfg = model.config
     w = model.transformer.wte.weight
-    return make_cache(kv_mode, n_layer=cfg.n_layer, batch=batch, n_kv_head=cfg.kv_heads, max_len=max_len,
-                      head_dim=cfg.head_dim, dtype=w.dtype, device=w.device)
+    return make_cache(
+        kv_mode,
+        n_layer=cfg.n_layer,
+        batch=batch,
+        n_kv_head=cfg.kv_heads,
+        max_len=max_len,
+        head_dim=cfg.head_dim,
+        dtype=w.dtype,
+        device=w.device,
+    )
 
 
 def check_length(prompt: torch.Tensor, new_tokens: int, block_size: int) -> int:
@@ -64,9 +72,15 @@ def check_length(prompt: torch.Tensor, new_tokens: int, block_size: int) -> int:
     return total
 
 
-def decode_loop(forward: Callable[[torch.Tensor, int], torch.Tensor], prompt: torch.Tensor, new_tokens: int,
-                recompute: bool, sampling: Sampling, keep_logits: bool,
-                on_token: Callable[[int], None] | None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+def decode_loop(
+    forward: Callable[[torch.Tensor, int], torch.Tensor],
+    prompt: torch.Tensor,
+    new_tokens: int,
+    recompute: bool,
+    sampling: Sampling,
+    keep_logits: bool,
+    on_token: Callable[[int], None] | None,
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """The loop every engine shares: `forward(ids, start_position)` -> logits (B, T', V).
 
     recompute: feed the whole sequence each step (no cache) instead of only the newest token.
@@ -90,13 +104,21 @@ def decode_loop(forward: Callable[[torch.Tensor, int], torch.Tensor], prompt: to
 
 
 @torch.inference_mode()
-def generate(model: GPT, prompt: torch.Tensor, new_tokens: int, kv_mode: str, *,
-             sampling: Sampling = GREEDY, keep_logits: bool = False,
-             on_token: Callable[[int], None] | None = None) -> Generation:
+def generate(
+    model: GPT,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    kv_mode: str,
+    *,
+    sampling: Sampling = GREEDY,
+    keep_logits: bool = False,
+    on_token: Callable[[int], None] | None = None,
+) -> Generation:
     """Generate `new_tokens` tokens after `prompt` (B, P)."""
     total = check_length(prompt, new_tokens, model.config.block_size)
     # The last generated token is never fed back: the cache needs total - 1 positions.
     cache = new_cache(model, kv_mode, prompt.size(0), total - 1)
-    tokens, kept = decode_loop(lambda ids, start: model(ids, cache, start), prompt, new_tokens,
-                               cache is None, sampling, keep_logits, on_token)
+    tokens, kept = decode_loop(
+        lambda ids, start: model(ids, cache, start), prompt, new_tokens, cache is None, sampling, keep_logits, on_token
+    )
     return Generation(tokens=tokens, cache=cache, logits=kept)

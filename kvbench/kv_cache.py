@@ -20,8 +20,9 @@ class KVCache(ABC):
     """Interface: `update` stores the new K,V of one layer and returns all K,V so far."""
 
     @abstractmethod
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, past_len: int
-               ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, past_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def nbytes(self) -> int:
         """Bytes held by the cache's tensors, measured from the tensors themselves."""
@@ -54,8 +55,16 @@ class ConcatCache(KVCache):
 
 
 class StaticCache(KVCache):
-    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str):
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
         shape = (n_layer, batch, n_kv_head, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -70,8 +79,9 @@ class StaticCache(KVCache):
         # Views of the prefix: no copy, and the buffer's storage never moves.
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def write_at(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def write_at(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store K,V at the positions held in the tensor `pos`; return the *whole* buffers.
 
         The static-shape step: every call sees the same shapes whatever the position, so a
@@ -103,8 +113,16 @@ class Int8StaticCache(KVCache):
     error it costs shows up in the logits (recorded by the cell's token check).
     """
 
-    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str):
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
         shape = (n_layer, batch, n_kv_head, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=torch.int8, device=device)
         self.v = torch.zeros(shape, dtype=torch.int8, device=device)
@@ -133,8 +151,17 @@ class Int8StaticCache(KVCache):
         return [self.k, self.v, self.k_scale, self.v_scale]
 
 
-def make_cache(kv_mode: str, *, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
-               dtype: torch.dtype, device: torch.device | str) -> KVCache | None:
+def make_cache(
+    kv_mode: str,
+    *,
+    n_layer: int,
+    batch: int,
+    n_kv_head: int,
+    max_len: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> KVCache | None:
     """A fresh cache for one generation of at most `max_len` cached positions (None for mode 'none')."""
     if kv_mode == "none":
         return None

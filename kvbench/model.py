@@ -33,8 +33,9 @@ class CausalSelfAttention(nn.Module):
         # Optional observer of (q, all K, all V) after the cache update; the visualizer sets it.
         self.probe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None, past_len: int,
-                step: StaticStep | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None, past_len: int, step: StaticStep | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         hd = self.head_dim
         q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
@@ -129,8 +130,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None, past_len: int,
-                step: StaticStep | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None, past_len: int, step: StaticStep | None = None
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, past_len, step)
         return x + self.mlp(self.ln_2(x))
 
@@ -140,12 +142,14 @@ class GPT(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
 
@@ -177,8 +181,9 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied head counted once
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, past_len: int = 0,
-                last_only: bool = True) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, cache: KVCache | None = None, past_len: int = 0, last_only: bool = True
+    ) -> torch.Tensor:
         """Logits for idx (B, T) placed after `past_len` cached positions.
 
         last_only: return only the last position's logits (B, 1, V), all generation needs,
@@ -243,8 +248,9 @@ def empty_gpt(config: GPTConfig, device: torch.device | str, dtype: torch.dtype)
     return model
 
 
-def build_random(config: GPTConfig, device: torch.device | str, dtype: torch.dtype, seed: int,
-                 for_decoding: bool = False) -> GPT:
+def build_random(
+    config: GPTConfig, device: torch.device | str, dtype: torch.dtype, seed: int, for_decoding: bool = False
+) -> GPT:
     """A GPT with seeded random weights (nanoGPT's init, run once), directly on `device` in `dtype`.
 
     for_decoding: lay the weights out for decoding first (`prepare_for_decoding`), so they are
@@ -275,8 +281,11 @@ def store_wide_weights_input_major(model: nn.Module, keep_values: bool = True) -
             w = module.weight.data
             if w.t().is_contiguous():
                 continue  # laid out already
-            module.weight.data = w.t().contiguous().t() if keep_values else \
-                torch.empty_strided(w.shape, (1, w.size(0)), dtype=w.dtype, device=w.device)
+            module.weight.data = (
+                w.t().contiguous().t()
+                if keep_values
+                else torch.empty_strided(w.shape, (1, w.size(0)), dtype=w.dtype, device=w.device)
+            )
 
 
 def prepare_for_decoding(model: GPT, keep_values: bool = True) -> str:

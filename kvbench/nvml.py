@@ -98,7 +98,7 @@ def throttle_reasons(handle) -> list[str] | None:
         return None
     prefix = "nvmlClocksThrottleReason"
     names = [n for n in dir(pynvml) if n.startswith(prefix) and n not in (prefix + "None", prefix + "All")]
-    return sorted(n[len(prefix):] for n in names if mask & getattr(pynvml, n))
+    return sorted(n[len(prefix) :] for n in names if mask & getattr(pynvml, n))
 
 
 def energy_mj(handle) -> int | None:
@@ -141,7 +141,7 @@ class Sampler:
             self._sample()
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         if self.handle is not None:
             self._sample()
             self._thread = threading.Thread(target=self._run, daemon=True)

@@ -20,14 +20,16 @@ DTYPE_NAMES = ("fp32", "bf16", "fp16")
 INT8_SCALE_BYTES = 4  # static-int8: one fp32 absmax scale per (token, head)
 
 
-def kv_cache_bytes(n_layer: int, batch: int, n_kv_head: int, tokens: int, head_dim: int,
-                   element_bytes: int, kv_mode: str = "static") -> int:
+def kv_cache_bytes(
+    n_layer: int, batch: int, n_kv_head: int, tokens: int, head_dim: int, element_bytes: int, kv_mode: str = "static"
+) -> int:
     """2 (K and V) x layers x batch x kv heads x tokens x head dim x bytes per element.
 
     static-int8 stores 1 byte per element plus one fp32 scale per token and head.
     """
     per_vector = head_dim + INT8_SCALE_BYTES if kv_mode == "static-int8" else head_dim * element_bytes
     return 2 * n_layer * batch * n_kv_head * tokens * per_vector
+
 
 @dataclass(frozen=True)
 class GPTConfig:

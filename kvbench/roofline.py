@@ -24,9 +24,19 @@ from kvbench.model import GPTConfig
 
 # Vendor datasheet peak memory bandwidth (bytes/s), by a substring of the device name. For context only.
 GPU_SPEC_BANDWIDTH = {
-    "H200": 4.8e12, "H100 NVL": 3.9e12, "H100 PCIe": 2.0e12, "H100": 3.35e12,
-    "A100-SXM4-80GB": 2.039e12, "A100 80GB PCIe": 1.935e12, "A100": 1.555e12,
-    "L40S": 864e9, "A10": 600e9, "L4": 300e9, "T4": 320e9, "V100": 900e9, "RTX 4090": 1008e9,
+    "H200": 4.8e12,
+    "H100 NVL": 3.9e12,
+    "H100 PCIe": 2.0e12,
+    "H100": 3.35e12,
+    "A100-SXM4-80GB": 2.039e12,
+    "A100 80GB PCIe": 1.935e12,
+    "A100": 1.555e12,
+    "L40S": 864e9,
+    "A10": 600e9,
+    "L4": 300e9,
+    "T4": 320e9,
+    "V100": 900e9,
+    "RTX 4090": 1008e9,
 }
 
 
@@ -39,8 +49,9 @@ def spec_bandwidth(device_name: str | None) -> float | None:
     return None
 
 
-def decode_step_cost(cfg: GPTConfig, batch: int, context: float, kv_element_bytes: float,
-                     weights_bytes: int) -> tuple[float, float]:
+def decode_step_cost(
+    cfg: GPTConfig, batch: int, context: float, kv_element_bytes: float, weights_bytes: int
+) -> tuple[float, float]:
     """(FLOPs, bytes) of one cached decode step for the whole batch at `context` keys per query."""
     C, L, hd, kvh = cfg.n_embd, cfg.n_layer, cfg.head_dim, cfg.kv_heads
     matmul_params = L * (C * (C + 2 * kvh * hd) + C * C + 8 * C * C) + C * cfg.vocab_size
@@ -67,6 +78,7 @@ def _cache_path(device: torch.device, device_name: str, dtype: torch.dtype) -> P
     """One file per host, device, dtype and software: a new torch or kvbench measures again."""
     root = Path(os.environ.get("KVBENCH_CACHE_DIR", Path.home() / ".cache" / "kvbench"))
     from kvbench import __version__
+
     key = f"{platform.node()}-{device.type}-{device_name}-{dtype}-torch{torch.__version__}-kvbench{__version__}"
     return root / f"probe-{re.sub(r'[^A-Za-z0-9.]+', '-', key).strip('-')}.json"
 
@@ -95,13 +107,16 @@ def measure(device: torch.device, dtype: torch.dtype) -> dict:
     half = src[: src.numel() // 2]  # copy 512 MiB into the other half: no second buffer needed
     rest = src[src.numel() // 2 :]
     copy = n_bytes / _best_seconds(lambda: rest.copy_(half), device, reps=3)
-    del src, half, rest
     n = 4096 if device.type == "cuda" else 1024
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     flops = 2 * n**3 / _best_seconds(lambda: a @ b, device, reps=5)
-    return {"read_bandwidth_bytes_per_s": read, "copy_bandwidth_bytes_per_s": copy, "peak_flops_per_s": flops,
-            "measured_at": time.time()}
+    return {
+        "read_bandwidth_bytes_per_s": read,
+        "copy_bandwidth_bytes_per_s": copy,
+        "peak_flops_per_s": flops,
+        "measured_at": time.time(),
+    }
 
 
 def _read_cache(path: Path) -> dict | None:
@@ -149,8 +164,16 @@ def device_limits(device: torch.device, device_name: str, dtype: torch.dtype) ->
     }
 
 
-def analyse(cfg: GPTConfig, batch: int, prompt_len: int, new_tokens: int, kv_element_bytes: float,
-            weights_bytes: int, limits: dict, measured_ms: float | None) -> dict:
+def analyse(
+    cfg: GPTConfig,
+    batch: int,
+    prompt_len: int,
+    new_tokens: int,
+    kv_element_bytes: float,
+    weights_bytes: int,
+    limits: dict,
+    measured_ms: float | None,
+) -> dict:
     """The floor of a cached decode step, and how close `measured_ms` came to it.
 
     For kv_mode 'none' the floor is still the cached step's: it says what recomputing gives up.

@@ -54,8 +54,15 @@ def main(argv: list[str] | None = None) -> int:
         return fail("num_samples and max_new_tokens must be >= 1")
     if args.top_k is not None and args.top_k < 1:
         return fail(f"top_k: {args.top_k} must be >= 1")
-    spec = CellSpec(model=args.model, kv_mode=args.kv_mode, dtype=args.dtype, device=args.device,
-                    checkpoint=args.checkpoint, prompt_len=1, new_tokens=2)
+    spec = CellSpec(
+        model=args.model,
+        kv_mode=args.kv_mode,
+        dtype=args.dtype,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        prompt_len=1,
+        new_tokens=2,
+    )
     try:
         cfg, device = spec.check()
         enc = load_encoding(args.encoding)
@@ -78,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"start: the prompt is {len(ids)} tokens; the model's block_size {cfg.block_size} leaves no room")
     new_tokens = args.max_new_tokens
     if new_tokens > room:
-        print(f"kvbench sample: warning: {len(ids)} prompt + {new_tokens} new tokens exceed block_size "
-              f"{cfg.block_size}; stopping after {room} new tokens", file=sys.stderr)
+        print(
+            f"kvbench sample: warning: {len(ids)} prompt + {new_tokens} new tokens exceed block_size "
+            f"{cfg.block_size}; stopping after {room} new tokens",
+            file=sys.stderr,
+        )
         new_tokens = room
 
     dtype = DTYPES[args.dtype]
@@ -94,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     generate(model, prompt, min(new_tokens, 4), args.kv_mode)  # warm-up, untimed
 
     times = []
-    for i in range(args.num_samples):
+    for _ in range(args.num_samples):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
@@ -105,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         print(enc.decode(ids + out.tokens[0].tolist()))
         print("---------------")
     mean = statistics.mean(times)
-    print(f"kv_mode {args.kv_mode}: {mean:.3f} s per sample (mean of {len(times)}), "
-          f"{new_tokens / mean:.1f} tokens/s", file=sys.stderr)
+    print(
+        f"kv_mode {args.kv_mode}: {mean:.3f} s per sample (mean of {len(times)}), {new_tokens / mean:.1f} tokens/s",
+        file=sys.stderr,
+    )
     return 0
 
 

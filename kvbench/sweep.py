@@ -11,21 +11,36 @@ import itertools
 import json
 from pathlib import Path
 
-from kvbench.presets import ATTENTION_IMPLS, DTYPE_NAMES, ENGINE_KV_MODES, KV_MODES, PRESETS
+from kvbench.presets import ENGINE_KV_MODES, KV_MODES, PRESETS
 
 # Grid axes in the order they appear in a cell's path; every axis has a default.
 AXES: dict[str, object] = {
-    "engine": ["kvbench"], "model": ["gpt2"], "dtype": ["fp32"], "kv_mode": list(KV_MODES), "batch": [1], "prompt_len": [128],
-    "new_tokens": [32], "attention": ["sdpa"], "n_kv_head": ["all"],
+    "engine": ["kvbench"],
+    "model": ["gpt2"],
+    "dtype": ["fp32"],
+    "kv_mode": list(KV_MODES),
+    "batch": [1],
+    "prompt_len": [128],
+    "new_tokens": [32],
+    "attention": ["sdpa"],
+    "n_kv_head": ["all"],
 }
 SETTINGS: dict[str, object] = {
-    "device": "auto", "warmup": 1, "iters": 3, "seed": 0, "check_steps": 16, "threads": None,
-    "block_size": None, "compile": False,
+    "device": "auto",
+    "warmup": 1,
+    "iters": 3,
+    "seed": 0,
+    "check_steps": 16,
+    "threads": None,
+    "block_size": None,
+    "compile": False,
 }
 # Settings that only schedule a job (resources), not change what it measures.
 JOB_SETTINGS = ("mem_mb", "runtime")
-CELL_PATTERN = ("results/{sweep}/cells/{engine}/{model}/{dtype}/{kv_mode}/"
-                "b{batch}-p{prompt_len}-n{new_tokens}-{attention}-kv{n_kv_head}.json")
+CELL_PATTERN = (
+    "results/{sweep}/cells/{engine}/{model}/{dtype}/{kv_mode}/"
+    "b{batch}-p{prompt_len}-n{new_tokens}-{attention}-kv{n_kv_head}.json"
+)
 
 
 class SweepError(ValueError):
@@ -35,6 +50,7 @@ class SweepError(ValueError):
 def _schema_errors(config: dict, schema_path: Path) -> list[str]:
     import jsonschema
     import yaml
+
     schema = yaml.safe_load(schema_path.read_text())
     validator = jsonschema.Draft202012Validator(schema)
     out = []
@@ -90,21 +106,27 @@ def check(config: dict, schema_path: Path) -> None:
         block_override = sweep_settings(sweep)["block_size"]
         for engine in sweep_axes(sweep)["engine"]:
             if not set(sweep_axes(sweep)["kv_mode"]) & set(ENGINE_KV_MODES.get(engine, KV_MODES)):
-                raise SweepError(f"config: sweep {name!r}: grid.kv_mode: engine {engine} runs "
-                                 f"{', '.join(ENGINE_KV_MODES[engine])} only, and the grid has none of them")
+                raise SweepError(
+                    f"config: sweep {name!r}: grid.kv_mode: engine {engine} runs "
+                    f"{', '.join(ENGINE_KV_MODES[engine])} only, and the grid has none of them"
+                )
         for cell in cells(sweep):
             if cell["engine"] in ("hf", "ct2") and cell["n_kv_head"] != "all":
-                raise SweepError(f"config: sweep {name!r}: engine {cell['engine']} runs transformers' GPT-2: "
-                                 f"n_kv_head all only")
+                raise SweepError(
+                    f"config: sweep {name!r}: engine {cell['engine']} runs transformers' GPT-2: n_kv_head all only"
+                )
             n_head = PRESETS[cell["model"]].n_head
             if cell["n_kv_head"] != "all" and n_head % cell["n_kv_head"]:
-                raise SweepError(f"config: sweep {name!r}: grid.n_kv_head: {cell['n_kv_head']} must divide "
-                                 f"{cell['model']}'s n_head {n_head}")
+                raise SweepError(
+                    f"config: sweep {name!r}: grid.n_kv_head: {cell['n_kv_head']} must divide "
+                    f"{cell['model']}'s n_head {n_head}"
+                )
             block = block_override or PRESETS[cell["model"]].block_size
             if cell["prompt_len"] + cell["new_tokens"] > block:
                 raise SweepError(
                     f"config: sweep {name!r}: grid.prompt_len + grid.new_tokens = {cell['prompt_len']} + "
-                    f"{cell['new_tokens']} exceeds {cell['model']}'s block_size {block}")
+                    f"{cell['new_tokens']} exceeds {cell['model']}'s block_size {block}"
+                )
 
 
 def cell_path(sweep_name: str, cell: dict) -> str:
@@ -113,8 +135,10 @@ def cell_path(sweep_name: str, cell: dict) -> str:
 
 def cell_flags(cell: dict, settings: dict) -> str:
     """The `kvbench cell` flags of one cell: every setting that changes its result."""
-    merged = {**{k: v for k, v in cell.items() if not (k == "n_kv_head" and str(v) == "all")},
-              **{k: v for k, v in settings.items() if v is not None and k not in (*JOB_SETTINGS, "compile")}}
+    merged = {
+        **{k: v for k, v in cell.items() if not (k == "n_kv_head" and str(v) == "all")},
+        **{k: v for k, v in settings.items() if v is not None and k not in (*JOB_SETTINGS, "compile")},
+    }
     flags = [f"--{k.replace('_', '-')} {merged[k]}" for k in sorted(merged)]
     if compiled(cell, settings):  # absent when off, so a sweep without `compile` keeps its flags (no rerun)
         flags.append("--compile")

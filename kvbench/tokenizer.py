@@ -25,10 +25,15 @@ def from_file(path: Path) -> tiktoken.Encoding:
     try:
         ranks = load_tiktoken_bpe(str(path))
     except Exception as e:
-        raise EncodingError(f"encoding: {str(path)!r} is not a tiktoken BPE file (base64 token + rank per line): "
-                            f"{type(e).__name__}") from e
-    return tiktoken.Encoding(name=path.stem, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={END_OF_TEXT: max(ranks.values()) + 1})
+        raise EncodingError(
+            f"encoding: {str(path)!r} is not a tiktoken BPE file (base64 token + rank per line): {type(e).__name__}"
+        ) from e
+    return tiktoken.Encoding(
+        name=path.stem,
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={END_OF_TEXT: max(ranks.values()) + 1},
+    )
 
 
 def load_encoding(spec: str = "gpt2") -> tiktoken.Encoding:
@@ -41,9 +46,13 @@ def load_encoding(spec: str = "gpt2") -> tiktoken.Encoding:
     try:
         return tiktoken.get_encoding(spec)
     except ValueError as e:
-        raise EncodingError(f"encoding: {spec!r} is not a tiktoken encoding name "
-                            f"(known: {', '.join(tiktoken.list_encoding_names())}) nor a .tiktoken file") from e
+        raise EncodingError(
+            f"encoding: {spec!r} is not a tiktoken encoding name "
+            f"(known: {', '.join(tiktoken.list_encoding_names())}) nor a .tiktoken file"
+        ) from e
     except Exception as e:  # the BPE file could not be downloaded (offline machine)
-        raise EncodingError(f"encoding: could not load {spec!r} ({type(e).__name__}: it is downloaded on first use); "
-                            f"offline, pass --encoding /path/to/gpt2.tiktoken or set TIKTOKEN_CACHE_DIR "
-                            f"to a directory that holds tiktoken's cached files") from e
+        raise EncodingError(
+            f"encoding: could not load {spec!r} ({type(e).__name__}: it is downloaded on first use); "
+            f"offline, pass --encoding /path/to/gpt2.tiktoken or set TIKTOKEN_CACHE_DIR "
+            f"to a directory that holds tiktoken's cached files"
+        ) from e

@@ -53,7 +53,6 @@ step() {  # step <name> <seconds> <command...>: run it with a limit, log it, not
 "$PY" -m pip freeze > "$work/pip-freeze.txt" 2>/dev/null
 
 bench=benchmarks/decode_vs_peers.py
-[ -f "$bench" ] || bench=benchmarks/decode_vs_hf.py
 step gpu-tests 150 "$PY" -m pytest -m gpu -q -rA -p no:cacheprovider tests
 step vs-peers-sweep 240 snakemake --profile workflow/profiles/gpu --config 'run=[vs-peers]'
 step benchmark 90 "$PY" "$bench" --model gpt2-xl --dtype bf16 --device cuda

@@ -27,16 +27,5 @@ def kvbench_exe() -> list[str]:
 @pytest.fixture()
 def tiny_model():
     from kvbench.model import build_random, preset
+
     return build_random(preset("tiny"), "cpu", torch.float32, seed=0)
-
-
-# `make test` runs the files on two workers (pytest-xdist, --dist loadgroup). A file's tests stay
-# together, in order, on one worker (several share a module-scoped sweep and run as a sequence);
-# the SLURM and container files share one group because both start and stop the one local cluster.
-SYSTEM_FILES = {"test_slurm.py", "test_containers.py"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("system" if name in SYSTEM_FILES else name))

@@ -67,8 +67,9 @@ def test_all_modes_produce_the_same_token_hash(tmp_path, capsys):
 
 def test_absurd_batch_is_an_oom_record_not_a_crash(tmp_path, capsys):
     out = tmp_path / "oom.json"
-    code, err = run_cli(["--model", "tiny", "--batch", str(10**9), "--prompt-len", "32", "--new-tokens", "4",
-                         "--out", str(out)], capsys)
+    code, err = run_cli(
+        ["--model", "tiny", "--batch", str(10**9), "--prompt-len", "32", "--new-tokens", "4", "--out", str(out)], capsys
+    )
     assert code == 0
     rec = json.loads(out.read_text())
     validate(rec)
@@ -107,6 +108,7 @@ def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, capsys, args, messag
 
 def test_cuda_on_a_machine_without_one_is_bad_input(tmp_path, capsys):
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
     code, err = run_cli(["--device", "cuda", "--out", str(tmp_path / "x.json")], capsys)
@@ -131,6 +133,7 @@ def test_read_only_directory_for_a_non_root_user_is_refused_before_any_work(caps
     import tempfile
 
     import kvbench.cell  # noqa: F401  (imported as root: `nobody` cannot read root's Python)
+
     top = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's tmp_path is root-only all the way up
     try:
         top.chmod(0o755)
@@ -155,19 +158,30 @@ def test_a_path_os_access_calls_writable_but_is_not_is_refused(capsys):
 
 def test_cli_end_to_end_in_its_own_process(tmp_path, kvbench_exe):
     out = tmp_path / "c.json"
-    p = subprocess.run([*kvbench_exe, "cell", *FAST, "--kv-mode", "concat", "--out", str(out)],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [*kvbench_exe, "cell", *FAST, "--kv-mode", "concat", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(out.read_text())["status"] == "ok"
-    bad = subprocess.run([*kvbench_exe, "cell", "--model", "nope", "--out", str(out.with_name("b.json"))],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*kvbench_exe, "cell", "--model", "nope", "--out", str(out.with_name("b.json"))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and not out.with_name("b.json").exists()
 
 
 def test_a_killed_cell_leaves_no_file(tmp_path, kvbench_exe):
     out = tmp_path / "killed.json"
-    p = subprocess.Popen([*kvbench_exe, "cell", "--model", "tiny", "--iters", "100000", "--out", str(out)],
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [*kvbench_exe, "cell", "--model", "tiny", "--iters", "100000", "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = p.stderr.readline()  # printed once the model is built and measurement starts
         assert "measuring" in line, line
@@ -192,6 +206,7 @@ def test_atomic_write_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
 
 def test_atomic_write_interrupted_mid_write(tmp_path, monkeypatch, capsys):
     import os
+
     good = tmp_path / "good.json"
     assert run_cli([*FAST, "--out", str(good)], capsys)[0] == 0
     rec = json.loads(good.read_text())
@@ -199,6 +214,7 @@ def test_atomic_write_interrupted_mid_write(tmp_path, monkeypatch, capsys):
 
     def boom(fd):
         raise KeyboardInterrupt  # as if the job were interrupted while flushing
+
     monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(KeyboardInterrupt):
         write_atomic(target, rec)

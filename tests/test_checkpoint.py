@@ -56,8 +56,15 @@ def test_hf_loader_reads_pytorch_bin_too(hf_dir, tmp_path):
 def test_nanogpt_ckpt_round_trip(tmp_path):
     model = build_random(preset("tiny"), "cpu", torch.float32, seed=4)
     cfg = model.config
-    args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                bias=cfg.bias, vocab_size=cfg.vocab_size, dropout=0.0)
+    args = dict(
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_embd=cfg.n_embd,
+        block_size=cfg.block_size,
+        bias=cfg.bias,
+        vocab_size=cfg.vocab_size,
+        dropout=0.0,
+    )
     state = {"_orig_mod." + k: v for k, v in model.state_dict().items()}  # as torch.compile'd training saves
     torch.save({"model": state, "model_args": args, "iter_num": 0}, tmp_path / "ckpt.pt")
     loaded = checkpoint.load(str(tmp_path / "ckpt.pt"), "cpu", torch.float32)

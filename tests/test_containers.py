@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -27,10 +26,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_slurm import (
+    TEST_CLUSTER_ARGS,
+    copy_workflow,
+    install_system_deps,
+    machine_skip_reason,
+    run_snakemake,
+    shared_cluster,
+    slurm_profile,
+    submitted_job_ids,
+)
 
 from kvbench import sweep as kvsweep
-from test_slurm import (TEST_CLUSTER_ARGS, copy_workflow, install_system_deps, machine_skip_reason,
-                        run_snakemake, slurm_profile, start_slurm, stop_slurm, submitted_job_ids)
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
@@ -50,8 +57,13 @@ def image():
         pytest.skip(reason)
     install_system_deps()
     t0 = time.monotonic()
-    p = subprocess.run([str(SCRIPTS / "build-images.sh")], capture_output=True, text=True,
-                       timeout=1800, env={**os.environ, "KVBENCH_TEST_IMAGE": IMAGE})
+    p = subprocess.run(
+        [str(SCRIPTS / "build-images.sh")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "KVBENCH_TEST_IMAGE": IMAGE},
+    )
     assert p.returncode == 0, f"scripts/build-images.sh failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
     print(f"\nbuild-images took {time.monotonic() - t0:.0f} s", file=sys.stderr)
     sandbox = Path(p.stdout.strip().splitlines()[-1])
@@ -70,9 +82,19 @@ def standin_path(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def image_python(image) -> str:
-    p = subprocess.run([str(APPTAINER), "exec", str(image["sandbox"]), "python3", "-c",
-                        "import platform; print(platform.python_version())"],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            str(APPTAINER),
+            "exec",
+            str(image["sandbox"]),
+            "python3",
+            "-c",
+            "import platform; print(platform.python_version())",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     return p.stdout.strip()
 
@@ -89,7 +111,7 @@ def assert_ran_in_image(record: dict, image: dict, image_python: str) -> None:
     env = record["environment"]
     assert env["container_image"] == image["name"]
     assert env["python"] == image_python
-    if image_python != platform.python_version():      # Debian's 3.11.2 vs the runner's
+    if image_python != platform.python_version():  # Debian's 3.11.2 vs the runner's
         assert env["python"] != platform.python_version()
 
 
@@ -98,11 +120,27 @@ def test_dockerfile_image_runs_a_cell_with_podman(image, image_python, tmp_path)
     env = {**os.environ, "CONTAINERS_CONF": str(image["containers_conf"])}
     out = tmp_path / "out"
     out.mkdir()
-    out.chmod(0o777)           # the image runs as its non-root user `kvbench`
+    out.chmod(0o777)  # the image runs as its non-root user `kvbench`
     _, flags = tiny_cell()
-    p = subprocess.run(["podman", "run", "--rm", "--network", "none", "-v", f"{out}:/out", image["name"],
-                        "sh", "-c", f"id -un; command -v kvbench; kvbench cell {flags} --out /out/cell.json"],
-                       capture_output=True, text=True, timeout=300, env=env)
+    p = subprocess.run(
+        [
+            "podman",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            f"{out}:/out",
+            image["name"],
+            "sh",
+            "-c",
+            f"id -un; command -v kvbench; kvbench cell {flags} --out /out/cell.json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     user, exe = p.stdout.split()[:2]
     assert user == "kvbench" and exe == "/opt/kvbench/bin/kvbench"
@@ -112,8 +150,19 @@ def test_dockerfile_image_runs_a_cell_with_podman(image, image_python, tmp_path)
 def test_apptainer_standin_exec_runs_a_cell(image, image_python, tmp_path):
     """`apptainer exec` as Snakemake spells it, by hand: --home <cwd>, the sandbox, sh -c."""
     _, flags = tiny_cell(1)
-    cmd = [str(APPTAINER), "--quiet", "--silent", "exec", "--home", str(tmp_path), "--nv",
-           str(image["sandbox"]), "sh", "-c", f"kvbench cell {flags} --out cell.json"]
+    cmd = [
+        str(APPTAINER),
+        "--quiet",
+        "--silent",
+        "exec",
+        "--home",
+        str(tmp_path),
+        "--nv",
+        str(image["sandbox"]),
+        "sh",
+        "-c",
+        f"kvbench cell {flags} --out cell.json",
+    ]
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert_ran_in_image(json.loads((tmp_path / "cell.json").read_text()), image, image_python)
@@ -124,9 +173,23 @@ def test_snakemake_apptainer_path_runs_a_cell(image, image_python, standin_path,
     workdir = copy_workflow(tmp_path / "wf")
     target, _ = tiny_cell(2)
     env = {**os.environ, "PATH": standin_path, "KVBENCH_CACHE_DIR": str(workdir / ".cache")}
-    p = run_snakemake(workdir, ["--cores", "2", "--sdm", "apptainer", "--apptainer-args=--nv",
-                                "--config", f"run=[{SWEEP}]", f"container=docker://{image['name']}",
-                                "--", target], env, timeout=600)
+    p = run_snakemake(
+        workdir,
+        [
+            "--cores",
+            "2",
+            "--sdm",
+            "apptainer",
+            "--apptainer-args=--nv",
+            "--config",
+            f"run=[{SWEEP}]",
+            f"container=docker://{image['name']}",
+            "--",
+            target,
+        ],
+        env,
+        timeout=600,
+    )
     output = p.stdout + p.stderr
     assert p.returncode == 0, output[-4000:]
     assert f"Pulling singularity image docker://{image['name']}" in output
@@ -141,10 +204,8 @@ def slurm_cluster():
     reason = machine_skip_reason()
     if reason:
         pytest.skip(reason)
-    install_system_deps()
-    start_slurm()
-    yield
-    stop_slurm()
+    with shared_cluster():
+        yield
 
 
 def test_slurm_profile_runs_a_cell_in_the_container(image, image_python, standin_path, slurm_cluster, tmp_path):
@@ -155,9 +216,22 @@ def test_slurm_profile_runs_a_cell_in_the_container(image, image_python, standin
     assert shipped["software-deployment-method"] == "apptainer" and "--nv" in shipped["apptainer-args"]
     target, _ = tiny_cell(3)
     env = {**os.environ, "PATH": standin_path, "KVBENCH_CACHE_DIR": str(workdir / ".cache")}
-    p = run_snakemake(workdir, ["--workflow-profile", str(profile), *TEST_CLUSTER_ARGS,
-                                "--slurm-keep-successful-logs", "--config", f"run=[{SWEEP}]", f"container=docker://{image['name']}",
-                                "--", target], env, timeout=900)
+    p = run_snakemake(
+        workdir,
+        [
+            "--workflow-profile",
+            str(profile),
+            *TEST_CLUSTER_ARGS,
+            "--slurm-keep-successful-logs",
+            "--config",
+            f"run=[{SWEEP}]",
+            f"container=docker://{image['name']}",
+            "--",
+            target,
+        ],
+        env,
+        timeout=900,
+    )
     output = p.stdout + p.stderr
     assert p.returncode == 0, output[-4000:]
     submitted = submitted_job_ids(output)

@@ -15,8 +15,23 @@ from kvbench.cli import main  # noqa: E402
 from kvbench.generate import generate  # noqa: E402
 from kvbench.record import validate  # noqa: E402
 
-CELL = ["cell", "--engine", "ct2", "--model", "tiny", "--kv-mode", "concat", "--prompt-len", "8", "--new-tokens", "6",
-        "--iters", "2", "--warmup", "1"]
+CELL = [
+    "cell",
+    "--engine",
+    "ct2",
+    "--model",
+    "tiny",
+    "--kv-mode",
+    "concat",
+    "--prompt-len",
+    "8",
+    "--new-tokens",
+    "6",
+    "--iters",
+    "2",
+    "--warmup",
+    "1",
+]
 
 
 @pytest.fixture()
@@ -46,6 +61,7 @@ def test_ct2_converts_once_per_weights(tiny_model, cache_dir, monkeypatch):
 
     def no_second_conversion(*args, **kwargs):
         raise AssertionError("converted again")
+
     monkeypatch.setattr(TransformersConverter, "convert", no_second_conversion)
     assert engines.build("ct2", tiny_model).path == first  # found by hash
     with torch.no_grad():
@@ -69,11 +85,13 @@ def test_ct2_cell_record_is_schema_valid(tmp_path, cache_dir, capsys):
 
 
 def test_ct2_refuses_what_it_cannot_run(tmp_path, cache_dir, capsys):
-    for args, message in ((["--kv-mode", "static"], "kv_mode (engine ct2): 'static' is not one of concat"),
-                          (["--kv-mode", "none"], "kv_mode (engine ct2): 'none' is not one of concat"),
-                          (["--compile"], "compile: engine ct2 has no compiled form"),
-                          (["--attention", "math"], "attention (engine ct2): 'math' is not one of sdpa"),
-                          (["--n-kv-head", "2"], "n_kv_head: engine ct2")):
+    for args, message in (
+        (["--kv-mode", "static"], "kv_mode (engine ct2): 'static' is not one of concat"),
+        (["--kv-mode", "none"], "kv_mode (engine ct2): 'none' is not one of concat"),
+        (["--compile"], "compile: engine ct2 has no compiled form"),
+        (["--attention", "math"], "attention (engine ct2): 'math' is not one of sdpa"),
+        (["--n-kv-head", "2"], "n_kv_head: engine ct2"),
+    ):
         code = main([*CELL, *args, "--out", str(tmp_path / "x.json")])
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
@@ -82,9 +100,11 @@ def test_ct2_refuses_what_it_cannot_run(tmp_path, cache_dir, capsys):
 
 def test_missing_ctranslate2_is_one_line(tmp_path):
     """The package made unimportable in a fresh interpreter: exit 2 and one line naming what to install."""
-    code = ("import sys; sys.modules['ctranslate2'] = None\n"
-            "from kvbench.cli import main\n"
-            f"sys.exit(main({[*CELL, '--out', str(tmp_path / 'x.json')]!r}))\n")
+    code = (
+        "import sys; sys.modules['ctranslate2'] = None\n"
+        "from kvbench.cli import main\n"
+        f"sys.exit(main({[*CELL, '--out', str(tmp_path / 'x.json')]!r}))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

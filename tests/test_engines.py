@@ -10,8 +10,11 @@ from kvbench import engines
 from kvbench.generate import generate
 from kvbench.presets import ENGINES, KV_MODES
 
-HAVE = {"kvbench": True, "hf": importlib.util.find_spec("transformers") is not None,
-        "ct2": importlib.util.find_spec("ctranslate2") is not None and importlib.util.find_spec("transformers")}
+HAVE = {
+    "kvbench": True,
+    "hf": importlib.util.find_spec("transformers") is not None,
+    "ct2": importlib.util.find_spec("ctranslate2") is not None and importlib.util.find_spec("transformers"),
+}
 # each engine's cached mode: ours and transformers' static caches, CTranslate2's own growing one
 CACHED_MODE = {"kvbench": "static", "hf": "static", "ct2": "concat"}
 
@@ -57,11 +60,24 @@ def test_engines_without_grouped_query_attention_refuse_it():
 
 def test_a_sweep_crosses_each_engine_with_the_kv_modes_it_runs(repo):
     from kvbench.sweep import SweepError, cells, check
-    grid = {"engine": ["kvbench", "hf", "ct2"], "model": ["tiny"], "kv_mode": ["none", "concat", "static"],
-            "prompt_len": [8], "new_tokens": [4]}
+
+    grid = {
+        "engine": ["kvbench", "hf", "ct2"],
+        "model": ["tiny"],
+        "kv_mode": ["none", "concat", "static"],
+        "prompt_len": [8],
+        "new_tokens": [4],
+    }
     got = sorted((c["engine"], c["kv_mode"]) for c in cells({"grid": grid}))
-    assert got == [("ct2", "concat"), ("hf", "concat"), ("hf", "none"), ("hf", "static"),
-                   ("kvbench", "concat"), ("kvbench", "none"), ("kvbench", "static")]
+    assert got == [
+        ("ct2", "concat"),
+        ("hf", "concat"),
+        ("hf", "none"),
+        ("hf", "static"),
+        ("kvbench", "concat"),
+        ("kvbench", "none"),
+        ("kvbench", "static"),
+    ]
     schema = repo / "workflow" / "schemas" / "config.schema.yaml"
     check({"run": ["t"], "sweeps": {"t": {"grid": grid}}}, schema)
     only_static = {**grid, "engine": ["ct2"], "kv_mode": ["static"]}

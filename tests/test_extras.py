@@ -29,19 +29,76 @@ def run(args, capsys):
 def test_sample_is_deterministic_for_a_seed_in_every_mode(encoding_file, capsys):
     outs = set()
     for mode in ("none", "concat", "static"):
-        code, out, err = run(["sample", "--model", "tiny", "--encoding", str(encoding_file), "--start", "the other",
-                              "--max-new-tokens", "12", "--num-samples", "2", "--kv-mode", mode, "--seed", "5",
-                              "--temperature", "0"], capsys)
+        code, out, err = run(
+            [
+                "sample",
+                "--model",
+                "tiny",
+                "--encoding",
+                str(encoding_file),
+                "--start",
+                "the other",
+                "--max-new-tokens",
+                "12",
+                "--num-samples",
+                "2",
+                "--kv-mode",
+                mode,
+                "--seed",
+                "5",
+                "--temperature",
+                "0",
+            ],
+            capsys,
+        )
         assert code == 0, err
         assert out.startswith("the other") and out.count("---------------") == 2
         assert "s per sample" in err and "tokens/s" in err
         outs.add(out)
     assert len(outs) == 1  # greedy text is the same whichever cache produced it
-    again = run(["sample", "--model", "tiny", "--encoding", str(encoding_file), "--start", "the other",
-                 "--max-new-tokens", "12", "--num-samples", "2", "--seed", "5", "--temperature", "1.0"], capsys)[1]
-    assert again == run(["sample", "--model", "tiny", "--encoding", str(encoding_file), "--start", "the other",
-                         "--max-new-tokens", "12", "--num-samples", "2", "--seed", "5", "--temperature", "1.0"],
-                        capsys)[1]
+    again = run(
+        [
+            "sample",
+            "--model",
+            "tiny",
+            "--encoding",
+            str(encoding_file),
+            "--start",
+            "the other",
+            "--max-new-tokens",
+            "12",
+            "--num-samples",
+            "2",
+            "--seed",
+            "5",
+            "--temperature",
+            "1.0",
+        ],
+        capsys,
+    )[1]
+    assert (
+        again
+        == run(
+            [
+                "sample",
+                "--model",
+                "tiny",
+                "--encoding",
+                str(encoding_file),
+                "--start",
+                "the other",
+                "--max-new-tokens",
+                "12",
+                "--num-samples",
+                "2",
+                "--seed",
+                "5",
+                "--temperature",
+                "1.0",
+            ],
+            capsys,
+        )[1]
+    )
 
 
 def test_the_text_command_is_named_after_its_module_not_the_decode_loop(capsys):
@@ -50,8 +107,22 @@ def test_the_text_command_is_named_after_its_module_not_the_decode_loop(capsys):
 
 
 def test_sample_warns_and_stops_at_the_block_size(encoding_file, capsys):
-    code, out, err = run(["sample", "--model", "tiny", "--encoding", str(encoding_file), "--start", "abcdefghij",
-                          "--max-new-tokens", "100", "--temperature", "0"], capsys)
+    code, out, err = run(
+        [
+            "sample",
+            "--model",
+            "tiny",
+            "--encoding",
+            str(encoding_file),
+            "--start",
+            "abcdefghij",
+            "--max-new-tokens",
+            "100",
+            "--temperature",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 0
     assert "warning: 10 prompt + 100 new tokens exceed block_size 64; stopping after 54 new tokens" in err
     code, _, err = run(["sample", "--model", "tiny", "--encoding", str(encoding_file), "--start", "x" * 64], capsys)
@@ -76,6 +147,7 @@ def test_offline_gpt2_encoding_failure_says_how_to_fix_it(monkeypatch, tmp_path)
 
     def offline(name):
         raise ConnectionError("no route to host")
+
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     with pytest.raises(EncodingError, match="offline, pass --encoding /path/to/gpt2.tiktoken"):
         load_encoding("gpt2")
@@ -84,19 +156,38 @@ def test_offline_gpt2_encoding_failure_says_how_to_fix_it(monkeypatch, tmp_path)
 def test_visualize_gif_has_one_frame_per_forward_and_is_deterministic(tmp_path, capsys):
     a, b = tmp_path / "a.gif", tmp_path / "b.gif"
     for out in (a, b):
-        code, _, err = run(["visualize", "--model", "tiny", "--layer", "1", "--head", "3", "--prompt-len", "5",
-                            "--new-tokens", "7", "--out", str(out)], capsys)
+        code, _, err = run(
+            [
+                "visualize",
+                "--model",
+                "tiny",
+                "--layer",
+                "1",
+                "--head",
+                "3",
+                "--prompt-len",
+                "5",
+                "--new-tokens",
+                "7",
+                "--out",
+                str(out),
+            ],
+            capsys,
+        )
         assert code == 0, err
     im = Image.open(a)
     assert im.n_frames == 7 and im.size == (640, 480)
     assert a.read_bytes() == b.read_bytes()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--layer", "2"], "layer: 2 is out of range 0..1"),
-    (["--head", "4"], "head: 4 is out of range 0..3"),
-    (["--kv-mode", "none"], "kv_mode: 'none' is not one of concat, static"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--layer", "2"], "layer: 2 is out of range 0..1"),
+        (["--head", "4"], "head: 4 is out of range 0..3"),
+        (["--kv-mode", "none"], "kv_mode: 'none' is not one of concat, static"),
+    ],
+)
 def test_visualize_bad_input_is_one_line(tmp_path, capsys, args, message):
     out = tmp_path / "x.gif"
     code, _, err = run(["visualize", "--model", "tiny", *args, "--out", str(out)], capsys)

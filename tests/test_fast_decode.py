@@ -30,6 +30,7 @@ def test_static_shape_step_equals_the_growing_step(tiny_model, attention):
 @pytest.mark.slow
 def test_compiled_static_decoder_matches_eager_and_compiles_the_step_once(tiny_model):
     from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
     counters.clear()
     prompt = random_prompt(2, 7)
@@ -53,6 +54,7 @@ def test_compiled_static_decoder_matches_eager_and_compiles_the_step_once(tiny_m
 @pytest.mark.slow
 def test_hf_compiled_static_gives_our_tokens(tiny_model):
     from kvbench import engines
+
     prompt = random_prompt(1, 6)
     ref = generate(tiny_model, prompt, 8, "none").tokens
     run = engines.build("hf", tiny_model).compiled_runner("static", prompt, 8)

@@ -20,8 +20,19 @@ pytestmark = [
 
 
 def _ok(**kw) -> dict:
-    spec = CellSpec(**{"model": "gpt2", "device": "cuda", "dtype": "bf16", "prompt_len": 128, "new_tokens": 32,
-                       "warmup": 1, "iters": 3, "check_steps": 8, **kw})
+    spec = CellSpec(
+        **{
+            "model": "gpt2",
+            "device": "cuda",
+            "dtype": "bf16",
+            "prompt_len": 128,
+            "new_tokens": 32,
+            "warmup": 1,
+            "iters": 3,
+            "check_steps": 8,
+            **kw,
+        }
+    )
     rec = run_cell(spec)
     assert rec["status"] == "ok", rec["error"]
     return rec
@@ -78,8 +89,18 @@ def test_a_cell_past_the_gpus_memory_is_an_oom_record_and_the_next_cell_runs():
     # batch so large that the static cache alone is twice the device's memory
     per_sequence = 2 * 12 * 12 * 1024 * 64 * 4  # fp32 K and V of gpt2 at 1024 positions
     batch = int(2 * total / per_sequence) + 1
-    spec = CellSpec(model="gpt2", kv_mode="static", device="cuda", dtype="fp32", batch=batch,
-                    prompt_len=1000, new_tokens=16, warmup=0, iters=1, check_steps=0)
+    spec = CellSpec(
+        model="gpt2",
+        kv_mode="static",
+        device="cuda",
+        dtype="fp32",
+        batch=batch,
+        prompt_len=1000,
+        new_tokens=16,
+        warmup=0,
+        iters=1,
+        check_steps=0,
+    )
     rec = run_cell(spec)
     assert rec["status"] == "oom" and "memory" in rec["error"].lower(), rec["error"]
     _ok(kv_mode="static", new_tokens=8)

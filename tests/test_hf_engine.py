@@ -27,8 +27,25 @@ def test_hf_tokens_and_logits_equal_ours_in_every_mode(tiny_model, attention):
 
 def test_hf_cell_record(tmp_path, capsys):
     out = tmp_path / "hf.json"
-    code = main(["cell", "--engine", "hf", "--model", "tiny", "--kv-mode", "static", "--prompt-len", "8",
-                 "--new-tokens", "6", "--iters", "2", "--out", str(out)])
+    code = main(
+        [
+            "cell",
+            "--engine",
+            "hf",
+            "--model",
+            "tiny",
+            "--kv-mode",
+            "static",
+            "--prompt-len",
+            "8",
+            "--new-tokens",
+            "6",
+            "--iters",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     rec = json.loads(out.read_text())
     assert rec["status"] == "ok" and rec["cell"]["engine"] == "hf"
@@ -37,9 +54,11 @@ def test_hf_cell_record(tmp_path, capsys):
 
 
 def test_hf_engine_refuses_what_transformers_gpt2_lacks(tmp_path, capsys):
-    for args, message in ((["--kv-mode", "static-int8"], "kv_mode (engine hf): 'static-int8' is not one of"),
-                          (["--n-kv-head", "2"], "n_kv_head: engine hf"),
-                          (["--engine", "vllm"], "engine: 'vllm' is not one of kvbench, hf, ct2")):
+    for args, message in (
+        (["--kv-mode", "static-int8"], "kv_mode (engine hf): 'static-int8' is not one of"),
+        (["--n-kv-head", "2"], "n_kv_head: engine hf"),
+        (["--engine", "vllm"], "engine: 'vllm' is not one of kvbench, hf, ct2"),
+    ):
         code = main(["cell", "--engine", "hf", "--model", "tiny", *args, "--out", str(tmp_path / "x.json")])
         err = capsys.readouterr().err
         assert code == 2 and message in err, err
@@ -50,6 +69,7 @@ def test_vs_peers_sweep_runs_on_tiny(tmp_path):
     """The shipped vs-peers-tiny sweep through the real snakemake: three engines side by side, static compiled."""
     import pandas as pd
     from test_pipeline import REPO, copy_workflow, snakemake
+
     copy_workflow(tmp_path)
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text((REPO / "config" / "config.yaml").read_text())
@@ -116,8 +136,13 @@ print(json.dumps(found))
 def deprecations_in_hf_cells(cells: list[list[str]], inject: bool = False) -> list[str]:
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-c", WARNING_PROBE, json.dumps(cells), "inject" if inject else "-"],
-                          capture_output=True, text=True, timeout=600)
+
+    proc = subprocess.run(
+        [sys.executable, "-c", WARNING_PROBE, json.dumps(cells), "inject" if inject else "-"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

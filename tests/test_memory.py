@@ -39,8 +39,9 @@ def test_cpu_peaks_lie_between_weights_plus_cache_and_the_rss(batch4_prompt512):
         kv = mem["kv_cache_bytes_measured"] or 0
         for phase in ("prefill_peak_allocated_bytes", "decode_peak_allocated_bytes"):
             assert mem["weights_bytes"] + kv <= mem[phase] <= mem["rss_peak_bytes"], (mode, phase)
-        assert mem["torch_peak_allocated_bytes"] == max(mem["prefill_peak_allocated_bytes"],
-                                                        mem["decode_peak_allocated_bytes"])
+        assert mem["torch_peak_allocated_bytes"] == max(
+            mem["prefill_peak_allocated_bytes"], mem["decode_peak_allocated_bytes"]
+        )
 
 
 def test_concat_decode_peak_exceeds_static_by_its_copies(batch4_prompt512):

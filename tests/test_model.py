@@ -47,9 +47,12 @@ def test_a_generation_may_end_exactly_at_the_block_size(tiny_model):
 
 def test_sampling_is_deterministic_for_a_seed_and_mode_independent(tiny_model):
     from kvbench.generate import Sampling
+
     prompt = random_prompt(1, 4)
-    runs = [generate(tiny_model, prompt, 10, m,
-                     sampling=Sampling(1.0, 50, torch.Generator().manual_seed(3))).tokens for m in MODES]
+    runs = [
+        generate(tiny_model, prompt, 10, m, sampling=Sampling(1.0, 50, torch.Generator().manual_seed(3))).tokens
+        for m in MODES
+    ]
     assert all(torch.equal(runs[0], r) for r in runs[1:])
 
 
@@ -92,7 +95,9 @@ def test_static_cache_is_written_in_place_and_never_reallocated(tiny_model):
         assert (cache.k.data_ptr(), cache.v.data_ptr()) == ptrs
     assert cache.k.shape == (cfg.n_layer, 2, cfg.kv_heads, 20, cfg.head_dim)
     assert cache.k[:, :, :, 19].abs().sum() > 0  # the last position was written
-    k, _ = cache.update(0, torch.zeros(2, cfg.kv_heads, 0, cfg.head_dim), torch.zeros(2, cfg.kv_heads, 0, cfg.head_dim), 20)
+    k, _ = cache.update(
+        0, torch.zeros(2, cfg.kv_heads, 0, cfg.head_dim), torch.zeros(2, cfg.kv_heads, 0, cfg.head_dim), 20
+    )
     assert k.untyped_storage().data_ptr() == ptrs[0]  # returned K is a view of the buffer
 
 
@@ -168,6 +173,7 @@ def test_int8_cache_bytes_equal_the_formula_and_are_about_a_quarter_of_fp32(tiny
 
 def test_cpu_weight_layout_changes_strides_only(tiny_model):
     from kvbench.model import prepare_for_decoding
+
     prompt = random_prompt(2, 6)
     before = generate(tiny_model, prompt, 8, "static", keep_logits=True)
     state = {k: v.clone() for k, v in tiny_model.state_dict().items()}

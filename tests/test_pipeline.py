@@ -19,13 +19,22 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-pytestmark = pytest.mark.skipif(shutil.which("kvbench") is None and not Path(sys.executable).with_name("kvbench").exists(),
-                                reason="kvbench is not installed (pip install -e .)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("kvbench") is None and not Path(sys.executable).with_name("kvbench").exists(),
+    reason="kvbench is not installed (pip install -e .)",
+)
 
 SWEEP = {
     "description": "pipeline test sweep",
-    "grid": {"model": ["tiny"], "dtype": ["fp32"], "kv_mode": ["none", "static"], "batch": [1],
-             "prompt_len": [8, 16], "new_tokens": [4], "attention": ["sdpa"]},
+    "grid": {
+        "model": ["tiny"],
+        "dtype": ["fp32"],
+        "kv_mode": ["none", "static"],
+        "batch": [1],
+        "prompt_len": [8, 16],
+        "new_tokens": [4],
+        "attention": ["sdpa"],
+    },
     "settings": {"device": "cpu", "warmup": 0, "iters": 1, "seed": 0, "check_steps": 2},
 }
 
@@ -33,7 +42,8 @@ SWEEP = {
 def write_config(workdir: Path, sweep: dict, run=("t",)) -> None:
     (workdir / "config").mkdir(exist_ok=True)
     (workdir / "config" / "config.yaml").write_text(
-        yaml.safe_dump({"run": list(run), "container": None, "sweeps": {"t": sweep}}, sort_keys=False))
+        yaml.safe_dump({"run": list(run), "container": None, "sweeps": {"t": sweep}}, sort_keys=False)
+    )
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -41,8 +51,14 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     # and the workflow must still find `kvbench` for its jobs.
     venv_bin = str(Path(sys.executable).parent)
     env_path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if d != venv_bin)
-    p = subprocess.run([*SNAKEMAKE, "--profile", str(REPO / "workflow/profiles/default"), *args],
-                       cwd=workdir, capture_output=True, text=True, timeout=900, env={**os.environ, "PATH": env_path})
+    p = subprocess.run(
+        [*SNAKEMAKE, "--profile", str(REPO / "workflow/profiles/default"), *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PATH": env_path},
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
@@ -64,9 +80,13 @@ def planned(workdir: Path) -> set[tuple[str, str]]:
 
 
 def downstream() -> set[tuple[str, str]]:
-    return {("aggregate", "results/t/tables"), ("figures", "results/t/figures"),
-            ("explain", "results/t/explanation.md"),
-            ("bundle", "results/t/bundle.zip"), ("all", "")}
+    return {
+        ("aggregate", "results/t/tables"),
+        ("figures", "results/t/figures"),
+        ("explain", "results/t/explanation.md"),
+        ("bundle", "results/t/bundle.zip"),
+        ("all", ""),
+    }
 
 
 def cell(mode: str, prompt: int, batch: int = 1) -> tuple[str, str]:
@@ -90,8 +110,11 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def test_full_run_produces_records_tables_figures_and_a_verified_bundle(workdir):
-    assert planned(workdir) == ({cell(m, p) for m in ("none", "static") for p in (8, 16)} | downstream()
-                                | {("visualize", "results/t/kv_attention.gif")})
+    assert planned(workdir) == (
+        {cell(m, p) for m in ("none", "static") for p in (8, 16)}
+        | downstream()
+        | {("visualize", "results/t/kv_attention.gif")}
+    )
     snakemake(workdir)
     records = sorted((workdir / "results/t/cells").rglob("*.json"))
     assert len(records) == 4
@@ -99,9 +122,15 @@ def test_full_run_produces_records_tables_figures_and_a_verified_bundle(workdir)
     for name in ("cells.csv", "per_step.csv", "speedup.csv", "summary.md", "sweep_kv_none.csv", "sweep_kv_static.csv"):
         assert (tables / name).stat().st_size > 0, name
     pngs = sorted(p.name for p in (workdir / "results/t/figures").glob("*.png"))
-    assert {"decode_ms_per_token.png", "peak_memory.png", "prefill_decode_split.png", "speedup_heatmap.png",
-            "per_token_latency.png"} <= set(pngs)
+    assert {
+        "decode_ms_per_token.png",
+        "peak_memory.png",
+        "prefill_decode_split.png",
+        "speedup_heatmap.png",
+        "per_token_latency.png",
+    } <= set(pngs)
     from kvbench.analysis.bundle import verify_bundle
+
     bundle = workdir / "results/t/bundle.zip"
     assert verify_bundle(bundle) == []
     names = zipfile.ZipFile(bundle).namelist()
@@ -154,11 +183,13 @@ def test_changing_plotting_code_reruns_no_cell(workdir):
 def test_changing_measurement_code_reruns_every_cell(workdir):
     edit_code(workdir / "kvbench/generate.py")
     assert {j for j in planned(workdir) if j[0] == "cell"} == {
-        cell(m, p) for m in ("none", "static") for p in (8, 16, 24)}
+        cell(m, p) for m in ("none", "static") for p in (8, 16, 24)
+    }
 
 
 def test_figures_are_byte_identical_for_the_same_tables(workdir, tmp_path):
     from kvbench.analysis.figures import render
+
     a, b = tmp_path / "a", tmp_path / "b"
     render(workdir / "results/t/tables", a)
     render(workdir / "results/t/tables", b)
@@ -176,12 +207,16 @@ def test_lint_is_clean(workdir):
 
 BAD_CONFIGS = [
     ("run: [t]\nsweeps: {t: {grid: {kv_mode: [none, static]}\n", "yaml"),  # malformed YAML
-    ("run: [t]\nsweeps: {t: {grid: {kv_mode: [paged]}}}\n",
-     "config: sweep 't': grid.kv_mode.0: 'paged' is not one of none, concat, static"),
+    (
+        "run: [t]\nsweeps: {t: {grid: {kv_mode: [paged]}}}\n",
+        "config: sweep 't': grid.kv_mode.0: 'paged' is not one of none, concat, static",
+    ),
     ("run: [t]\nsweeps: {t: {grid: {colour: [red]}}}\n", "config: sweep 't': grid: Additional properties"),
     ("run: [t]\nsweeps: {t: {grid: {batch: []}}}\n", "config: sweep 't': grid.batch is empty"),
-    ("run: [t]\nsweeps: {t: {grid: {model: [tiny], prompt_len: [60], new_tokens: [8]}}}\n",
-     "config: sweep 't': grid.prompt_len + grid.new_tokens = 60 + 8 exceeds tiny's block_size 64"),
+    (
+        "run: [t]\nsweeps: {t: {grid: {model: [tiny], prompt_len: [60], new_tokens: [8]}}}\n",
+        "config: sweep 't': grid.prompt_len + grid.new_tokens = 60 + 8 exceeds tiny's block_size 64",
+    ),
     ("run: [nope]\nsweeps: {t: {grid: {model: [tiny]}}}\n", "config: run: 'nope' is not a defined sweep"),
     ("run: [t]\nsweeps: {t: {grid: {model: [tiny]}, settings: {device: tpu}}}\n", "config: sweep 't': settings.device"),
 ]

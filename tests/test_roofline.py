@@ -9,8 +9,13 @@ from kvbench.model import build_random, preset
 
 def _fake(read: float, measured_at: float | None = None):
     import time
-    return lambda d, t: {"read_bandwidth_bytes_per_s": read, "copy_bandwidth_bytes_per_s": read,
-                         "peak_flops_per_s": 1.0, "measured_at": measured_at or time.time()}
+
+    return lambda d, t: {
+        "read_bandwidth_bytes_per_s": read,
+        "copy_bandwidth_bytes_per_s": read,
+        "peak_flops_per_s": 1.0,
+        "measured_at": measured_at or time.time(),
+    }
 
 
 def test_probe_measures_read_bandwidth_and_keeps_the_best(tmp_path, monkeypatch):
@@ -37,6 +42,7 @@ def test_probe_measures_read_bandwidth_and_keeps_the_best(tmp_path, monkeypatch)
 
 def test_probe_measured_once_per_sweep_and_again_when_its_key_changes(tmp_path, monkeypatch):
     import time
+
     calls = []
     monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(roofline, "measure", lambda d, t: calls.append(t) or _fake(5e10)(d, t))
@@ -77,8 +83,12 @@ def test_decode_step_cost_counts_weights_and_cache():
 
 def test_floor_fraction_and_suspect_flag():
     cfg = preset("tiny")
-    limits = {"bandwidth_bytes_per_s": 1e10, "peak_flops_per_s": 1e12, "bandwidth_source": "t",
-              "peak_flops_source": "t"}
+    limits = {
+        "bandwidth_bytes_per_s": 1e10,
+        "peak_flops_per_s": 1e12,
+        "bandwidth_source": "t",
+        "peak_flops_source": "t",
+    }
     a = roofline.analyse(cfg, 1, 8, 8, 4, 10_000_000, limits, measured_ms=2.0)
     assert a["floor_ms_per_token"] == pytest.approx(1e3 * a["decode_bytes_per_token"] / 1e10)
     assert a["fraction_of_floor"] == pytest.approx(a["floor_ms_per_token"] / 2.0) and not a["suspect"]

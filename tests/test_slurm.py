@@ -16,6 +16,8 @@ Needs root (slurmd and munged) and apt (or the packages already installed); skip
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -37,40 +39,61 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # Command-line settings the test cluster needs on top of the profile, and why:
 TEST_CLUSTER_ARGS = [
-    "--slurm-status-command", "squeue",          # no accounting: sacct cannot answer
-    "--slurm-init-seconds-before-status-checks", "2",   # poll soon: cells take seconds, not hours
-    "--slurm-no-account",                        # no accounts without accounting
-    "--latency-wait", "5",                       # one machine, no shared-file-system lag
-    "--max-threads", "1",                        # 1 CPU per cell: two cells at a time on the 2-CPU
-                                                 # node (plumbing, not timings; halves the run)
-    "--retries", "0",                            # the injected failure should fail once, not twice
+    "--slurm-status-command",
+    "squeue",  # no accounting: sacct cannot answer
+    "--slurm-init-seconds-before-status-checks",
+    "2",  # poll soon: cells take seconds, not hours
+    "--slurm-no-account",  # no accounts without accounting
+    "--latency-wait",
+    "5",  # one machine, no shared-file-system lag
+    "--max-threads",
+    "1",  # 1 CPU per cell: two cells at a time on the 2-CPU
+    # node (plumbing, not timings; halves the run)
+    "--retries",
+    "0",  # the injected failure should fail once, not twice
 ]
 
 
 # ---- machine setup (shared with tests/test_containers.py, which imports these) ------------------
+
 
 def machine_skip_reason(packages_needed: str = "slurm-wlm and munge") -> str | None:
     if sys.platform != "linux":
         return "needs Linux"
     if os.geteuid() != 0:
         return f"needs root (to install {packages_needed} and start their daemons)"
-    installed = subprocess.run([str(SCRIPTS / "install-system-deps.sh"), "--check"],
-                               capture_output=True).returncode == 0
+    installed = (
+        subprocess.run([str(SCRIPTS / "install-system-deps.sh"), "--check"], capture_output=True).returncode == 0
+    )
     if not installed and shutil.which("apt-get") is None:
         return f"{packages_needed} are not installed and there is no apt-get to install them"
     return None
 
 
+# `make test` runs test files on two workers, and both this file and test_containers.py use the
+# one local cluster: a setup lock serialises apt, slurm-up and slurm-down, and each user holds a
+# shared "users" lock while it needs the cluster, so only the last one out stops it.
+SETUP_LOCK, USERS_LOCK = Path("/tmp/kvbench-test-setup.lock"), Path("/tmp/kvbench-test-users.lock")
+
+
+@contextlib.contextmanager
+def locked(path: Path, mode: int):
+    with open(path, "a") as f:
+        fcntl.flock(f, mode)
+        yield f
+
+
 def install_system_deps() -> None:
-    p = subprocess.run([str(SCRIPTS / "install-system-deps.sh")], capture_output=True, text=True,
-                       timeout=900)
+    with locked(SETUP_LOCK, fcntl.LOCK_EX):
+        p = subprocess.run([str(SCRIPTS / "install-system-deps.sh")], capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, f"scripts/install-system-deps.sh failed:\n{p.stdout}\n{p.stderr}"
 
 
 def start_slurm() -> float:
     """Start the local cluster (idempotent); returns the seconds it took."""
     t0 = time.monotonic()
-    p = subprocess.run([str(SCRIPTS / "slurm-up.sh")], capture_output=True, text=True, timeout=300)
+    with locked(SETUP_LOCK, fcntl.LOCK_EX):
+        p = subprocess.run([str(SCRIPTS / "slurm-up.sh")], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, f"scripts/slurm-up.sh failed:\n{p.stdout}\n{p.stderr}"
     return time.monotonic() - t0
 
@@ -79,19 +102,35 @@ def stop_slurm() -> None:
     subprocess.run([str(SCRIPTS / "slurm-down.sh")], capture_output=True, text=True, timeout=120)
 
 
+@contextlib.contextmanager
+def shared_cluster():
+    """The local cluster, up while this test process (and any other) needs it."""
+    with locked(USERS_LOCK, fcntl.LOCK_SH) as users:
+        install_system_deps()
+        try:
+            yield start_slurm()
+        finally:
+            fcntl.flock(users, fcntl.LOCK_UN)
+            with locked(SETUP_LOCK, fcntl.LOCK_EX):
+                try:  # the last user out stops it
+                    fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    stop_slurm()
+                except BlockingIOError:
+                    pass
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     reason = machine_skip_reason()
     if reason:
         pytest.skip(reason)
-    install_system_deps()
-    seconds = start_slurm()
-    print(f"\nslurm-up took {seconds:.1f} s", file=sys.stderr)
-    yield {"up_seconds": seconds}
-    stop_slurm()
+    with shared_cluster() as seconds:
+        print(f"\nslurm-up took {seconds:.1f} s", file=sys.stderr)
+        yield {"up_seconds": seconds}
 
 
 # ---- workflow helpers -----------------------------------------------------------------------------
+
 
 def copy_workflow(dst: Path) -> Path:
     """The workflow and package sources, without results or caches, into `dst`."""
@@ -120,13 +159,20 @@ def slurm_profile(dst: Path, containers: bool) -> Path:
 def sweep_cells(workdir: Path, sweep: str = SWEEP) -> list[str]:
     """The record paths of a sweep, computed by kvbench's own sweep code (no torch import)."""
     from kvbench import sweep as kvsweep
+
     config = yaml.safe_load((workdir / "config/config.yaml").read_text())
     return [kvsweep.cell_path(sweep, c) for c in kvsweep.cells(config["sweeps"][sweep])]
 
 
 def run_snakemake(workdir: Path, args: list[str], env: dict, timeout: int = 1500) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def submitted_job_ids(output: str, rule: str = "cell") -> list[str]:
@@ -157,6 +203,7 @@ def planned_jobs(output: str) -> dict[str, int]:
 
 # ---- the tests ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def sweep_run(slurm_cluster, tmp_path_factory):
     """One SLURM run of the tiny sweep with one cell made to fail."""
@@ -173,18 +220,30 @@ def sweep_run(slurm_cluster, tmp_path_factory):
         "#!/bin/sh\n"
         "# Test shim: make one chosen cell fail while the marker file exists; else the real kvbench.\n"
         f'case " $* " in *" --out {failing} "*) [ -e {marker} ] && {{ echo "injected failure" >&2; exit 3; }} ;; esac\n'
-        f'exec {VENV_BIN / "kvbench"} "$@"\n')
+        f'exec {VENV_BIN / "kvbench"} "$@"\n'
+    )
     shim.chmod(0o755)
-    env = {**os.environ,
-           "PATH": f"{shim_dir}:{VENV_BIN}:{os.environ.get('PATH', '')}",
-           "KVBENCH_CACHE_DIR": str(workdir / ".cache")}
+    env = {
+        **os.environ,
+        "PATH": f"{shim_dir}:{VENV_BIN}:{os.environ.get('PATH', '')}",
+        "KVBENCH_CACHE_DIR": str(workdir / ".cache"),
+    }
     args = ["--workflow-profile", str(profile), *TEST_CLUSTER_ARGS, "--config", f"run=[{SWEEP}]"]
     t0 = time.monotonic()
     p = run_snakemake(workdir, args, env)
     seconds = time.monotonic() - t0
     print(f"\nSLURM sweep ({len(cells)} cells, one failing) took {seconds:.0f} s", file=sys.stderr)
-    return {"workdir": workdir, "env": env, "args": args, "cells": cells, "failing": failing,
-            "marker": marker, "proc": p, "output": p.stdout + p.stderr, "seconds": seconds}
+    return {
+        "workdir": workdir,
+        "env": env,
+        "args": args,
+        "cells": cells,
+        "failing": failing,
+        "marker": marker,
+        "proc": p,
+        "output": p.stdout + p.stderr,
+        "seconds": seconds,
+    }
 
 
 def test_sweep_on_slurm_every_cell_its_own_job_and_a_failure_leaves_the_rest(sweep_run):
@@ -224,8 +283,11 @@ def test_sweep_on_slurm_every_cell_its_own_job_and_a_failure_leaves_the_rest(swe
 def test_rerun_schedules_only_the_failed_cell_then_tables_and_figures(sweep_run, tmp_path):
     workdir, env, args = sweep_run["workdir"], sweep_run["env"], sweep_run["args"]
     failing = sweep_run["failing"]
-    before = {c: json.loads((workdir / c).read_text())["environment"]["slurm_job_id"]
-              for c in sweep_run["cells"] if c != failing}
+    before = {
+        c: json.loads((workdir / c).read_text())["environment"]["slurm_job_id"]
+        for c in sweep_run["cells"]
+        if c != failing
+    }
     sweep_run["marker"].unlink()
 
     dry = run_snakemake(workdir, [*args, "-n"], env, timeout=300)
@@ -236,8 +298,7 @@ def test_rerun_schedules_only_the_failed_cell_then_tables_and_figures(sweep_run,
 
     t0 = time.monotonic()
     p = run_snakemake(workdir, args, env)
-    print(f"\nSLURM rerun of the failed cell + tables/figures took {time.monotonic() - t0:.0f} s",
-          file=sys.stderr)
+    print(f"\nSLURM rerun of the failed cell + tables/figures took {time.monotonic() - t0:.0f} s", file=sys.stderr)
     output = p.stdout + p.stderr
     assert p.returncode == 0, output[-4000:]
     submitted = submitted_job_ids(output)
@@ -259,8 +320,9 @@ def test_rerun_schedules_only_the_failed_cell_then_tables_and_figures(sweep_run,
     # tables, byte for byte, and the same figures.
     local = copy_workflow(tmp_path / "local")
     shutil.copytree(workdir / f"results/{SWEEP}/cells", local / f"results/{SWEEP}/cells")
-    lp = run_snakemake(local, ["--cores", "2", "--config", f"run=[{SWEEP}]", "--",
-                               f"results/{SWEEP}/bundle.zip"], env, timeout=600)
+    lp = run_snakemake(
+        local, ["--cores", "2", "--config", f"run=[{SWEEP}]", "--", f"results/{SWEEP}/bundle.zip"], env, timeout=600
+    )
     assert lp.returncode == 0, lp.stdout[-3000:] + lp.stderr[-3000:]
     assert "rule cell" not in lp.stdout + lp.stderr, "the local run re-measured cells"
     local_tables = local / f"results/{SWEEP}/tables"
@@ -268,5 +330,6 @@ def test_rerun_schedules_only_the_failed_cell_then_tables_and_figures(sweep_run,
     for f in tables.iterdir():
         if f.suffix == ".csv":
             assert f.read_bytes() == (local_tables / f.name).read_bytes(), f.name
-    assert sorted(f.name for f in figures.iterdir()) == \
-        sorted(f.name for f in (local / f"results/{SWEEP}/figures").iterdir())
+    assert sorted(f.name for f in figures.iterdir()) == sorted(
+        f.name for f in (local / f"results/{SWEEP}/figures").iterdir()
+    )

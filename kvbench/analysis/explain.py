@@ -24,7 +24,7 @@ from kvbench.analysis import aggregate as agg
 from kvbench.analysis import claims
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
-from kvbench.kv_cache import INT8_SCALE_BYTES, kv_cache_bytes
+from kvbench.presets import INT8_SCALE_BYTES, kv_cache_bytes
 
 TABLES = ("cells.csv", "speedup.csv", "speedup_by_model.csv", "speedup_by_length.csv", "kv_variants.csv")
 PEAK_NAMES = {"torch_peak_allocated": "torch peak allocated", "rss_peak": "process RSS peak"}

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kvbench import record as kvrecord
-from kvbench.kv_cache import kv_cache_bytes
+from kvbench.presets import kv_cache_bytes
 
 MIB = 2**20
 KV_MODE_ORDER = ("none", "concat", "static", "static-int8")

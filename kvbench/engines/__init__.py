@@ -51,8 +51,16 @@ class Engine(ABC):
             raise ValueError(f"kv_mode (engine {cls.name}): {kv_mode!r} is not one of {', '.join(cls.kv_modes)}")
 
     @abstractmethod
-    def generate(self, prompt: torch.Tensor, new_tokens: int, kv_mode: str, *, sampling: Sampling = GREEDY,
-                 keep_logits: bool = False, on_token: Callable[[int], None] | None = None) -> Generation: ...
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        new_tokens: int,
+        kv_mode: str,
+        *,
+        sampling: Sampling = GREEDY,
+        keep_logits: bool = False,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Generation: ...
 
     def compiled_runner(self, kv_mode: str, prompt: torch.Tensor, new_tokens: int) -> Runner:
         """The generate function a `--compile` cell times, built (not yet traced) for these shapes."""
@@ -66,8 +74,9 @@ def engine_class(name: str) -> type[Engine]:
     return importlib.import_module(f"kvbench.engines.{name}").ENGINE
 
 
-def check(name: str, *, kv_mode: str, n_kv_head: int | None = None, attention: str = "sdpa",
-          compile: bool = False) -> None:
+def check(
+    name: str, *, kv_mode: str, n_kv_head: int | None = None, attention: str = "sdpa", compile: bool = False
+) -> None:
     engine_class(name).check(kv_mode=kv_mode, n_kv_head=n_kv_head, attention=attention, compile=compile)
 
 

@@ -39,8 +39,9 @@ def import_ctranslate2():
     try:
         import ctranslate2
     except ImportError as e:  # also when sys.modules["ctranslate2"] is None
-        raise ValueError(f"engine: ct2 needs the ctranslate2 package, which is missing ({e}); "
-                         f"install it with `pip install {PIN}`") from None
+        raise ValueError(
+            f"engine: ct2 needs the ctranslate2 package, which is missing ({e}); install it with `pip install {PIN}`"
+        ) from None
     return ctranslate2
 
 
@@ -80,6 +81,7 @@ def convert(model: GPT, compute_type: str) -> Path:
     from ctranslate2.converters import TransformersConverter
 
     from kvbench.engines.hf import to_hf
+
     target = cache_root() / weights_hash(model, compute_type, ctranslate2.__version__)
     if (target / "model.bin").is_file():
         return target
@@ -111,19 +113,24 @@ class CT2Engine(Engine):
     name = "ct2"
     kv_modes = ENGINE_KV_MODES["ct2"]  # CTranslate2 always caches, growing it by concatenation (module docstring)
     owns_weights = True
-    kv_cache_note = ("CTranslate2 manages its own cache (grown by concatenation each step); "
-                     "kv_cache_bytes_formula only, nothing measured")
+    kv_cache_note = (
+        "CTranslate2 manages its own cache (grown by concatenation each step); "
+        "kv_cache_bytes_formula only, nothing measured"
+    )
 
     @classmethod
     def check(cls, *, kv_mode, n_kv_head, attention, compile):
         import_ctranslate2()
         super().check(kv_mode=kv_mode, n_kv_head=n_kv_head, attention=attention, compile=compile)
         if n_kv_head is not None:
-            raise ValueError("n_kv_head: engine ct2 runs transformers' GPT-2 converted, which has no grouped-query "
-                             "attention")
+            raise ValueError(
+                "n_kv_head: engine ct2 runs transformers' GPT-2 converted, which has no grouped-query attention"
+            )
         if attention != "sdpa":
-            raise ValueError(f"attention (engine ct2): {attention!r} is not one of sdpa (CTranslate2 runs its own "
-                             f"attention kernels; sdpa is the default that stands for them)")
+            raise ValueError(
+                f"attention (engine ct2): {attention!r} is not one of sdpa (CTranslate2 runs its own "
+                f"attention kernels; sdpa is the default that stands for them)"
+            )
         if compile:
             raise ValueError("compile: engine ct2 has no compiled form (CTranslate2 is compiled C++ already)")
 
@@ -139,19 +146,32 @@ class CT2Engine(Engine):
         self.path = convert(model, self.compute_type)
         # intra_threads = torch's threads: the same cores as the other engines (the cell's --threads)
         self.generator = ctranslate2.Generator(
-            str(self.path), device=self.device.type, device_index=self.device.index or 0,
-            compute_type=self.compute_type, inter_threads=1, intra_threads=torch.get_num_threads())
+            str(self.path),
+            device=self.device.type,
+            device_index=self.device.index or 0,
+            compute_type=self.compute_type,
+            inter_threads=1,
+            intra_threads=torch.get_num_threads(),
+        )
 
-    def generate(self, prompt: torch.Tensor, new_tokens: int, kv_mode: str = "concat", *,
-                 sampling: Sampling = GREEDY, keep_logits: bool = False,
-                 on_token: Callable[[int], None] | None = None) -> Generation:
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        new_tokens: int,
+        kv_mode: str = "concat",
+        *,
+        sampling: Sampling = GREEDY,
+        keep_logits: bool = False,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Generation:
         if kv_mode not in self.kv_modes:
             raise ValueError(f"kv_mode (engine ct2): {kv_mode!r} is not one of {', '.join(self.kv_modes)}")
         if sampling.temperature > 0 or (sampling.vocab_limit or self.vocab_size) < self.vocab_size:
             raise ValueError("sampling: engine ct2 runs greedy decoding over the whole vocabulary only")
         if prompt.size(1) + new_tokens > self.block_size:
-            raise ValueError(f"prompt_len + new_tokens = {prompt.size(1) + new_tokens} exceeds block_size "
-                             f"{self.block_size}")
+            raise ValueError(
+                f"prompt_len + new_tokens = {prompt.size(1) + new_tokens} exceeds block_size {self.block_size}"
+            )
         B = prompt.size(0)
         starts = [[str(t) for t in row] for row in prompt.tolist()]
         tokens = torch.empty((B, new_tokens), dtype=torch.long)
@@ -173,6 +193,7 @@ class CT2Engine(Engine):
         From one `forward_batch` over prompt + generated tokens (a full forward, no cache): the
         streaming API returns token ids only. The tokens themselves come from the cached decode."""
         import numpy as np
+
         seq = torch.cat([prompt, tokens[:, :-1]], dim=1)
         out = self.generator.forward_batch([[str(t) for t in row] for row in seq.tolist()])
         if self.device.type == "cuda":

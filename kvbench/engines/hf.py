@@ -27,14 +27,26 @@ HF_KV_MODES = ENGINE_KV_MODES["hf"]
 def to_hf(model: GPT):
     """A transformers GPT2LMHeadModel holding exactly `model`'s weights, same device and dtype."""
     from transformers import GPT2Config, GPT2LMHeadModel
+
     c = model.config
     if c.kv_heads != c.n_head:
         raise ValueError("engine hf: transformers' GPT-2 has no grouped-query attention (n_kv_head must be n_head)")
     impl = {"sdpa": "sdpa", "math": "eager"}[model.transformer.h[0].attn.attention]
     w = model.transformer.wte.weight
-    cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
-                     n_head=c.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
-                     attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, dtype=w.dtype)
+    cfg = GPT2Config(
+        vocab_size=c.vocab_size,
+        n_positions=c.block_size,
+        n_embd=c.n_embd,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+        dtype=w.dtype,
+    )
     cfg._attn_implementation = impl
     with torch.device("meta"):
         hf = GPT2LMHeadModel(cfg)
@@ -50,19 +62,36 @@ def to_hf(model: GPT):
 
 def hf_forward(fn, cache, batch: int, device: torch.device) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """`forward(ids, start)` for the shared decode loop over transformers' model call `fn`."""
+
     def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
         if cache is None:
             return fn(ids, use_cache=False, logits_to_keep=1).logits
         positions = torch.arange(start, start + ids.size(1), device=device)
-        return fn(ids, past_key_values=cache, use_cache=True, position_ids=positions.unsqueeze(0).expand(batch, -1),
-                  cache_position=positions, logits_to_keep=1).logits
+        return fn(
+            ids,
+            past_key_values=cache,
+            use_cache=True,
+            position_ids=positions.unsqueeze(0).expand(batch, -1),
+            cache_position=positions,
+            logits_to_keep=1,
+        ).logits
+
     return forward
 
 
 @torch.inference_mode()
-def hf_generate(hf, prompt: torch.Tensor, new_tokens: int, kv_mode: str, *, sampling: Sampling = GREEDY,
-                keep_logits: bool = False, on_token: Callable[[int], None] | None = None) -> Generation:
+def hf_generate(
+    hf,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    kv_mode: str,
+    *,
+    sampling: Sampling = GREEDY,
+    keep_logits: bool = False,
+    on_token: Callable[[int], None] | None = None,
+) -> Generation:
     from transformers import DynamicCache, StaticCache
+
     total = check_length(prompt, new_tokens, hf.config.n_positions)
     if kv_mode == "none":
         cache = None
@@ -84,8 +113,12 @@ class HFCacheBytes:
         self.cache = cache
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.cache.layers
-                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+        return sum(
+            t.numel() * t.element_size()
+            for layer in self.cache.layers
+            for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+            if t is not None
+        )
 
 
 class HFCompiledStatic:
@@ -94,6 +127,7 @@ class HFCompiledStatic:
 
     def __init__(self, hf, prompt: torch.Tensor, max_len: int):
         from transformers import StaticCache
+
         self.hf = hf
         self.cache = StaticCache(config=hf.config, max_cache_len=max_len)
         with torch.no_grad():  # materialise the cache's tensors eagerly (they mark their static addresses)
@@ -105,9 +139,16 @@ class HFCompiledStatic:
         self.ids = torch.zeros((prompt.size(0), 1), dtype=torch.long, device=prompt.device)
 
     @torch.no_grad()
-    def __call__(self, prompt: torch.Tensor, new_tokens: int, kv_mode: str = "static", *,
-                 sampling: Sampling = GREEDY, keep_logits: bool = False,
-                 on_token: Callable[[int], None] | None = None) -> Generation:
+    def __call__(
+        self,
+        prompt: torch.Tensor,
+        new_tokens: int,
+        kv_mode: str = "static",
+        *,
+        sampling: Sampling = GREEDY,
+        keep_logits: bool = False,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Generation:
         check_length(prompt, new_tokens, self.hf.config.n_positions)
         self.cache.reset()
         eager = hf_forward(self.hf, self.cache, prompt.size(0), prompt.device)
@@ -135,8 +176,9 @@ class HFEngine(Engine):
         self.hf = self.module = to_hf(model)
 
     def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None):
-        return hf_generate(self.hf, prompt, new_tokens, kv_mode, sampling=sampling, keep_logits=keep_logits,
-                           on_token=on_token)
+        return hf_generate(
+            self.hf, prompt, new_tokens, kv_mode, sampling=sampling, keep_logits=keep_logits, on_token=on_token
+        )
 
     def compiled_runner(self, kv_mode: str, prompt: torch.Tensor, new_tokens: int) -> Runner:
         if kv_mode == "static":

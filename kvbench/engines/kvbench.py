@@ -46,6 +46,7 @@ def inductor_options(device: torch.device) -> contextlib.AbstractContextManager:
     cache = Path(os.environ.get("KVBENCH_CACHE_DIR", Path.home() / ".cache" / "kvbench")) / "inductor"
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
     import torch._inductor.config
+
     return torch._inductor.config.patch(CPU_INDUCTOR_OPTIONS)
 
 
@@ -56,8 +57,9 @@ class KvbenchEngine(Engine):
         self.model = self.module = model
 
     def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None):
-        return generate(self.model, prompt, new_tokens, kv_mode, sampling=sampling, keep_logits=keep_logits,
-                        on_token=on_token)
+        return generate(
+            self.model, prompt, new_tokens, kv_mode, sampling=sampling, keep_logits=keep_logits, on_token=on_token
+        )
 
     def compiled_runner(self, kv_mode: str, prompt: torch.Tensor, new_tokens: int) -> Runner:
         if kv_mode == "static":
@@ -86,15 +88,24 @@ class CompiledStaticDecoder:
         self.step = torch.compile(model.static_step, mode=compile_mode(self.device), fullgraph=True, dynamic=False)
 
     @torch.no_grad()
-    def __call__(self, prompt: torch.Tensor, new_tokens: int, kv_mode: str = "static", *,
-                 sampling: Sampling = GREEDY, keep_logits: bool = False,
-                 on_token: Callable[[int], None] | None = None) -> Generation:
+    def __call__(
+        self,
+        prompt: torch.Tensor,
+        new_tokens: int,
+        kv_mode: str = "static",
+        *,
+        sampling: Sampling = GREEDY,
+        keep_logits: bool = False,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Generation:
         if kv_mode != "static":
             raise ValueError(f"kv_mode: the compiled static decoder runs 'static', not {kv_mode!r}")
         total = check_length(prompt, new_tokens, self.model.config.block_size)
         if total - 1 > self.cache.max_len or prompt.size(0) != self.cache.k.size(1):
-            raise ValueError(f"compiled decoder was built for batch {self.cache.k.size(1)} and "
-                             f"{self.cache.max_len} positions, not batch {prompt.size(0)} and {total - 1}")
+            raise ValueError(
+                f"compiled decoder was built for batch {self.cache.k.size(1)} and "
+                f"{self.cache.max_len} positions, not batch {prompt.size(0)} and {total - 1}"
+            )
         self.cache.reset()
 
         def forward(ids: torch.Tensor, start: int) -> torch.Tensor:

@@ -10,10 +10,10 @@ rule aggregate:
         tables=directory("results/{sweep}/tables"),
     log:
         "results/{sweep}/logs/aggregate.log",
-    params:
-        config=CONFIG_FILE,
     localrule: True
     conda:
         "../../envs/kvbench.yaml"
+    params:
+        config=CONFIG_FILE,
     shell:
         "kvbench aggregate --sweep {wildcards.sweep} --config {params.config} --out {output.tables} 2> {log}"

@@ -13,15 +13,16 @@ rule cell:
         prompt_len=r"\d+",
         new_tokens=r"\d+",
         n_kv_head=r"all|\d+",
-    params:
-        flags=cell_flags,  # every setting that changes the result: a change reruns this cell only
+    conda:
+        "../../envs/kvbench.yaml"
+    container:
+        config.get("container")
     threads: cell_threads
     resources:
         gpu=lambda wc: 1 if on_gpu(wc) else 0,
         mem_mb=lambda wc: settings(wc).get("mem_mb", 8000),
         runtime=lambda wc: settings(wc).get("runtime", 60),
-    container: config.get("container")
-    conda:
-        "../../envs/kvbench.yaml"
+    params:
+        flags=cell_flags,  # every setting that changes the result: a change reruns this cell only
     shell:
         "kvbench cell {params.flags} --threads {threads} --out {output.record} 2> {log} && tail -n 1 {log}"

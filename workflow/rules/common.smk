@@ -12,7 +12,6 @@ sys.path.insert(0, str(REPO))  # kvbench importable even without `pip install -e
 from kvbench import record as kvrecord
 from kvbench import sweep as kvsweep
 
-
 # Jobs call `kvbench`: find it beside the Python running Snakemake (a venv's bin need not be on
 # PATH for `.venv/bin/snakemake`). Jobs inherit this; inside a container its own PATH decides.
 _bin = str(Path(sys.executable).parent)
@@ -28,6 +27,7 @@ envvars:
     "PATH",
     "KVBENCH_PROBE_SINCE",
 
+
 # A friendly one-line message first (sweep, key, allowed values), then Snakemake's own validation.
 kvsweep.check(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
 validate(config, "../schemas/config.schema.yaml")
@@ -39,9 +39,7 @@ MEASUREMENT_CODE = sorted(
     str(p)
     for p in PACKAGE.rglob("*.py")
     if p.name not in ("sweep.py", "sample.py") and "analysis" not in p.relative_to(PACKAGE).parts
-) + [
-    str(PACKAGE / "schemas" / "record.schema.json")
-]
+) + [str(PACKAGE / "schemas" / "record.schema.json")]
 CONFIG_FILE = workflow.configfiles[0] if workflow.configfiles else "config/config.yaml"
 
 # A damaged record (truncated, not a record, another schema_version) is moved aside to
@@ -79,8 +77,10 @@ def visualize_flags(wildcards):
 
     model = kvsweep.sweep_axes(SWEEPS[wildcards.sweep])["model"][0]
     cfg = PRESETS[model]
-    return (f"--model {model} --layer {min(5, cfg.n_layer - 1)} --head 0 --prompt-len 8 --new-tokens 16 "
-            f"--seed {settings(wildcards)['seed']}")
+    return (
+        f"--model {model} --layer {min(5, cfg.n_layer - 1)} --head 0 --prompt-len 8 --new-tokens 16 "
+        f"--seed {settings(wildcards)['seed']}"
+    )
 
 
 def on_gpu(wildcards):
@@ -105,6 +105,9 @@ onstart:
     try:
         fcntl.flock(_run_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        print(f"kvbench: refused: another snakemake is running a sweep in {os.getcwd()}; wait for it "
-              f"(or stop it) and run again", file=sys.stderr)
+        print(
+            f"kvbench: refused: another snakemake is running a sweep in {os.getcwd()}; wait for it "
+            f"(or stop it) and run again",
+            file=sys.stderr,
+        )
         raise SystemExit(1)  # one line, not a traceback; Snakemake still drops this run's own locks

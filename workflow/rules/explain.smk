@@ -5,7 +5,13 @@ rule explain:
     input:
         tables="results/{sweep}/tables",
         code=analysis_code(
-            "explain.py", "claims.py", "data/claims.csv", "frame.py", "aggregate.py", "report.py", "templates/explanation.md.j2"
+            "explain.py",
+            "claims.py",
+            "data/claims.csv",
+            "frame.py",
+            "aggregate.py",
+            "report.py",
+            "templates/explanation.md.j2",
         ),
     output:
         explanation=report("results/{sweep}/explanation.md", caption="../report/explanation.rst", category="{sweep}"),

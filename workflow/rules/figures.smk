@@ -31,10 +31,10 @@ rule visualize:
         gif="results/{sweep}/kv_attention.gif",
     log:
         "results/{sweep}/logs/visualize.log",
-    params:
-        flags=visualize_flags,
     localrule: True  # seconds of CPU work: not worth a cluster job
     conda:
         "../../envs/kvbench.yaml"
+    params:
+        flags=visualize_flags,
     shell:
         "kvbench visualize {params.flags} --out {output.gif} 2> {log}"
