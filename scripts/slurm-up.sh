@@ -40,11 +40,16 @@ done
 NODE=$(hostname -s)
 
 # ---- already up? ------------------------------------------------------------------------------
-if [ -f "$CONF" ] && grep -qF "$MARKER" "$CONF" \
-   && [ "$(sinfo -h -n "$NODE" -o %t 2>/dev/null)" = idle ] \
-   && timeout 20 srun -N1 -n1 -t 1 hostname >/dev/null 2>&1; then
-    log "already running (node $NODE idle, srun works)"
-    exit 0
+# A node running jobs (mix, alloc, completing) is up too: tearing it down would kill another
+# test's jobs (make test runs the SLURM and container files on two workers at once).
+if [ -f "$CONF" ] && grep -qF "$MARKER" "$CONF"; then
+    state=$(sinfo -h -n "$NODE" -o %t 2>/dev/null)
+    case "$state" in
+        mix|alloc|comp) log "already running (node $NODE $state: busy with jobs)"; exit 0 ;;
+        idle) if timeout 20 srun -N1 -n1 -t 1 hostname >/dev/null 2>&1; then
+                  log "already running (node $NODE idle, srun works)"; exit 0
+              fi ;;
+    esac
 fi
 
 if [ -f "$CONF" ] && ! grep -qF "$MARKER" "$CONF"; then
