@@ -65,6 +65,7 @@ def test_hf_engine_refuses_what_transformers_gpt2_lacks(tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.slow  # the real Snakemake over every engine, static cells compiled
 def test_vs_peers_sweep_runs_on_tiny(tmp_path):
     """The shipped vs-peers-tiny sweep through the real snakemake: three engines side by side, static compiled."""
     import pandas as pd

@@ -19,10 +19,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-pytestmark = pytest.mark.skipif(
-    shutil.which("kvbench") is None and not Path(sys.executable).with_name("kvbench").exists(),
-    reason="kvbench is not installed (pip install -e .)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("kvbench") is None and not Path(sys.executable).with_name("kvbench").exists(),
+        reason="kvbench is not installed (pip install -e .)",
+    ),
+]
 
 SWEEP = {
     "description": "pipeline test sweep",

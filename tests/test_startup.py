@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from kvbench.model import build_random, preset
@@ -42,6 +43,7 @@ def test_weights_laid_out_for_decoding_are_initialised_once_in_place():
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))  # seeded
 
 
+@pytest.mark.slow  # six cell processes
 def test_breakdown_benchmark_prints_every_phase(repo):
     p = subprocess.run(
         [
