@@ -17,7 +17,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def add_cell_parser(sub) -> None:
-    from kvbench.cell import CellSpec
+    from kvbench.spec import CellSpec
 
     d = CellSpec()
     p = sub.add_parser(

@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from kvbench import checkpoint
-    from kvbench.cell import CellSpec, UsageError
     from kvbench.devices import DTYPES
     from kvbench.generate import Sampling, generate
     from kvbench.model import build_random, prepare_for_decoding
+    from kvbench.spec import CellSpec, UsageError
     from kvbench.tokenizer import EncodingError, load_encoding
 
     def fail(msg: str) -> int:

@@ -105,7 +105,7 @@ def render(frames: list[dict], title: str, max_len: int, kv_bytes_per_token: int
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    from kvbench.cell import CellSpec, UsageError
+    from kvbench.spec import CellSpec, UsageError
 
     def fail(msg: str) -> int:
         print(f"kvbench visualize: error: {msg}", file=sys.stderr)
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from kvbench import checkpoint
-    from kvbench.cell import make_prompt
     from kvbench.model import build_random
+    from kvbench.spec import make_prompt
 
     model = (
         checkpoint.load(args.checkpoint, device, torch.float32)

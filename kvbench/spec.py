@@ -1,0 +1,172 @@
+"""A cell's settings: `CellSpec`, every field validated before anything heavy is built.
+
+Bad input is a `UsageError`: one line naming the field and the allowed values, exit code 2.
+The output path is proven writable here too, so a cell is never measured only to fail at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kvbench import checkpoint, engines
+from kvbench.devices import DTYPES, resolve_device
+from kvbench.kv_cache import KV_MODES
+from kvbench.model import ATTENTION_IMPLS, PRESETS, GPTConfig, preset
+from kvbench.presets import ENGINES
+
+
+class UsageError(ValueError):
+    """Bad input: reported as one line, exit code 2, before any heavy work."""
+
+
+@dataclass
+class CellSpec:
+    model: str = "gpt2"
+    kv_mode: str = "static"
+    batch: int = 1
+    prompt_len: int = 16
+    new_tokens: int = 16
+    dtype: str = "fp32"
+    attention: str = "sdpa"
+    device: str = "auto"
+    seed: int = 0
+    warmup: int = 1
+    iters: int = 3
+    check_steps: int = 16
+    n_kv_head: int | None = None
+    block_size: int | None = None
+    checkpoint: str | None = None
+    prompt_file: str | None = None
+    encoding: str = "gpt2"
+    threads: int | None = None
+    out: str | None = None
+    engine: str = "kvbench"
+    compile: bool = False
+
+    def check(self) -> tuple[GPTConfig, torch.device]:
+        """Validate every field; return the model config and device. Raises UsageError."""
+
+        def choose(field: str, value, allowed) -> None:
+            if value not in allowed:
+                raise UsageError(f"{field}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+        def at_least(field: str, value: int, low: int) -> None:
+            if not isinstance(value, int) or value < low:
+                raise UsageError(f"{field}: {value!r} must be an integer >= {low}")
+
+        if self.checkpoint is None:
+            choose("model", self.model, tuple(PRESETS))
+        choose("kv_mode", self.kv_mode, KV_MODES)
+        choose("dtype", self.dtype, tuple(DTYPES))
+        choose("attention", self.attention, ATTENTION_IMPLS)
+        choose("engine", self.engine, ENGINES)
+        try:  # what this engine runs (kvbench/engines/): kv modes, attention, compile, its package
+            engines.check(
+                self.engine,
+                kv_mode=self.kv_mode,
+                n_kv_head=self.n_kv_head,
+                attention=self.attention,
+                compile=self.compile,
+            )
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        at_least("batch", self.batch, 1)
+        at_least("prompt_len", self.prompt_len, 1)
+        at_least("new_tokens", self.new_tokens, 2)  # one prefill token + at least one decode step
+        at_least("warmup", self.warmup, 0)
+        at_least("iters", self.iters, 1)
+        at_least("check_steps", self.check_steps, 0)
+        for field in ("threads", "block_size", "n_kv_head"):
+            if getattr(self, field) is not None:
+                at_least(field, getattr(self, field), 1)
+        try:
+            device = resolve_device(self.device)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if self.checkpoint is not None:
+            if self.n_kv_head is not None or self.block_size is not None:
+                raise UsageError("n_kv_head, block_size: only for random weights (a checkpoint fixes both)")
+            try:
+                cfg = checkpoint.read_config(self.checkpoint)
+            except checkpoint.CheckpointError as e:
+                raise UsageError(str(e)) from None
+        else:
+            try:
+                cfg = preset(self.model, n_kv_head=self.n_kv_head, block_size=self.block_size)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+        if self.prompt_len + self.new_tokens > cfg.block_size:
+            raise UsageError(
+                f"prompt_len + new_tokens: {self.prompt_len} + {self.new_tokens} = "
+                f"{self.prompt_len + self.new_tokens} exceeds the model's block_size {cfg.block_size}"
+            )
+        if self.prompt_file is not None and not Path(self.prompt_file).is_file():
+            raise UsageError(f"prompt_file: {self.prompt_file!r} does not exist")
+        if self.out is not None:
+            check_writable(Path(self.out))
+        return cfg, device
+
+    def as_record_cell(self, device: torch.device) -> dict:
+        return {
+            "model": self.model,
+            "kv_mode": self.kv_mode,
+            "batch": self.batch,
+            "prompt_len": self.prompt_len,
+            "new_tokens": self.new_tokens,
+            "dtype": self.dtype,
+            "attention": self.attention,
+            "device": str(device),
+            "prompt_source": f"file:{self.prompt_file}" if self.prompt_file else "random",
+            "seed": self.seed,
+            "warmup": self.warmup,
+            "iters": self.iters,
+            "engine": self.engine,
+            "n_kv_head": self.n_kv_head,
+            "block_size": self.block_size,
+            "compile": self.compile,
+            "checkpoint": self.checkpoint,
+            "check_steps": min(self.check_steps, self.new_tokens),
+        }
+
+
+def check_writable(out: Path) -> None:
+    """Prove the record can be written where it goes: create (and remove) a file beside it.
+
+    `os.access` is not proof: as root it says yes to read-only mounts and to /proc, and a cell
+    would be measured in full only to fail at the end.
+    """
+    if out.is_dir():
+        raise UsageError(f"out: {str(out)!r} is a directory; give a file path ending in .json")
+    parent = out.parent
+    while not parent.exists():  # the nearest existing ancestor must let us create the rest
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"out: {str(out)!r} is not writable ({str(parent)!r} is not a directory)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+        if out.exists():
+            with open(out, "r+b"):
+                pass
+    except OSError as e:
+        raise UsageError(f"out: {str(out)!r} is not writable ({e.strerror or e})") from None
+
+
+def make_prompt(spec: CellSpec, vocab_size: int) -> torch.Tensor:
+    """(batch, prompt_len) token ids, the same on every device for the same seed and source."""
+    if spec.prompt_file is None:
+        gen = torch.Generator().manual_seed(spec.seed)
+        return torch.randint(0, vocab_size, (spec.batch, spec.prompt_len), generator=gen)
+    from kvbench.tokenizer import load_encoding
+
+    ids = load_encoding(spec.encoding).encode_ordinary(Path(spec.prompt_file).read_text())
+    if not ids:
+        raise UsageError(f"prompt_file: {spec.prompt_file!r} encodes to no tokens")
+    ids = (ids * (spec.prompt_len // len(ids) + 1))[: spec.prompt_len]  # repeat a short text to length
+    return torch.tensor(ids).unsqueeze(0).repeat(spec.batch, 1)
