@@ -20,7 +20,7 @@ from kvbench.environment import collect as collect_environment
 from kvbench.kv_cache import INT8_SCALE_BYTES, kv_cache_bytes
 from kvbench.model import GPT, build_random, prepare_for_decoding
 from kvbench.record import SCHEMA_VERSION, now_utc
-from kvbench.spec import CellSpec, UsageError, check_writable, make_prompt  # noqa: F401  (re-exported)
+from kvbench.spec import CellSpec, UsageError, make_prompt
 from kvbench.timing import TokenTimer, stats
 
 
