@@ -128,7 +128,7 @@ def cmd_cell(args: argparse.Namespace, import_s: float | None = None) -> int:
 # Commands whose module parses its own arguments (and imports nothing heavy until it runs).
 DELEGATED = {
     "sample": ("kvbench.sample", "text in, text out with tiktoken's gpt2 encoding, any decode mode"),
-    "visualize": ("kvbench.analysis.attention_gif", "animated GIF of q, K, V and attention while the cache grows"),
+    "visualize": ("kvbench.visualize", "animated GIF of q, K, V and attention while the cache grows"),
     "aggregate": ("kvbench.analysis.aggregate", "records -> tables (pandas)"),
     "figures": ("kvbench.analysis.figures", "tables -> seaborn figures"),
     "bundle": ("kvbench.analysis.bundle", "a sweep's outputs -> bundle.zip with a sha256 manifest"),

@@ -465,7 +465,8 @@ def test_the_analysis_side_never_imports_torch():
 
     code = (
         "import sys, kvbench.analysis.aggregate, kvbench.analysis.figures, kvbench.analysis.explain, "
-        "kvbench.analysis.bundle; print('torch' in sys.modules)"
+        "kvbench.analysis.bundle, kvbench.analysis.publish, kvbench.analysis.attention_gif; "
+        "print('torch' in sys.modules)"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr

@@ -26,7 +26,12 @@ rule figures:
 
 rule visualize:
     input:
-        code=[*analysis_code("attention_gif.py"), PACKAGE / "model.py", PACKAGE / "kv_cache.py"],
+        code=[
+            *analysis_code("attention_gif.py"),
+            PACKAGE / "visualize.py",
+            PACKAGE / "model.py",
+            PACKAGE / "kv_cache.py",
+        ],
     output:
         gif="results/{sweep}/kv_attention.gif",
     log:
