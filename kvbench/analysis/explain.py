@@ -66,56 +66,54 @@ def cache_size(df: pd.DataFrame) -> dict:
         return {"n": 0}
     formula, measured = cached["memory.kv_cache_bytes_formula"], cached["memory.kv_cache_bytes_measured"]
     differ = cached[measured.notna() & (measured != formula)]
-    groups = ["cell.engine", "cell.model", "cell.dtype", "kv_heads", "cell.kv_mode"]
     size = cached["cell.batch"].astype(float) * cached["tokens"]
-    big = cached.loc[size.groupby([cached[g] for g in groups], observed=True, sort=True).idxmax().values]
+    groups = [cached[g] for g in ("cell.engine", "cell.model", "cell.dtype", "kv_heads", "cell.kv_mode")]
+    big = cached.loc[size.groupby(groups, observed=True, sort=True).idxmax().values]
     weights = big["memory.weights_bytes"].astype(float)
-    shape = (big["n_layer"], 1, big["kv_heads"], 1, big["head_dim"])
-    per_token = kv_cache_bytes(*shape, big["elem_bytes"], "static")
-    per_token = per_token.where(big["cell.kv_mode"] != "static-int8", kv_cache_bytes(*shape, 0, "static-int8"))
+    per_token = big["kv_formula"] / (big["cell.batch"].astype(float) * big["tokens"])  # the formula is linear in both
     cross = weights / per_token
     ids = {"model": big["cell.model"], "kv_mode": big["cell.kv_mode"], "dtype": big["cell.dtype"]}
     ids |= {"engine": big["cell.engine"]} if df["cell.engine"].nunique() > 1 else {}
     ids["K/V heads"] = big["kv_heads"].map(rp.lab)
     largest = pd.DataFrame(
         ids
-        | {
-            "batch": big["cell.batch"].map(rp.lab),
-            "tokens": big["tokens"].map(rp.lab),
-            "formula": [f"`{formula_text(r)}`" for _, r in big.iterrows()],
-            "= bytes": big["kv_formula"].map(rp.nbytes),
-            "record: formula": big["memory.kv_cache_bytes_formula"].map(rp.nbytes),
-            "record: measured": big["memory.kv_cache_bytes_measured"].map(rp.nbytes),
-            "weights": weights.map(rp.nbytes),
-            "cache / weights": (big["kv_held"] / weights).map(lambda v: "–" if rp.f(v) is None else f"{v:.3g}"),
-        }
+        | {"batch": big["cell.batch"].map(rp.lab), "tokens": big["tokens"].map(rp.lab)}
+        | {"formula": [f"`{formula_text(r)}`" for _, r in big.iterrows()], "= bytes": big["kv_formula"].map(rp.nbytes)}
+        | {"record: formula": big["memory.kv_cache_bytes_formula"].map(rp.nbytes)}
+        | {"record: measured": big["memory.kv_cache_bytes_measured"].map(rp.nbytes), "weights": weights.map(rp.nbytes)}
+        | {"cache / weights": (big["kv_held"] / weights).map(lambda v: "–" if rp.f(v) is None else f"{v:.3g}")}
     )
     block = big["block_size"].fillna(0)
-    crossover = pd.DataFrame(
-        ids
-        | {
-            "cache per token per sequence": per_token.map(rp.nbytes),
-            "weights": weights.map(rp.nbytes),
-            "batch × tokens where cache = weights": cross.map("{:,.0f}".format),
-            "full context (block size): from": [
-                f"{_i(b)}: batch ≥ {math.ceil(c / b):,}" if b > 0 else "–" for b, c in zip(block, cross)
-            ],
-        }
-    )
+    crossover = {
+        "cache per token per sequence": per_token.map(rp.nbytes),
+        "weights": weights.map(rp.nbytes),
+        "batch × tokens where cache = weights": cross.map("{:,.0f}".format),
+        "full context (block size): from": [
+            f"{_i(b)}: batch ≥ {math.ceil(c / b):,}" if b > 0 else "–" for b, c in zip(block, cross)
+        ],
+    }
+    pairs = zip(differ["record"], differ["memory.kv_cache_bytes_formula"], differ["memory.kv_cache_bytes_measured"])
     return {
         "n": len(cached),
         "agree_formula": int((cached["kv_formula"] == formula.astype(float)).sum()),
         "agree_measured": int((measured == formula).sum()),
         "no_measured": int(measured.isna().sum()),
-        "differ": [
-            f"`{r}`: formula {rp.nbytes(a)}, measured {rp.nbytes(b)}"
-            for r, a, b in zip(
-                differ["record"], differ["memory.kv_cache_bytes_formula"], differ["memory.kv_cache_bytes_measured"]
-            )
-        ],
+        "differ": [f"`{r}`: formula {rp.nbytes(a)}, measured {rp.nbytes(b)}" for r, a, b in pairs],
         "largest": largest,
-        "crossover": crossover[cross.notna().values],
+        "crossover": pd.DataFrame(ids | crossover)[cross.notna().values],
     }
+
+
+def wide(t: pd.DataFrame, rows: list[str], x: str, head: str) -> pd.DataFrame:
+    """t's `cell` strings, a row per combination of `rows`, a column per value of x (headed `head`
+    and the value), '–' where no cell; K/V heads spelled "all" where the setting is empty."""
+    heads = [r for r in rows if r.endswith("n_kv_head")]
+    w = t.assign(**{r: rp.sort_heads(t[r]) for r in heads}).pivot_table(
+        index=rows, columns=x, values="cell", aggfunc="first", observed=True, sort=True
+    )
+    w = w.rename(columns=lambda c: f"{head}{rp.lab(c)}").fillna("–").reset_index()
+    w[heads] = w[heads].map(rp.heads)
+    return w.rename(columns=lambda c: c.removeprefix("cell.")).map(rp.lab)
 
 
 def along(t: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, str]:
@@ -131,13 +129,9 @@ def along(t: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, str]:
     )
     others = [c for c in ("engine", "model", *agg.SETTINGS[1:], "new_tokens") if c != axis and t[c].nunique() > 1]
     rows = ["kv_mode", *others]
-    wide = t.pivot_table(index=rows, columns=axis, values="cell", aggfunc="first", observed=True, sort=True)
-    totals = t.pivot_table(index=rows, columns=axis, values="total_speedup", aggfunc="first", observed=True)
-    trends = [rp.trend(list(r)) for r in totals.reindex(index=wide.index, columns=wide.columns).itertuples(False)]
-    wide = wide.fillna("–").reset_index().assign(**{"total speedup": trends})
-    if "n_kv_head" in wide:
-        wide["n_kv_head"] = wide["n_kv_head"].map(rp.heads)
-    wide.columns = [f"{axis} = {rp.lab(c)}" if c in totals.columns else c for c in wide.columns]
+    # along the axis: the table is sorted with the axis last (aggregate.AXIS_ORDER), and shows a row's first cell
+    firsts = t.drop_duplicates([*rows, axis])
+    trends = firsts.groupby(rows, observed=True, sort=True)["total_speedup"].agg(lambda s: rp.trend(list(s))).values
     counted = pd.Series([tr for tr in trends if tr != "–"], dtype=object)
     counts = ", ".join(f"{n} in {(counted == n).sum()}" for n in ("grows", "falls", "mixed") if (counted == n).any())
     line = (
@@ -146,7 +140,7 @@ def along(t: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, str]:
         if len(counted)
         else "Measured: no row has two finished pairs to compare."
     )
-    return wide.map(rp.lab), line
+    return wide(t, rows, axis, f"{axis} = ").assign(**{"total speedup": trends}), line
 
 
 def speedup_growth(df: pd.DataFrame, sp: pd.DataFrame) -> dict:
@@ -258,14 +252,7 @@ def beyond_weights(df: pd.DataFrame) -> dict:
         f"{rp.num(b / fr.MIB)} ({'no cache' if pd.isna(k) else rp.num(k / fr.MIB)})"
         for b, k in zip(ok["beyond_bytes"], ok["memory.kv_cache_bytes_formula"].astype(float))
     ]
-    ok = ok.assign(cell=cell, **{"cell.n_kv_head": rp.sort_heads(ok["cell.n_kv_head"])})
-    wide = ok.pivot_table(index=rows, columns=x, values="cell", aggfunc="first", observed=True, sort=True)
-    wide = wide.fillna("–").reset_index()
-    if "cell.n_kv_head" in wide:
-        wide["cell.n_kv_head"] = wide["cell.n_kv_head"].map(rp.heads)
-    wide.columns = [
-        c.removeprefix("cell.") if str(c).startswith("cell.") else f"{x[5:]} {rp.lab(c)}" for c in wide.columns
-    ]
+    ok = ok.assign(cell=cell)
     ends = list(ok[x].cat.categories[[0, -1]]) if x == "cell.model" else [ok[x].min(), ok[x].max()]
     spans = [
         f"{m} {rp.mib(g[g[x] == ends[0]]['beyond_bytes'].median())} at {x[5:]} {ends[0]} → "
@@ -273,7 +260,12 @@ def beyond_weights(df: pd.DataFrame) -> dict:
         for m, g in ok.groupby("cell.kv_mode", observed=True)
     ]
     sources = sorted(set(ok["beyond_source"].astype(str)))
-    return {"beyond": wide.map(rp.lab), "beyond_sources": sources, "beyond_spans": spans, "beyond_axis": x[5:]}
+    return {
+        "beyond": wide(ok, rows, x, f"{x[5:]} "),
+        "beyond_sources": sources,
+        "beyond_spans": spans,
+        "beyond_axis": x[5:],
+    }
 
 
 def floor(df: pd.DataFrame) -> dict | None:
@@ -304,34 +296,38 @@ def variants(df: pd.DataFrame) -> pd.DataFrame | None:
     full = v[(v["kv_mode"] == "static") & (v["status"] == "ok") & (v["n_kv_head"] == v["n_head"])]
     v = v.merge(full[coord + ["held"]].rename(columns={"held": "ref"}), on=coord, how="left")
     head_dim = df.groupby("cell.model", observed=True)["head_dim"].max()
-    rows = []
-    for (engine, model, dtype, kv, mode, heads), g in v.groupby(
-        ["engine", "model", "dtype", -v["n_kv_head"].astype(float), "kv_mode", "n_head"], observed=True, sort=True
-    ):
-        ok, kv = g[g["status"] == "ok"], int(-kv)
-        elem, hd = fr.DTYPE_BYTES.get(str(dtype)), head_dim.get(model)
-        expect = "no cache" if mode == "none" else f"{kv}/{heads} = {kv / heads:.3g}"
-        if mode == "static-int8":
-            ratio = kv / heads * (hd + INT8_SCALE_BYTES) / (hd * elem) if elem and rp.f(hd) else None
-            expect = "–" if ratio is None else f"{kv}/{heads} × ({_i(hd)} + 4) / ({_i(hd)} × {elem}) = {ratio:.3g}"
-        match = ok["matches_reference"].astype(str)
-        first = sorted({rp.lab(s) for s in ok["first_mismatch_step"].dropna()}, key=rp.natural)
-        tokens = f"{(match == 'True').sum()} of {len(ok)}"
-        tokens += f"; differ from step {', '.join(first)}" if (match == "False").any() and first else ""
-        rows.append(
-            [model, dtype, mode, f"{kv} of {heads}", f"{len(ok)} of {len(g)}"]
-            + ["–" if mode == "none" else rp.spread(ok["held"] / ok["ref"], lambda x: f"{x:.3g}", "cells"), expect]
-            + [rp.spread(ok["decode_ms_per_token"], rp.num, "cells"), rp.spread(ok["decode_speedup"])]
-            + ["–" if not ok["max_logit_diff"].notna().any() else f"{ok['max_logit_diff'].max():.3g}"]
-            + ["the reference" if mode == "none" else tokens, engine]
-        )
-    out = pd.DataFrame(rows, columns=VARIANT_COLUMNS + ["engine"])
+    keys = ["engine", "model", "dtype", -v["n_kv_head"].astype(float), "kv_mode", "n_head"]  # most K/V heads first
+    out = pd.DataFrame(variant(g, *k, head_dim.get(k[1])) for k, g in v.groupby(keys, observed=True, sort=True))
     return out if out["engine"].nunique() > 1 else out.drop(columns="engine")
 
 
-VARIANT_COLUMNS = ["model", "dtype", "kv_mode", "K/V heads", "ok cells", "cache bytes / static all heads"]
-VARIANT_COLUMNS += ["formula's ratio", "decode ms/token", "decode speedup vs none", "max logit diff"]
-VARIANT_COLUMNS += ["greedy tokens = none's"]
+def variant(g: pd.DataFrame, engine, model, dtype, kv, mode, heads, hd) -> dict:
+    """A row of section 5: one kv mode at one K/V head count, over its cells."""
+    ok, kv, elem = g[g["status"] == "ok"], int(-kv), fr.DTYPE_BYTES.get(str(dtype))
+    expect = "no cache" if mode == "none" else f"{kv}/{heads} = {kv / heads:.3g}"
+    if mode == "static-int8":
+        ratio = kv / heads * (hd + INT8_SCALE_BYTES) / (hd * elem) if elem and rp.f(hd) else None
+        expect = "–" if ratio is None else f"{kv}/{heads} × ({_i(hd)} + 4) / ({_i(hd)} × {elem}) = {ratio:.3g}"
+    match = ok["matches_reference"].astype(str)
+    first = sorted({rp.lab(s) for s in ok["first_mismatch_step"].dropna()}, key=rp.natural)
+    tokens = f"{(match == 'True').sum()} of {len(ok)}"
+    tokens += f"; differ from step {', '.join(first)}" if (match == "False").any() and first else ""
+    bytes_ratio = rp.spread(ok["held"] / ok["ref"], lambda x: f"{x:.3g}", "cells")
+    logit = ok["max_logit_diff"].max()
+    return {
+        "model": model,
+        "dtype": dtype,
+        "kv_mode": mode,
+        "K/V heads": f"{kv} of {heads}",
+        "ok cells": f"{len(ok)} of {len(g)}",
+        "cache bytes / static all heads": "–" if mode == "none" else bytes_ratio,
+        "formula's ratio": expect,
+        "decode ms/token": rp.spread(ok["decode_ms_per_token"], rp.num, "cells"),
+        "decode speedup vs none": rp.spread(ok["decode_speedup"]),
+        "max logit diff": "–" if pd.isna(logit) else f"{logit:.3g}",
+        "greedy tokens = none's": "the reference" if mode == "none" else tokens,
+        "engine": engine,
+    }
 
 
 def explanation_markdown(tables_dir: Path) -> str:

@@ -139,25 +139,23 @@ def summary_markdown(df: pd.DataFrame, sweep: str | None) -> str:
     """A page a person reads first: what ran, what failed, the headline numbers."""
     keys = varying(df, ("kv_mode", "batch", "prompt_len")) + ["batch", "prompt_len"]
     dec = "latency.decode_ms_per_token.median"
-    ok = df[df["ok"] & df[dec].notna()]
-    latency = []
-    for mode in df["cell.kv_mode"].cat.categories:
-        g = ok[ok["cell.kv_mode"] == mode]
-        if not len(g):
-            latency.append([mode, 0] + ["–"] * 5)
-            continue
-        fast, slow = g.loc[g[dec].astype(float).idxmin()], g.loc[g[dec].astype(float).idxmax()]
-        tps = g["latency.decode_tokens_per_s"].astype(float).max()
-        latency.append(
-            [mode, len(g), fixed(fast[dec]), where(fast, keys), fixed(slow[dec]), where(slow, keys), f"{tps:.1f}"]
-        )
+    ok = df[df["ok"] & df[dec].notna()].assign(ms=lambda d: d[dec].astype(float))
+    latency = pd.DataFrame(
+        latency_row(mode, ok[ok["cell.kv_mode"] == mode], keys) for mode in df["cell.kv_mode"].cat.categories
+    )
     sp = fr.pairs(df).dropna(subset=["decode_speedup"])
-    speedups = [
-        [mode, len(g), x(top["decode_speedup"]), where(top, keys)]
-        + [x(g["decode_speedup"].median()), x(g["total_speedup"].max())]
+    speedups = pd.DataFrame(
+        {
+            "kv_mode": mode,
+            "pairs": len(g),
+            "best decode speedup": x(top["decode_speedup"]),
+            "at": where(top, keys),
+            "median decode speedup": x(g["decode_speedup"].median()),
+            "best total speedup": x(g["total_speedup"].max()),
+        }
         for mode, g in sp.groupby("cell.kv_mode", observed=True)
         for top in [g.loc[g["decode_speedup"].idxmax()]]
-    ]
+    )
     best = sp.loc[sp["decode_speedup"].idxmax()] if len(sp) else None
     bad = df[~df["ok"]].sort_values("status", kind="stable")
     failed = pd.DataFrame(
@@ -176,8 +174,8 @@ def summary_markdown(df: pd.DataFrame, sweep: str | None) -> str:
         statuses=status_counts(df),
         devices=devices(df),
         settings={k: values(df, k) for k in ("model", "dtype", "attention", "new_tokens")},
-        latency=pd.DataFrame(latency, columns=LATENCY_COLUMNS),
-        speedups=pd.DataFrame(speedups, columns=SPEEDUP_COLUMNS),
+        latency=latency,
+        speedups=speedups,
         best=None
         if best is None
         else {"mode": best["cell.kv_mode"], "at": where(best, keys), "speedup": x(best["decode_speedup"])}
@@ -190,13 +188,15 @@ def summary_markdown(df: pd.DataFrame, sweep: str | None) -> str:
     )
 
 
-LATENCY_COLUMNS = [
-    "kv_mode",
-    "ok cells",
-    "fastest ms/token",
-    "at",
-    "slowest ms/token",
-    "at ",
-    "best tokens/s (batch total)",
-]
-SPEEDUP_COLUMNS = ["kv_mode", "pairs", "best decode speedup", "at", "median decode speedup", "best total speedup"]
+def latency_row(mode: str, g: pd.DataFrame, keys: list[str]) -> dict:
+    """summary.md's row of one kv mode: its fastest and slowest finished cell, its best throughput."""
+    fast, slow = (g.loc[g["ms"].idxmin()], g.loc[g["ms"].idxmax()]) if len(g) else ({}, {})
+    return {
+        "kv_mode": mode,
+        "ok cells": len(g),
+        "fastest ms/token": fixed(fast.get("ms")),
+        "at": where(fast, keys) if len(g) else "–",
+        "slowest ms/token": fixed(slow.get("ms")),
+        "at ": where(slow, keys) if len(g) else "–",  # a second "at": to_markdown needs distinct names
+        "best tokens/s (batch total)": f"{g['latency.decode_tokens_per_s'].astype(float).max():.1f}" if len(g) else "–",
+    }
