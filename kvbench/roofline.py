@@ -21,6 +21,7 @@ import torch
 
 from kvbench.devices import synchronize
 from kvbench.model import GPTConfig
+from kvbench.record import write_atomic_text
 
 # Vendor datasheet peak memory bandwidth (bytes/s), by a substring of the device name. For context only.
 GPU_SPEC_BANDWIDTH = {
@@ -145,13 +146,10 @@ def device_limits(device: torch.device, device_name: str, dtype: torch.dtype) ->
         if cached is not None:
             for key in LIMIT_KEYS:
                 limits[key] = max(limits[key], cached[key])
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(limits))
-            os.replace(tmp, path)
+            write_atomic_text(path, json.dumps(limits))
         except OSError:  # a read-only or full home only costs a re-measurement next time
-            tmp.unlink(missing_ok=True)
+            pass
     return {
         "bandwidth_bytes_per_s": limits["read_bandwidth_bytes_per_s"],
         "bandwidth_source": f"measured read (sum over 1 GiB, {device.type}, best on this host)",
