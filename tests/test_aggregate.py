@@ -259,28 +259,6 @@ def test_peak_memory_falls_back_to_rss_on_cpu(tmp_path: Path) -> None:
     assert row["peak_memory_mib"] == pytest.approx(300_000_000 / 2**20, rel=1e-5)
 
 
-def test_summary_names_counts_best_speedup_and_oom(sweep: Sweep) -> None:
-    text = (sweep.tables / "summary.md").read_text()
-    assert text.startswith(f"# kvbench summary: {SWEEP}\n")
-    assert "records: 12 (ok 11, oom 1)" in text
-    speedup = sweep.csv("speedup.csv")
-    best = speedup.loc[speedup["decode_speedup"].idxmax()]
-    headline = f"Best decode speedup: **{best['decode_speedup']:.2f}×** ({best['cell.kv_mode']}"
-    assert headline + " vs none at batch=" in text
-    oom_section = text.split("## Cells not measured")[1]
-    rows = [
-        [c.strip() for c in line.strip("|").split("|")] for line in oom_section.splitlines() if line.startswith("| oom")
-    ]
-    assert rows == [
-        [
-            "oom",
-            OOM_CELL[0],
-            f"batch={OOM_CELL[1]}, prompt_len={OOM_CELL[2]}",
-            "CUDA out of memory. Tried to allocate 2.00 MiB",
-        ]
-    ]
-
-
 def test_aggregate_is_byte_identical_whatever_the_input_order_or_place(sweep: Sweep, tmp_path: Path) -> None:
     moved = tmp_path / "elsewhere" / "results" / SWEEP / "cells"
     shutil.copytree(sweep.dir / "cells", moved)

@@ -136,7 +136,12 @@ def status_counts(df: pd.DataFrame) -> str:
 
 
 def summary_markdown(df: pd.DataFrame, sweep: str | None) -> str:
-    """A page a person reads first: what ran, what failed, the headline numbers."""
+    """summary.md: a page a person reads first."""
+    return render("summary.md.j2", **summary(df, sweep))
+
+
+def summary(df: pd.DataFrame, sweep: str | None) -> dict:
+    """summary.md's sections: what ran, the decode latency and speedup per kv mode, what failed."""
     keys = varying(df, ("kv_mode", "batch", "prompt_len")) + ["batch", "prompt_len"]
     dec = "latency.decode_ms_per_token.median"
     ok = df[df["ok"] & df[dec].notna()].assign(ms=lambda d: d[dec].astype(float))
@@ -167,25 +172,24 @@ def summary_markdown(df: pd.DataFrame, sweep: str | None) -> str:
         }
     )
     mismatch = df[df.get("check.matches_reference", pd.Series(dtype=object)).astype(str) == "False"]
-    return render(
-        "summary.md.j2",
-        sweep=sweep,
-        n=len(df),
-        statuses=status_counts(df),
-        devices=devices(df),
-        settings={k: values(df, k) for k in ("model", "dtype", "attention", "new_tokens")},
-        latency=latency,
-        speedups=speedups,
-        best=None
+    return {
+        "sweep": sweep,
+        "n": len(df),
+        "statuses": status_counts(df),
+        "devices": devices(df),
+        "settings": {k: values(df, k) for k in ("model", "dtype", "attention", "new_tokens")},
+        "latency": latency,
+        "speedups": speedups,
+        "best": None
         if best is None
         else {"mode": best["cell.kv_mode"], "at": where(best, keys), "speedup": x(best["decode_speedup"])}
         | {"ms": fixed(best["decode_ms"]), "none_ms": fixed(best["none_decode_ms"])},
-        failed=failed,
-        mismatches=[
+        "failed": failed,
+        "mismatches": [
             f"{r['cell.kv_mode']}: {where(r, keys)} (first mismatch step {lab(r.get('check.first_mismatch_step'))})"
             for _, r in mismatch.iterrows()
         ],
-    )
+    }
 
 
 def latency_row(mode: str, g: pd.DataFrame, keys: list[str]) -> dict:
