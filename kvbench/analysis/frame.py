@@ -237,10 +237,8 @@ def per_step(df: pd.DataFrame) -> pd.DataFrame:
     long = long[long["decode_ms"].map(lambda v: isinstance(v, list) and len(v) > 0)].explode("decode_ms")
     long["step"] = long.groupby(level=0).cumcount() + 1
     long["context_tokens"] = long["cell.prompt_len"].astype("Int64") + long["step"]
-    kv = [
-        None if pd.isna(f) else round(f * c / t) for f, c, t in zip(long["formula"], long["context_tokens"], long["t"])
-    ]
-    long["kv_cache_bytes"] = pd.array(kv, dtype="Int64")
+    kv = long["formula"].astype(float) * long["context_tokens"].astype(float) / long["t"].astype(float)
+    long["kv_cache_bytes"] = kv.round().astype("Int64")
     long["kv_cache_mib"] = long["kv_cache_bytes"].astype(float) / MIB
     long["decode_ms"] = long["decode_ms"].astype(float)
     cols = ["record", *CELL, "step", "context_tokens", "decode_ms", "kv_cache_bytes", "kv_cache_mib"]
