@@ -1,27 +1,25 @@
-"""The drawing conventions every figure shares: reproducible bytes, one kv-mode palette, one
-failed-cell marker, one tick helper, one x axis from what the sweep varies, the one FacetGrid
-(a column of panels per kv mode or metric, a row per combination of the other settings that vary),
-and `lines`, which draws a line figure from its row of the spec table (figures.LINES)."""
+"""The drawing conventions every figure shares: reproducible bytes, one kv-mode palette, one failed-cell
+marker, one tick helper, the one FacetGrid (a column of panels per kv mode or metric, a row per combination
+of the other settings that vary), and `lines`, which draws a line figure from its row of figures.LINES."""
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-matplotlib.use("Agg")  # before pyplot: seaborn's FacetGrid makes pyplot figures; no GUI backend here
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+from kvbench.analysis import claims
+from kvbench.analysis import frame as fr
+from kvbench.analysis import report as rp
 
-from kvbench.analysis import claims  # noqa: E402
-from kvbench.analysis import frame as fr  # noqa: E402
-from kvbench.analysis import report as rp  # noqa: E402
+matplotlib.use("Agg")  # seaborn's FacetGrid makes pyplot figures (none exists yet); no GUI backend here
 
 # Reproducible bytes: no timestamps or versions in the files, a fixed salt for SVG ids, text as paths.
 RC = {
@@ -58,12 +56,9 @@ class Skip(Exception):
     """A figure left out of this sweep, and why (one line in the log)."""
 
 
-def hue_colors(hue: str, values: Sequence[str]) -> dict:
-    """The one palette: kv modes in their own colours, anything else (batches) along viridis
-    (its pale end dropped)."""
-    if hue.endswith("kv_mode"):
-        return {v: PALETTE.get(v, "0.4") for v in values}
-    return dict(zip(values, sns.color_palette("viridis", len(values) + 1)[: len(values)]))
+def color(mode) -> str | tuple:
+    """The one palette: a kv mode's colour (grey for an unknown one)."""
+    return PALETTE.get(str(mode), "0.4")
 
 
 def failed(status) -> tuple[str, str]:
@@ -73,18 +68,10 @@ def failed(status) -> tuple[str, str]:
 
 def mark(ax, x: float, y: float, status, label: str = "", transform=None) -> None:
     """The one failed-cell marker: an X in the status's colour where the cell would be, labelled."""
-    transform, color = transform or ax.transData, failed(status)[0]
-    ax.scatter([x], [y], transform=transform, color=color, **MARKER)
+    transform, c = transform or ax.transData, failed(status)[0]
+    ax.scatter([x], [y], transform=transform, color=c, **MARKER)
     if label:
-        ax.annotate(label, (x, y), xycoords=transform, color=color, **MARKER_LABEL)
-
-
-def mark_edge(ax, xs, statuses, labels) -> None:
-    """Failed cells at the panel's top edge over their x, stacked downwards when several fail at one x."""
-    seen: Counter = Counter()
-    for x, status, label in zip(xs, statuses, labels):
-        mark(ax, x, 0.95 - 0.09 * seen[x], status, label, ax.get_xaxis_transform())
-        seen[x] += 1
+        ax.annotate(label, (x, y), xycoords=transform, color=c, **MARKER_LABEL)
 
 
 def failed_handles(statuses) -> list[Line2D]:
@@ -110,22 +97,14 @@ def ticks(axis, lo: float, hi: float, log: bool, fmt: str = "{:g}") -> None:
 def facet_label(df: pd.DataFrame, exclude: Sequence[str], prefix: str = "cell.") -> pd.Series:
     """A row of panels per combination of the settings that vary (other than the axes), e.g.
     'engine=hf, n_kv_head=all'. `prefix`: "cell." on the frame, "" on a reading table."""
-    keys = [
-        k
-        for k in FACET_KEYS
-        if k not in exclude and f"{prefix}{k}" in df and df[f"{prefix}{k}"].nunique(dropna=False) > 1
-    ]
-    if not keys:
-        return pd.Series("", index=df.index)
-    cols = [f"{prefix}{k}" for k in keys]
-    return df[cols].apply(
-        lambda r: ", ".join(f"{k}={rp.heads(v) if k == 'n_kv_head' else rp.lab(v)}" for k, v in zip(keys, r)), axis=1
-    )
+    keys = [k for k in FACET_KEYS if k not in exclude and prefix + k in df and df[prefix + k].nunique(dropna=False) > 1]
+    parts = {k: f"{k}=" + df[prefix + k].astype(object).map(rp.heads if k == "n_kv_head" else rp.lab) for k in keys}
+    return pd.DataFrame(parts, index=df.index).agg(", ".join, axis=1)
 
 
-def x_axis(data: pd.DataFrame, x: str) -> tuple[pd.Series, dict, list[str]]:
-    """The sweep's x: models by size at 0, 1, 2 ... (labelled with their size), numbers on a log2
-    axis. Returns each row's position, {value's label: position} and the tick labels."""
+def positions(data: pd.DataFrame, x: str) -> tuple[pd.Series, dict, list[str]]:
+    """Where each row sits along the sweep's x: models by size at 0, 1, 2 ... (labelled with their size),
+    numbers as they are (on a log2 axis). Returns the positions, {value's label: position}, the tick labels."""
     if x.endswith("model"):
         models = data[x].cat.remove_unused_categories()
         size = data["n_params"].astype(float).groupby(models, observed=True).max().fillna(0)
@@ -135,35 +114,16 @@ def x_axis(data: pd.DataFrame, x: str) -> tuple[pd.Series, dict, list[str]]:
     return data[x].astype(float), {rp.lab(v): v for v in vals}, [rp.lab(v) for v in vals]
 
 
-def set_x(ax, x: str, pos: Sequence[float], labels: list[str]) -> None:
-    if not x.endswith("model"):
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(pos, labels, fontsize=8)
-    ax.xaxis.set_minor_locator(NullLocator())
-    lo, hi = min(pos), max(pos)
-    ax.set_xlim(*((lo - 0.5, hi + 0.5) if x.endswith("model") else (lo / 1.4, hi * 1.4)))
-
-
 def facet_grid(
-    data, col: str, panel: Callable, title: str, *, labels, col_title="{}", legend=(), size=(4.2, 3.4), **kw
+    data, panel, title, labels, col="cell.kv_mode", col_title="kv_mode = {}", legend=(), size=(4.2, 3.4), **kw
 ):
-    """The one FacetGrid: a column of panels per `col` value (a Categorical's order, else as they
-    come), a row per `facet` label; `panel(ax, rows)` draws one. `labels`: the x and y axis labels,
-    `col_title`: a panel's title ('{}' is the value), `legend`: handles (none: no legend)."""
+    """The one FacetGrid: a column of panels per `col` value (a Categorical's order, else as they come),
+    a row per `facet` label; `panel(ax, rows)` draws one. `labels`: the x and y axis labels, `col_title`:
+    a panel's title ('{}' is the value), `legend`: handles (none: no legend), `size`: a panel's inches."""
     values = data[col].cat.remove_unused_categories().cat.categories if data[col].dtype == "category" else data[col]
     order, rows = list(dict.fromkeys(values)), list(dict.fromkeys(data["facet"]))
-    width, height = size
-    g = sns.FacetGrid(
-        data,
-        col=col,
-        col_order=order,
-        row="facet",
-        row_order=rows,
-        despine=False,
-        height=height,
-        aspect=width / height,
-        **kw,
-    )
+    kw |= {"despine": False, "height": size[1], "aspect": size[0] / size[1]}
+    g = sns.FacetGrid(data, col=col, col_order=order, row="facet", row_order=rows, **kw)
     g.map_dataframe(lambda data, **_: panel(plt.gca(), data))
     for (row, value), ax in g.axes_dict.items():
         ax.set_title(col_title.format(value) + (f"\n{row}" if row else ""))
@@ -201,14 +161,15 @@ def lines(spec: Lines, df: pd.DataFrame) -> plt.Figure:
     if x is None:
         raise Skip("one cell per kv mode: nothing varies to draw a line along")
     data = spec.data(df)
-    data["x"], where, labels = x_axis(data, x)
+    data["x"], where, ticklabels = positions(data, x)
     prefix = "cell." if x.startswith("cell.") else ""  # the frame, or a reading table
     data["facet"] = facet_label(data, [c.removeprefix("cell.") for c in (spec.col, spec.hue, x)], prefix)
     data["hue"] = data[spec.hue].astype(object).map(rp.lab) if x != spec.hue else "all"
-    colors = hue_colors(spec.hue, sorted(set(data["hue"]), key=rp.natural))
-    claimed = {}
-    if spec.claims:
-        claimed = {where[v]: lohi for v, lohi in claims.claimed(spec.claims[0], x).items() if v in where}
+    hues = sorted(set(data["hue"]), key=rp.natural)
+    viridis = sns.color_palette("viridis", len(hues) + 1)  # for batches; its pale end left out
+    colors = {h: color(h) for h in hues} if spec.hue.endswith("kv_mode") else dict(zip(hues, viridis))
+    stated = claims.claimed(spec.claims[0], x) if spec.claims else {}
+    claimed = {where[v]: lohi for v, lohi in stated.items() if v in where}
     first_col = data[spec.col].iloc[0]  # the claims go in the first column of panels (the whole generation)
 
     def panel(ax, d: pd.DataFrame) -> None:
@@ -221,11 +182,10 @@ def lines(spec: Lines, df: pd.DataFrame) -> plt.Figure:
                 yerr = [(line["y"] - line["lo"]).clip(lower=0), (line["hi"] - line["y"]).clip(lower=0)]
                 ax.errorbar(line["x"], line["y"], yerr=yerr, fmt="none", ecolor=c, elinewidth=0.8, capsize=2)
             for xv, v in zip(line["x"], line["y"]) if spec.annotate else ():
-                ax.annotate(
-                    spec.annotate.format(v), (xv, v), xytext=(5, 4), textcoords="offset points", fontsize=7, color=c
-                )
-        bad = d[~d["ok"]]
-        mark_edge(ax, bad["x"], bad["status"], bad["mark"])
+                ax.annotate(spec.annotate.format(v), (xv, v), (5, 4), textcoords="offset points", fontsize=7, color=c)
+        bad = d[~d["ok"]]  # at the panel's top edge, stacked downwards where several fail at one x
+        for xv, n, status, label in zip(bad["x"], bad.groupby("x").cumcount(), bad["status"], bad["mark"]):
+            mark(ax, xv, 0.95 - 0.09 * n, status, label, ax.get_xaxis_transform())
         # the write-ups state the whole generation's speedup, of plain multi-head models
         if claimed and d[spec.col].iloc[0] == first_col and d["n_kv_head"].isna().all():
             for xv, (lo, hi) in claimed.items():
@@ -246,25 +206,25 @@ def lines(spec: Lines, df: pd.DataFrame) -> plt.Figure:
     log = lo > 0 and (spec.log if spec.log is not None else hi / lo > 20)  # a small range reads better linear
     handles = [Line2D([], [], color=c, marker="o", label=spec.hue_label.format(h)) for h, c in colors.items()]
     handles = handles if x != spec.hue else []
-    if spec.beside:
-        handles.append(Line2D([], [], color="0.3", linestyle="--", label=spec.beside))
-    if spec.hline:
-        handles.append(Line2D([], [], color="0.3", linestyle=":", label=spec.hline[1]))
-    if spec.err:
-        handles.append(
-            Line2D([], [], color="0.3", marker="|", linestyle="none", markersize=10, label="min–max over iterations")
-        )
-    if claimed:
-        handles.append(Line2D([], [], color="0.55", linewidth=5, alpha=0.6, label=spec.claims[1]))
+    others = (  # the legend's other entries (label, style), where drawn
+        (spec.beside, dict(color="0.3", linestyle="--")),
+        (spec.hline and spec.hline[1], dict(color="0.3", linestyle=":")),
+        (spec.err and "min–max over iterations", dict(color="0.3", marker="|", linestyle="none", markersize=10)),
+        (claimed and spec.claims[1], dict(color="0.55", linewidth=5, alpha=0.6)),
+    )
+    handles += [Line2D([], [], label=label, **style) for label, style in others if label]
     sources = ", ".join(sorted(set(ok["source"].dropna().astype(str)))) if "source" in ok else ""
-    axis_labels = (AXIS_LABELS[x.removeprefix("cell.")], spec.ylabel.format(sources or "n/a"))
+    labels = (AXIS_LABELS[x.removeprefix("cell.")], spec.ylabel.format(sources or "n/a"))
     legend = handles + failed_handles(data.loc[~data["ok"], "status"])
     size = (max(4.2, 1.1 * len(where) + 1.5), 3.4)
-    g = facet_grid(
-        data, spec.col, panel, spec.title, labels=axis_labels, col_title=spec.col_title, legend=legend, size=size
-    )
+    g = facet_grid(data, panel, spec.title, labels, col=spec.col, col_title=spec.col_title, legend=legend, size=size)
+    xlo, xhi = min(where.values()), max(where.values())
     for ax in g.axes.flat:
-        set_x(ax, x, list(where.values()), labels)
+        if not x.endswith("model"):
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(list(where.values()), ticklabels, fontsize=8)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(*((xlo - 0.5, xhi + 0.5) if x.endswith("model") else (xlo / 1.4, xhi * 1.4)))
     ax0 = g.axes.flat[0]  # the y axis is shared
     if log:
         ax0.set_yscale("log")

@@ -123,36 +123,25 @@ def split_figure(df: pd.DataFrame) -> plt.Figure:
         decode=df[f"{D}.median"].astype(float) * df["latency.decode_steps"].astype(float),
     )
     labels = list(dict.fromkeys(data.sort_values(cols)["label"]))
+    data["y"] = data["label"].map(labels.index)
     colors = sns.color_palette("colorblind", 2)
 
     def panel(ax, d: pd.DataFrame) -> None:
         ok, bad = d[d["ok"]], d[~d["ok"]]
-        ax.barh(ok["label"].map(labels.index), ok["prefill"], color=colors[0], height=0.7)
-        ax.barh(ok["label"].map(labels.index), ok["decode"], left=ok["prefill"], color=colors[1], height=0.7)
-        for y, status in zip(bad["label"].map(labels.index), bad["status"]):  # the marker where the bar would start
+        ax.barh(ok["y"], ok["prefill"], color=colors[0], height=0.7)
+        ax.barh(ok["y"], ok["decode"], left=ok["prefill"], color=colors[1], height=0.7)
+        for y, status in zip(bad["y"], bad["status"]):  # the marker where the bar would start
             fc.mark(ax, 0.03, y, status, transform=ax.get_yaxis_transform())
         ax.set_xlim(left=0)
 
-    legend = [Patch(color=colors[0], label="prefill (time to first token)")]
-    legend += [
+    legend = [
+        Patch(color=colors[0], label="prefill (time to first token)"),
         Patch(color=colors[1], label="decode (steps × median ms/step)"),
         *fc.failed_handles(df.loc[~df["ok"], "status"]),
     ]
-    title, axis_labels, size = (
-        "Prefill vs decode: where one generation's time goes",
-        ("ms per generation (median)", "cell"),
-        (4.2, 0.9 + 0.28 * len(labels)),
-    )
+    title, size = "Prefill vs decode: where one generation's time goes", (4.2, 0.9 + 0.28 * len(labels))
     g = fc.facet_grid(
-        data,
-        "cell.kv_mode",
-        panel,
-        title,
-        labels=axis_labels,
-        col_title="kv_mode = {}",
-        legend=legend,
-        size=size,
-        sharex=False,
+        data, panel, title, ("ms per generation (median)", "cell"), legend=legend, size=size, sharex=False
     )
     for ax in g.axes.flat:
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -174,12 +163,12 @@ def heatmap_figure(df: pd.DataFrame) -> plt.Figure:
     vals = long["v"][long["v"] > 0]
     span = max(float(vals.max()), 1 / float(vals.min()), 2.0) if len(vals) else 2.0
     norm, cmap = LogNorm(1 / span, span), matplotlib.colormaps["RdBu"]
+    style = {"cmap": cmap, "norm": norm, "cbar": False, "fmt": "", "annot_kws": {"fontsize": 8}, "linewidths": 0.5}
     batches, prompts = sorted(set(sp["cell.batch"])), sorted(set(sp["cell.prompt_len"]))
 
     def panel(ax, d: pd.DataFrame) -> None:
         wide = d.pivot_table(index="cell.batch", columns="cell.prompt_len", values="v", aggfunc="first", observed=True)
         wide = wide.reindex(index=batches, columns=prompts)
-        style = {"cmap": cmap, "norm": norm, "cbar": False, "fmt": "", "annot_kws": {"fontsize": 8}, "linewidths": 0.5}
         sns.heatmap(wide, ax=ax, annot=wide.map(lambda v: f"{v:.2f}×"), linecolor="white", **style)
         ax.grid(False)
         bad = d[d["v"].isna()]
@@ -188,18 +177,8 @@ def heatmap_figure(df: pd.DataFrame) -> plt.Figure:
         ax.tick_params(axis="y", rotation=0)
 
     size = (max(4.2, 0.75 * len(prompts) + 1.4), max(2.4, 0.45 * len(batches) + 1.3))
-    axis_labels, title = ("prompt length (tokens)", "batch"), "Speedup of each KV cache over none"
-    g = fc.facet_grid(
-        long,
-        "cell.kv_mode",
-        panel,
-        title,
-        labels=axis_labels,
-        col_title="{} vs none",
-        size=size,
-        sharex=False,
-        sharey=False,
-    )
+    labels, title = (fc.AXIS_LABELS["prompt_len"], "batch"), "Speedup of each KV cache over none"
+    g = fc.facet_grid(long, panel, title, labels, col_title="{} vs none", size=size, sharex=False, sharey=False)
     g.figure.subplots_adjust(hspace=0.6, top=0.88, right=0.85)
     bar = g.figure.colorbar(
         plt.cm.ScalarMappable(norm, cmap), ax=g.axes, shrink=0.8, label="speedup = none ms / mode ms"
@@ -207,9 +186,8 @@ def heatmap_figure(df: pd.DataFrame) -> plt.Figure:
     fc.ticks(bar.ax.yaxis, 1 / span, span, log=True, fmt="{:g}×")
     bad = long.loc[long["v"].isna(), "status"]
     if len(bad):  # below the panels: the colour bar holds the right side
-        g.figure.legend(
-            handles=fc.failed_handles(bad), loc="lower center", frameon=False, ncols=3, bbox_to_anchor=(0.5, -0.05)
-        )
+        handles = fc.failed_handles(bad)
+        g.figure.legend(handles=handles, loc="lower center", frameon=False, ncols=3, bbox_to_anchor=(0.5, -0.05))
     return g.figure
 
 
@@ -226,46 +204,39 @@ def variants_figure(df: pd.DataFrame) -> plt.Figure:
     counts = t.groupby(["facet", *at]).agg(n=("ok", "sum"), size=("size", "first")).reset_index()
     best = counts.sort_values(["facet", "n", "size", *at]).drop_duplicates("facet", keep="last")
     t = t.merge(best[["facet", *at]], on=["facet", *at])
-    setting = (
-        "batch "
-        + t["batch"].map(rp.lab)
-        + ", prompt "
-        + t["prompt_len"].map(rp.lab)
-        + ", new tokens "
-        + t["new_tokens"].map(rp.lab)
-    )
+    lab = t[at].map(rp.lab)
+    setting = "batch " + lab["batch"] + ", prompt " + lab["prompt_len"] + ", new tokens " + lab["new_tokens"]
     t["facet"] = (t["facet"] + "; ").where(t["facet"] != "", "") + setting
     t["label"] = t["kv_mode"].astype(str) + "\n" + t["n_kv_head"].map(rp.lab) + " kv heads"
+    differs = t["matches_reference"].astype(str) == "False"  # greedy tokens differ from none's
     held = t["kv_cache_bytes_measured"].astype(float).fillna(t["kv_cache_bytes_formula"].astype(float))
     panels = {
         "KV cache, MiB (measured, else formula)": (held / fr.MIB, "{:.3g}"),
         "decode ms / token (median)": (t["decode_ms_per_token"], "{:.3g}"),
         "max |logit − none's logit|": (t["max_logit_diff"], "{:.2g}"),
     }
-    long = pd.concat([t.assign(metric=k, v=v.astype(float), fmt=f) for k, (v, f) in panels.items()])
+    long = pd.concat(
+        [
+            t.assign(metric=k, v=v.astype(float), fmt=f, hatch=differs & k.startswith("max"))
+            for k, (v, f) in panels.items()
+        ]
+    )
 
     def panel(ax, d: pd.DataFrame) -> None:
+        top = ax.get_xaxis_transform()
         for i, r in enumerate(d.itertuples()):
-            color, top = fc.PALETTE.get(str(r.kv_mode), "0.4"), ax.get_xaxis_transform()
             if not r.ok:
                 fc.mark(ax, i, 0.06, r.status, str(r.status), top)
             elif pd.isna(r.v):  # none has no cache and is the logits' reference
                 note = "n/a" if r.kv_mode != "none" else "no cache" if r.metric.startswith("KV") else "reference"
                 ax.annotate(note, (i, 0.04), xycoords=top, ha="center", fontsize=7, color="0.4")
             else:
-                differs = r.metric.startswith("max") and str(r.matches_reference) == "False"
-                ax.bar(
-                    i,
-                    r.v,
-                    color=color,
-                    width=0.7,
-                    hatch="//" if differs else None,
-                    edgecolor="black" if differs else color,
-                )
+                c = fc.color(r.kv_mode)
+                ax.bar(i, r.v, color=c, width=0.7, hatch="//" if r.hatch else None, edgecolor="black" if r.hatch else c)
                 ax.annotate(
                     r.fmt.format(r.v),
                     (i, r.v),
-                    xytext=(0, 2),
+                    (0, 2),
                     textcoords="offset points",
                     ha="center",
                     va="bottom",
@@ -276,15 +247,13 @@ def variants_figure(df: pd.DataFrame) -> plt.Figure:
         ax.set_ylim(bottom=0)
         ax.margins(y=0.15)
 
-    legend = [Patch(color=fc.PALETTE.get(str(m), "0.4"), label=str(m)) for m in t["kv_mode"].cat.categories]
-    if (t["matches_reference"].astype(str) == "False").any():
+    legend = [Patch(color=fc.color(m), label=str(m)) for m in t["kv_mode"].cat.categories]
+    if differs.any():
         legend.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="greedy tokens differ from none's"))
     legend += fc.failed_handles(t.loc[~t["ok"], "status"])
     title = "KV-cache variants: memory, decode speed and the logit error they cost"
     size = (max(4.2, 0.85 * t.groupby("facet").size().max() + 1.2), 3.6)
-    g = fc.facet_grid(
-        long, "metric", panel, title, labels=("", ""), legend=legend, size=size, sharex=False, sharey=False
-    )
+    g = fc.facet_grid(long, panel, title, ("", ""), "metric", "{}", legend, size, sharex=False, sharey=False)
     return g.figure
 
 
@@ -296,22 +265,21 @@ def per_token_figure(df: pd.DataFrame, steps: pd.DataFrame | None) -> plt.Figure
     steps = steps.assign(key=steps["record"].map(df.set_index("record")["key"]))
     first = steps.drop_duplicates("record")
     first = first.assign(n=first.groupby("key")["cell.kv_mode"].transform("nunique"))
-    chosen = first.sort_values(["n", "cell.batch", "cell.prompt_len", "key"], ascending=[False, True, True, True]).iloc[
-        0
-    ]
+    order = ["n", "cell.batch", "cell.prompt_len", "key"]
+    chosen = first.sort_values(order, ascending=[False, True, True, True]).iloc[0]
     sel = steps[steps["key"] == chosen["key"]]
     fig = plt.figure(figsize=(8.5, 5.2), layout="constrained")
     ax = fig.subplots()
     ax2 = ax.twinx()
     handles = []
     for mode in [m for m in df["cell.kv_mode"].cat.categories if m in set(sel["cell.kv_mode"])]:
-        d, color = sel[sel["cell.kv_mode"] == mode].sort_values("step"), fc.PALETTE.get(mode, "0.4")
+        d, c = sel[sel["cell.kv_mode"] == mode].sort_values("step"), fc.color(mode)
         handles += ax.plot(
-            d["step"], d["decode_ms"], color=color, marker="o", markersize=3, label=f"{mode}: decode ms / step"
+            d["step"], d["decode_ms"], color=c, marker="o", markersize=3, label=f"{mode}: decode ms / step"
         )
         if d["kv_cache_mib"].notna().any():
             handles += ax2.plot(
-                d["step"], d["kv_cache_mib"], color=color, linestyle="--", label=f"{mode}: KV cache MiB (right)"
+                d["step"], d["kv_cache_mib"], color=c, linestyle="--", label=f"{mode}: KV cache MiB (right)"
             )
     bad = df[(df["key"] == chosen["key"]) & ~df["ok"]]
     handles += [
