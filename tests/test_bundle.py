@@ -135,8 +135,8 @@ def test_publish_copies_unpacks_is_idempotent_and_refuses_a_different_bundle(
     sweep: Sweep, bundle_zip: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     root = tmp_path / "published"
-    dest = pub.publish(bundle_zip, root)
-    assert dest == root / "nvidia-test-gpu-80gb" / SWEEP
+    dest, written = pub.publish(bundle_zip, root)
+    assert written and dest == root / "nvidia-test-gpu-80gb" / SWEEP
     assert (dest / "bundle.zip").read_bytes() == bundle_zip.read_bytes()
     assert (dest / "figures" / "decode_ms_per_token.png").is_file()
     assert (dest / "tables" / "speedup.csv").read_bytes() == (sweep.tables / "speedup.csv").read_bytes()
@@ -144,7 +144,7 @@ def test_publish_copies_unpacks_is_idempotent_and_refuses_a_different_bundle(
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]  # no temp left
     before = {p: p.stat().st_mtime_ns for p in dest.rglob("*")}
 
-    assert pub.publish(bundle_zip, root) == dest  # the same bundle again: a no-op
+    assert pub.publish(bundle_zip, root) == (dest, False)  # the same bundle again: a no-op
     assert {p: p.stat().st_mtime_ns for p in dest.rglob("*")} == before
 
     other = tmp_path / "other.zip"
@@ -168,7 +168,7 @@ def test_publish_names_cpu_runs_by_cpu_and_refuses_broken_bundles(tmp_path: Path
     agg.aggregate(s.paths, s.tables)
     zpath = s.dir / "bundle.zip"
     bnd.build_bundle(s.dir, zpath, None, [])
-    assert pub.publish(zpath, tmp_path / "pub") == tmp_path / "pub" / "test-cpu" / SWEEP
+    assert pub.publish(zpath, tmp_path / "pub") == (tmp_path / "pub" / "test-cpu" / SWEEP, True)
     broken = tmp_path / "broken.zip"
     rewrite_zip(zpath, broken, {"tables/cells.csv": b"x\n"})
     with pytest.raises(pub.PublishError, match="does not verify"):

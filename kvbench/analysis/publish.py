@@ -8,7 +8,6 @@ refused rather than silently replacing numbers someone may already cite.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -19,12 +18,12 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from kvbench.analysis.bundle import META, verify_bundle
+from kvbench.analysis.bundle import ENVIRONMENT, INDEX, META, verify_bundle
 
 DEFAULT_DEST = Path("results/published")
 # What is unpacked next to the zip: what a browser of the repository wants to see.
 UNPACKED_PREFIXES = ("figures/", "tables/")
-UNPACKED_FILES = ("index.md", "environment.json", "bundle.json")
+UNPACKED_FILES = (INDEX, ENVIRONMENT, META)
 
 
 class PublishError(RuntimeError):
@@ -39,18 +38,11 @@ def slugify(text: str) -> str:
     return slug
 
 
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def bundle_device(zf: zipfile.ZipFile) -> str:
     """The records' environment.device_name (the CPU's name where a record has none)."""
-    names: set[str] = set()
-    for info in zf.infolist():
-        if info.filename.startswith("cells/") and info.filename.endswith(".json"):
-            env = json.loads(zf.read(info)).get("environment") or {}
-            names.add(env.get("device_name") or env.get("cpu") or "cpu")
+    records = [i for i in zf.infolist() if i.filename.startswith("cells/") and i.filename.endswith(".json")]
+    envs = [json.loads(zf.read(i)).get("environment") or {} for i in records]
+    names = {env.get("device_name") or env.get("cpu") or "cpu" for env in envs}
     if not names:
         raise PublishError("the bundle holds no cell records to name a device from")
     if len(names) > 1:
@@ -58,72 +50,51 @@ def bundle_device(zf: zipfile.ZipFile) -> str:
     return names.pop()
 
 
-def publish(bundle_zip: Path, dest_root: Path = DEFAULT_DEST, device: str | None = None, *, sweep=None) -> Path:
-    """Publish ``bundle_zip``; return the folder it lives in.  Raises PublishError when the
-    bundle does not verify or a different bundle is already published at that place."""
-    return _publish(bundle_zip, dest_root, device, sweep)[0]
-
-
-def _publish(bundle_zip: Path, dest_root: Path, device: str | None, sweep: str | None) -> tuple[Path, bool]:
-    """(folder, whether anything was written: False for the same bundle again)."""
+def publish(
+    bundle_zip: Path, dest_root: Path = DEFAULT_DEST, device: str | None = None, *, sweep=None
+) -> tuple[Path, bool]:
+    """Publish ``bundle_zip``: (its folder, False if that already held this very bundle, so nothing was written).
+    Raises PublishError when the bundle does not verify or a different bundle is already published there."""
     bundle_zip, dest_root = Path(bundle_zip), Path(dest_root)
-    problems = verify_bundle(bundle_zip)
-    if problems:
+    if problems := verify_bundle(bundle_zip):
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise PublishError(f"{bundle_zip} does not verify: {problems[0]}{more}")
     with zipfile.ZipFile(bundle_zip) as zf:
         meta = json.loads(zf.read(META))
-        device_slug = slugify(device or bundle_device(zf))
-        sweep_slug = slugify(sweep or meta["sweep"])
-        dest = dest_root / device_slug / sweep_slug
+        dest = dest_root / slugify(device or bundle_device(zf)) / slugify(sweep or meta["sweep"])
         target = dest / "bundle.zip"
         if dest.exists():
-            if target.is_file() and _sha256_file(target) == _sha256_file(bundle_zip):
+            if target.is_file() and target.read_bytes() == bundle_zip.read_bytes():
                 return dest, False  # the same bundle again: nothing to do
             what = "a different bundle" if target.is_file() else "a folder that is not a published bundle"
             raise PublishError(
                 f"refusing to overwrite {dest}: it holds {what}; remove it first or publish with another --device"
             )
         # Build the whole folder beside its final place, then rename it in one step: a reader
-        # or a second publisher never sees half a publication.
+        # or a second publisher never sees half a publication. Once renamed, there is nothing left to clean up.
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{sweep_slug}.", dir=dest.parent))
-        try:
-            shutil.copyfile(bundle_zip, tmp / "bundle.zip")
-            for info in sorted(zf.infolist(), key=lambda i: i.filename):
-                name = info.filename
-                if info.is_dir() or not (name.startswith(UNPACKED_PREFIXES) or name in UNPACKED_FILES):
-                    continue
-                out = tmp / name  # names were checked safe by verify_bundle
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(zf.read(info))
-            for p in [tmp, *tmp.rglob("*")]:
+        with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent, ignore_cleanup_errors=True) as tmp:
+            shutil.copyfile(bundle_zip, Path(tmp, "bundle.zip"))
+            wanted = [n for n in zf.namelist() if n.startswith(UNPACKED_PREFIXES) or n in UNPACKED_FILES]
+            zf.extractall(tmp, [n for n in wanted if not n.endswith("/")])  # names were checked safe by verify_bundle
+            for p in [Path(tmp), *Path(tmp).rglob("*")]:
                 os.chmod(p, 0o755 if p.is_dir() else 0o644)
             try:
                 os.rename(tmp, dest)
             except OSError as exc:  # someone published here meanwhile
                 raise PublishError(f"refusing to overwrite {dest}: {exc.strerror}") from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return dest, True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="kvbench publish",
-        description="Copy a bundle to results/published/<device>/<sweep>/ (bundle.zip plus "
-        "unpacked figures and tables), refusing to replace a different one.",
-    )
+    parser = argparse.ArgumentParser(prog="kvbench publish", description=__doc__)
     parser.add_argument("bundle", type=Path, help="results/<sweep>/bundle.zip")
     parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help=f"published root (default {DEFAULT_DEST})")
-    parser.add_argument(
-        "--device", default=None, help="device folder name (default: the records' device_name, slugified)"
-    )
-    parser.add_argument("--sweep", default=None, help="sweep folder name (default: the bundle's)")
+    parser.add_argument("--device", help="device folder name (default: the records' device_name, slugified)")
+    parser.add_argument("--sweep", help="sweep folder name (default: the bundle's)")
     args = parser.parse_args(argv)
     try:
-        dest, written = _publish(args.bundle, args.dest, args.device, args.sweep)
+        dest, written = publish(args.bundle, args.dest, args.device, sweep=args.sweep)
     except (PublishError, OSError, ValueError, KeyError) as exc:
         print(f"publish: error: {exc}", file=sys.stderr)
         return 1
