@@ -22,23 +22,11 @@ from kvbench.analysis import report as rp
 matplotlib.use("Agg")  # seaborn's FacetGrid makes pyplot figures (none exists yet); no GUI backend here
 
 # Reproducible bytes: no timestamps or versions in the files, a fixed salt for SVG ids, text as paths.
-RC = {
-    "svg.hashsalt": "kvbench",
-    "svg.fonttype": "path",
-    "svg.id": None,
-    "savefig.dpi": 110,
-    "figure.dpi": 110,
-    "font.family": "DejaVu Sans",
-    "axes.titlesize": "medium",
-    "figure.titlesize": "large",
-}
+RC = {"svg.hashsalt": "kvbench", "svg.fonttype": "path", "svg.id": None, "savefig.dpi": 110, "figure.dpi": 110}
+RC |= {"font.family": "DejaVu Sans", "axes.titlesize": "medium", "figure.titlesize": "large"}
 SAVE_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 PALETTE = dict(zip(fr.KV_MODE_ORDER, sns.color_palette("colorblind", len(fr.KV_MODE_ORDER))))  # the kv-mode colours
-FAILED = {
-    "oom": ("#d62728", "out of memory (not measured)"),
-    "unsupported": ("#7f7f7f", "unsupported (not measured)"),
-    "error": ("#000000", "error (not measured)"),
-}
+FAILED = {"oom": ("#d62728", "out of memory"), "unsupported": ("#7f7f7f", "unsupported"), "error": ("#000000", "error")}
 MARKER = {"marker": "X", "s": 70, "zorder": 6, "clip_on": False, "edgecolors": "white", "linewidths": 0.5}
 MARKER_LABEL = {"xytext": (6, 0), "textcoords": "offset points", "va": "center", "fontsize": 7}
 AXIS_LABELS = {
@@ -63,7 +51,8 @@ def color(mode) -> str | tuple:
 
 def failed(status) -> tuple[str, str]:
     """A status's marker colour and legend label."""
-    return FAILED.get(str(status), ("#9467bd", f"{status} (not measured)"))
+    c, what = FAILED.get(str(status), ("#9467bd", status))
+    return c, f"{what} (not measured)"
 
 
 def mark(ax, x: float, y: float, status, label: str = "", transform=None) -> None:

@@ -111,10 +111,8 @@ LINES = {
 
 def split_figure(df: pd.DataFrame) -> plt.Figure:
     """One stacked bar per cell: the prefill, then the decode steps of one generation."""
-    keys = [k for k in ("batch", "prompt_len", "new_tokens") if df[f"cell.{k}"].nunique() > 1] or [
-        "batch",
-        "prompt_len",
-    ]
+    varied = [k for k in ("batch", "prompt_len", "new_tokens") if df[f"cell.{k}"].nunique() > 1]
+    keys = varied or ["batch", "prompt_len"]
     cols = [f"cell.{k}" for k in keys]
     data = df.assign(
         facet=fc.facet_label(df, ("kv_mode", *keys)),
@@ -180,9 +178,8 @@ def heatmap_figure(df: pd.DataFrame) -> plt.Figure:
     labels, title = (fc.AXIS_LABELS["prompt_len"], "batch"), "Speedup of each KV cache over none"
     g = fc.facet_grid(long, panel, title, labels, col_title="{} vs none", size=size, sharex=False, sharey=False)
     g.figure.subplots_adjust(hspace=0.6, top=0.88, right=0.85)
-    bar = g.figure.colorbar(
-        plt.cm.ScalarMappable(norm, cmap), ax=g.axes, shrink=0.8, label="speedup = none ms / mode ms"
-    )
+    colors = plt.cm.ScalarMappable(norm, cmap)
+    bar = g.figure.colorbar(colors, ax=g.axes, shrink=0.8, label="speedup = none ms / mode ms")
     fc.ticks(bar.ax.yaxis, 1 / span, span, log=True, fmt="{:g}×")
     bad = long.loc[long["v"].isna(), "status"]
     if len(bad):  # below the panels: the colour bar holds the right side
@@ -208,19 +205,14 @@ def variants_figure(df: pd.DataFrame) -> plt.Figure:
     setting = "batch " + lab["batch"] + ", prompt " + lab["prompt_len"] + ", new tokens " + lab["new_tokens"]
     t["facet"] = (t["facet"] + "; ").where(t["facet"] != "", "") + setting
     t["label"] = t["kv_mode"].astype(str) + "\n" + t["n_kv_head"].map(rp.lab) + " kv heads"
-    differs = t["matches_reference"].astype(str) == "False"  # greedy tokens differ from none's
+    t["differs"] = t["matches_reference"].astype(str) == "False"  # greedy tokens differ from none's
     held = t["kv_cache_bytes_measured"].astype(float).fillna(t["kv_cache_bytes_formula"].astype(float))
     panels = {
         "KV cache, MiB (measured, else formula)": (held / fr.MIB, "{:.3g}"),
         "decode ms / token (median)": (t["decode_ms_per_token"], "{:.3g}"),
         "max |logit − none's logit|": (t["max_logit_diff"], "{:.2g}"),
     }
-    long = pd.concat(
-        [
-            t.assign(metric=k, v=v.astype(float), fmt=f, hatch=differs & k.startswith("max"))
-            for k, (v, f) in panels.items()
-        ]
-    )
+    long = pd.concat([t.assign(metric=k, v=v.astype(float), fmt=f) for k, (v, f) in panels.items()])
 
     def panel(ax, d: pd.DataFrame) -> None:
         top = ax.get_xaxis_transform()
@@ -231,24 +223,17 @@ def variants_figure(df: pd.DataFrame) -> plt.Figure:
                 note = "n/a" if r.kv_mode != "none" else "no cache" if r.metric.startswith("KV") else "reference"
                 ax.annotate(note, (i, 0.04), xycoords=top, ha="center", fontsize=7, color="0.4")
             else:
-                c = fc.color(r.kv_mode)
-                ax.bar(i, r.v, color=c, width=0.7, hatch="//" if r.hatch else None, edgecolor="black" if r.hatch else c)
-                ax.annotate(
-                    r.fmt.format(r.v),
-                    (i, r.v),
-                    (0, 2),
-                    textcoords="offset points",
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+                c, hatched = fc.color(r.kv_mode), r.differs and r.metric.startswith("max")
+                ax.bar(i, r.v, color=c, width=0.7, hatch="//" if hatched else None, edgecolor="black" if hatched else c)
+                text = r.fmt.format(r.v)
+                ax.annotate(text, (i, r.v), (0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(d)), d["label"], fontsize=7)
         ax.set_xlim(-0.6, len(d) - 0.4)
         ax.set_ylim(bottom=0)
         ax.margins(y=0.15)
 
     legend = [Patch(color=fc.color(m), label=str(m)) for m in t["kv_mode"].cat.categories]
-    if differs.any():
+    if t["differs"].any():
         legend.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="greedy tokens differ from none's"))
     legend += fc.failed_handles(t.loc[~t["ok"], "status"])
     title = "KV-cache variants: memory, decode speed and the logit error they cost"
@@ -272,33 +257,25 @@ def per_token_figure(df: pd.DataFrame, steps: pd.DataFrame | None) -> plt.Figure
     ax = fig.subplots()
     ax2 = ax.twinx()
     handles = []
-    for mode in [m for m in df["cell.kv_mode"].cat.categories if m in set(sel["cell.kv_mode"])]:
-        d, c = sel[sel["cell.kv_mode"] == mode].sort_values("step"), fc.color(mode)
-        handles += ax.plot(
-            d["step"], d["decode_ms"], color=c, marker="o", markersize=3, label=f"{mode}: decode ms / step"
-        )
-        if d["kv_cache_mib"].notna().any():
-            handles += ax2.plot(
-                d["step"], d["kv_cache_mib"], color=c, linestyle="--", label=f"{mode}: KV cache MiB (right)"
-            )
+    for m in [m for m in df["cell.kv_mode"].cat.categories if m in set(sel["cell.kv_mode"])]:
+        d, c = sel[sel["cell.kv_mode"] == m].sort_values("step"), fc.color(m)
+        handles += ax.plot(d["step"], d["decode_ms"], color=c, marker="o", markersize=3, label=f"{m}: decode ms / step")
+        mib = d["kv_cache_mib"]
+        if mib.notna().any():
+            handles += ax2.plot(d["step"], mib, color=c, linestyle="--", label=f"{m}: KV cache MiB (right)")
     bad = df[(df["key"] == chosen["key"]) & ~df["ok"]]
     handles += [
         Line2D([], [], marker="X", color=fc.failed(s)[0], linestyle="none", label=f"{m}: {s} (no data)")
         for m, s in zip(bad["cell.kv_mode"], bad["status"])
     ]
-    ax.set(
-        xlabel="decode step (the cache then holds prompt + step tokens)",
-        ylabel="decode ms / step (median over iterations)",
-        ylim=(0, None),
-    )
+    ax.set_xlabel("decode step (the cache then holds prompt + step tokens)")
+    ax.set(ylabel="decode ms / step (median over iterations)", ylim=(0, None))
     ax2.set(ylabel="KV cache, MiB (formula, whole batch)", ylim=(0, None))
     ax2.grid(False)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8, frameon=False)
-    where = ", ".join(
-        f"{k} {rp.lab(chosen[f'cell.{k}'])}"
-        for k in ("model", "dtype", "attention", "batch", "prompt_len", "new_tokens")
-    )
+    keys = ("model", "dtype", "attention", "batch", "prompt_len", "new_tokens")
+    where = ", ".join(f"{k} {rp.lab(chosen[f'cell.{k}'])}" for k in keys)
     ax.set_title(f"Per-token decode latency and KV-cache size\n{where}")
     return fig
 
@@ -321,7 +298,7 @@ def render(
     tables_dir: Path,
     out_dir: Path,
     only: Sequence[str] | None = None,
-    log: Callable = lambda line: print(line, file=sys.stderr),
+    log: Callable = lambda s: print(s, file=sys.stderr),
 ) -> list[Path]:
     """Draw every figure the sweep supports (PNG and SVG each); say in one line (`log`) why any
     other is left out, and remove an older copy of it. `only`: just these stems."""
