@@ -29,7 +29,7 @@ PALETTE = dict(zip(fr.KV_MODE_ORDER, sns.color_palette("colorblind", len(fr.KV_M
 FAILED = {"oom": ("#d62728", "out of memory"), "unsupported": ("#7f7f7f", "unsupported"), "error": ("#000000", "error")}
 MARKER = {"marker": "X", "s": 70, "zorder": 6, "clip_on": False, "edgecolors": "white", "linewidths": 0.5}
 MARKER_LABEL = {"xytext": (6, 0), "textcoords": "offset points", "va": "center", "fontsize": 7}
-AXIS_LABELS = {
+XLABELS = {
     "prompt_len": "prompt length (tokens)",
     "new_tokens": "new tokens generated",
     "model": "model (by parameter count)",
@@ -106,13 +106,12 @@ def positions(data: pd.DataFrame, x: str) -> tuple[pd.Series, dict, list[str]]:
 def facet_grid(
     data, panel, title, labels, col="cell.kv_mode", col_title="kv_mode = {}", legend=(), size=(4.2, 3.4), **kw
 ):
-    """The one FacetGrid: a column of panels per `col` value (a Categorical's order, else as they come),
-    a row per `facet` label; `panel(ax, rows)` draws one. `labels`: the x and y axis labels, `col_title`:
-    a panel's title ('{}' is the value), `legend`: handles (none: no legend), `size`: a panel's inches."""
-    values = data[col].cat.remove_unused_categories().cat.categories if data[col].dtype == "category" else data[col]
-    order, rows = list(dict.fromkeys(values)), list(dict.fromkeys(data["facet"]))
-    kw |= {"despine": False, "height": size[1], "aspect": size[0] / size[1]}
-    g = sns.FacetGrid(data, col=col, col_order=order, row="facet", row_order=rows, **kw)
+    """The one FacetGrid: a column of panels per `col` value, a row per `facet` label (in their order);
+    `panel(ax, rows)` draws one. `labels`: the x and y axis labels, `col_title`: a panel's title ('{}' is
+    the value), `legend`: handles (none: no legend), `size`: a panel's inches."""
+    if data[col].dtype == "category":  # seaborn orders by the categories: the unused ones would get panels
+        data = data.assign(**{col: data[col].cat.remove_unused_categories()})
+    g = sns.FacetGrid(data, col=col, row="facet", despine=False, height=size[1], aspect=size[0] / size[1], **kw)
     g.map_dataframe(lambda data, **_: panel(plt.gca(), data))
     for (row, value), ax in g.axes_dict.items():
         ax.set_title(col_title.format(value) + (f"\n{row}" if row else ""))
@@ -203,7 +202,7 @@ def lines(spec: Lines, df: pd.DataFrame) -> plt.Figure:
     )
     handles += [Line2D([], [], label=label, **style) for label, style in others if label]
     sources = ", ".join(sorted(set(ok["source"].dropna().astype(str)))) if "source" in ok else ""
-    labels = (AXIS_LABELS[x.removeprefix("cell.")], spec.ylabel.format(sources or "n/a"))
+    labels = (XLABELS[x.removeprefix("cell.")], spec.ylabel.format(sources or "n/a"))
     legend = handles + failed_handles(data.loc[~data["ok"], "status"])
     size = (max(4.2, 1.1 * len(where) + 1.5), 3.4)
     g = facet_grid(data, panel, spec.title, labels, col=spec.col, col_title=spec.col_title, legend=legend, size=size)

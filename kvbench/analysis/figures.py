@@ -175,7 +175,7 @@ def heatmap_figure(df: pd.DataFrame) -> plt.Figure:
         ax.tick_params(axis="y", rotation=0)
 
     size = (max(4.2, 0.75 * len(prompts) + 1.4), max(2.4, 0.45 * len(batches) + 1.3))
-    labels, title = (fc.AXIS_LABELS["prompt_len"], "batch"), "Speedup of each KV cache over none"
+    labels, title = (fc.XLABELS["prompt_len"], "batch"), "Speedup of each KV cache over none"
     g = fc.facet_grid(long, panel, title, labels, col_title="{} vs none", size=size, sharex=False, sharey=False)
     g.figure.subplots_adjust(hspace=0.6, top=0.88, right=0.85)
     colors = plt.cm.ScalarMappable(norm, cmap)
