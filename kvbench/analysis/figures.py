@@ -1,14 +1,10 @@
 """Tables -> figures (PNG and SVG, the same bytes for the same tables), with seaborn's faceting.
 
-Every figure reads the frame of cells.csv (kvbench.analysis.frame) and takes its x axis and its
-panels from what the sweep varies: a prompt-length sweep is drawn against the prompt, a model
-sweep against model size (models by parameter count), a generation-length sweep against new
-tokens. Columns of panels are kv modes (or metrics), rows the other settings that vary (the
-engine among them). A cell that did not finish (oom, unsupported, error) is one marker where it
-would be, never a silent hole. A figure with nothing to compare is left out, with one line saying why.
-
-The five line figures are rows of one spec table (LINES) drawn by `lines`; the heatmap, the
-prefill/decode bars, the KV variants' bars and write-up 000's per-token chart draw their own panels.
+Every figure takes its x axis and panels from what the sweep varies (the prompt, the generation length, the model
+by parameter count): a column of panels per kv mode (or metric), a row per combination of the other settings that
+vary (the engine among them). A cell that did not finish (oom, unsupported, error) is one marker where it would be,
+never a silent hole; a figure with nothing to compare is left out, with one line saying why. The five line figures
+are rows of one spec table (LINES, drawn by facets.lines); the other four draw their own panels.
 
     kvbench figures --tables results/<sweep>/tables --out results/<sweep>/figures
 """
@@ -120,8 +116,8 @@ def split_figure(df: pd.DataFrame) -> plt.Figure:
         prefill=df["latency.prefill_ms.median"].astype(float),
         decode=df[f"{D}.median"].astype(float) * df["latency.decode_steps"].astype(float),
     )
-    labels = list(dict.fromkeys(data.sort_values(cols)["label"]))
-    data["y"] = data["label"].map(labels.index)
+    names = list(dict.fromkeys(data.sort_values(cols)["label"]))  # a row of bars per cell, in settings' order
+    data["y"] = data["label"].map(names.index)
     colors = sns.color_palette("colorblind", 2)
 
     def panel(ax, d: pd.DataFrame) -> None:
@@ -137,13 +133,12 @@ def split_figure(df: pd.DataFrame) -> plt.Figure:
         Patch(color=colors[1], label="decode (steps × median ms/step)"),
         *fc.failed_handles(df.loc[~df["ok"], "status"]),
     ]
-    title, size = "Prefill vs decode: where one generation's time goes", (4.2, 0.9 + 0.28 * len(labels))
-    g = fc.facet_grid(
-        data, panel, title, ("ms per generation (median)", "cell"), legend=legend, size=size, sharex=False
-    )
+    title, size = "Prefill vs decode: where one generation's time goes", (4.2, 0.9 + 0.28 * len(names))
+    labels = ("ms per generation (median)", "cell")
+    g = fc.facet_grid(data, panel, title, labels, legend=legend, size=size, sharex=False)
     for ax in g.axes.flat:
-        ax.set_yticks(range(len(labels)), labels, fontsize=8)
-        ax.set_ylim(len(labels) - 0.5, -0.5)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_ylim(len(names) - 0.5, -0.5)
     return g.figure
 
 
@@ -249,12 +244,10 @@ def per_token_figure(df: pd.DataFrame, steps: pd.DataFrame | None) -> plt.Figure
         raise Skip("no finished cell recorded per-step latencies")
     steps = steps.assign(key=steps["record"].map(df.set_index("record")["key"]))
     first = steps.drop_duplicates("record")
-    first = first.assign(n=first.groupby("key")["cell.kv_mode"].transform("nunique"))
-    order = ["n", "cell.batch", "cell.prompt_len", "key"]
-    chosen = first.sort_values(order, ascending=[False, True, True, True]).iloc[0]
+    first = first.assign(fewer=-first.groupby("key")["cell.kv_mode"].transform("nunique"))  # the most modes first
+    chosen = first.sort_values(["fewer", "cell.batch", "cell.prompt_len", "key"]).iloc[0]
     sel = steps[steps["key"] == chosen["key"]]
-    fig = plt.figure(figsize=(8.5, 5.2), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = plt.subplots(figsize=(8.5, 5.2), layout="constrained")
     ax2 = ax.twinx()
     handles = []
     for m in [m for m in df["cell.kv_mode"].cat.categories if m in set(sel["cell.kv_mode"])]:
@@ -279,8 +272,6 @@ def per_token_figure(df: pd.DataFrame, steps: pd.DataFrame | None) -> plt.Figure
     ax.set_title(f"Per-token decode latency and KV-cache size\n{where}")
     return fig
 
-
-# ---------------------------------------------------------------------------------- entry points
 
 OTHERS = {"prefill_decode_split": split_figure, "speedup_heatmap": heatmap_figure, "kv_variants": variants_figure}
 FIGURE_STEMS = ("decode_ms_per_token", "peak_memory", "prefill_decode_split", "speedup_heatmap", "per_token_latency")
