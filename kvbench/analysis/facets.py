@@ -103,12 +103,10 @@ def positions(data: pd.DataFrame, x: str) -> tuple[pd.Series, dict, list[str]]:
     return data[x].astype(float), {rp.lab(v): v for v in vals}, [rp.lab(v) for v in vals]
 
 
-def facet_grid(
-    data, panel, title, labels, col="cell.kv_mode", col_title="kv_mode = {}", legend=(), size=(4.2, 3.4), **kw
-):
+def facet_grid(data, panel, title, labels, size, col="cell.kv_mode", col_title="kv_mode = {}", legend=None, **kw):
     """The one FacetGrid: a column of panels per `col` value, a row per `facet` label (in their order);
-    `panel(ax, rows)` draws one. `labels`: the x and y axis labels, `col_title`: a panel's title ('{}' is
-    the value), `legend`: handles (none: no legend), `size`: a panel's inches."""
+    `panel(ax, rows)` draws one. `labels`: the x and y axis labels, `size`: a panel's inches, `col_title`:
+    a panel's title ('{}' is the value), `legend`: handles, then the failed statuses' (None: no legend)."""
     if data[col].dtype == "category":  # seaborn orders by the categories: the unused ones would get panels
         data = data.assign(**{col: data[col].cat.remove_unused_categories()})
     g = sns.FacetGrid(data, col=col, row="facet", despine=False, height=size[1], aspect=size[0] / size[1], **kw)
@@ -116,6 +114,7 @@ def facet_grid(
     for (row, value), ax in g.axes_dict.items():
         ax.set_title(col_title.format(value) + (f"\n{row}" if row else ""))
     g.set_axis_labels(*labels)
+    legend = None if legend is None else [*legend, *failed_handles(data.loc[~data["ok"], "status"])]
     if legend:
         g.add_legend(legend_data={h.get_label(): h for h in legend})
     g.figure.suptitle(title, y=1.02)
@@ -203,9 +202,8 @@ def lines(spec: Lines, df: pd.DataFrame) -> plt.Figure:
     handles += [Line2D([], [], label=label, **style) for label, style in others if label]
     sources = ", ".join(sorted(set(ok["source"].dropna().astype(str)))) if "source" in ok else ""
     labels = (XLABELS[x.removeprefix("cell.")], spec.ylabel.format(sources or "n/a"))
-    legend = handles + failed_handles(data.loc[~data["ok"], "status"])
     size = (max(4.2, 1.1 * len(where) + 1.5), 3.4)
-    g = facet_grid(data, panel, spec.title, labels, col=spec.col, col_title=spec.col_title, legend=legend, size=size)
+    g = facet_grid(data, panel, spec.title, labels, size, spec.col, spec.col_title, handles)
     xlo, xhi = min(where.values()), max(where.values())
     for ax in g.axes.flat:
         if not x.endswith("model"):

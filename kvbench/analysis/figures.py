@@ -131,11 +131,10 @@ def split_figure(df: pd.DataFrame) -> plt.Figure:
     legend = [
         Patch(color=colors[0], label="prefill (time to first token)"),
         Patch(color=colors[1], label="decode (steps × median ms/step)"),
-        *fc.failed_handles(df.loc[~df["ok"], "status"]),
     ]
     title, size = "Prefill vs decode: where one generation's time goes", (4.2, 0.9 + 0.28 * len(names))
     labels = ("ms per generation (median)", "cell")
-    g = fc.facet_grid(data, panel, title, labels, legend=legend, size=size, sharex=False)
+    g = fc.facet_grid(data, panel, title, labels, size, legend=legend, sharex=False)
     for ax in g.axes.flat:
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_ylim(len(names) - 0.5, -0.5)
@@ -171,7 +170,7 @@ def heatmap_figure(df: pd.DataFrame) -> plt.Figure:
 
     size = (max(4.2, 0.75 * len(prompts) + 1.4), max(2.4, 0.45 * len(batches) + 1.3))
     labels, title = (fc.XLABELS["prompt_len"], "batch"), "Speedup of each KV cache over none"
-    g = fc.facet_grid(long, panel, title, labels, col_title="{} vs none", size=size, sharex=False, sharey=False)
+    g = fc.facet_grid(long, panel, title, labels, size, col_title="{} vs none", sharex=False, sharey=False)
     g.figure.subplots_adjust(hspace=0.6, top=0.88, right=0.85)
     colors = plt.cm.ScalarMappable(norm, cmap)
     bar = g.figure.colorbar(colors, ax=g.axes, shrink=0.8, label="speedup = none ms / mode ms")
@@ -196,8 +195,7 @@ def variants_figure(df: pd.DataFrame) -> plt.Figure:
     counts = t.groupby(["facet", *at]).agg(n=("ok", "sum"), size=("size", "first")).reset_index()
     best = counts.sort_values(["facet", "n", "size", *at]).drop_duplicates("facet", keep="last")
     t = t.merge(best[["facet", *at]], on=["facet", *at])
-    lab = t[at].map(rp.lab)
-    setting = "batch " + lab["batch"] + ", prompt " + lab["prompt_len"] + ", new tokens " + lab["new_tokens"]
+    setting = t[at].map(rp.lab).apply(lambda r: "batch {}, prompt {}, new tokens {}".format(*r), axis=1)
     t["facet"] = (t["facet"] + "; ").where(t["facet"] != "", "") + setting
     t["label"] = t["kv_mode"].astype(str) + "\n" + t["n_kv_head"].map(rp.lab) + " kv heads"
     t["differs"] = t["matches_reference"].astype(str) == "False"  # greedy tokens differ from none's
@@ -230,10 +228,9 @@ def variants_figure(df: pd.DataFrame) -> plt.Figure:
     legend = [Patch(color=fc.color(m), label=str(m)) for m in t["kv_mode"].cat.categories]
     if t["differs"].any():
         legend.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="greedy tokens differ from none's"))
-    legend += fc.failed_handles(t.loc[~t["ok"], "status"])
     title = "KV-cache variants: memory, decode speed and the logit error they cost"
     size = (max(4.2, 0.85 * t.groupby("facet").size().max() + 1.2), 3.6)
-    g = fc.facet_grid(long, panel, title, ("", ""), "metric", "{}", legend, size, sharex=False, sharey=False)
+    g = fc.facet_grid(long, panel, title, ("", ""), size, "metric", "{}", legend, sharex=False, sharey=False)
     return g.figure
 
 
