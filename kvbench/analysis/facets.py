@@ -44,13 +44,11 @@ class Skip(Exception):
     """A figure left out of this sweep, and why (one line in the log)."""
 
 
-def color(mode) -> str | tuple:
-    """The one palette: a kv mode's colour (grey for an unknown one)."""
+def color(mode) -> str | tuple:  # the one palette (grey: a mode it does not know)
     return PALETTE.get(str(mode), "0.4")
 
 
-def failed(status) -> tuple[str, str]:
-    """A status's marker colour and legend label."""
+def failed(status) -> tuple[str, str]:  # the marker's colour and legend label
     c, what = FAILED.get(str(status), ("#9467bd", status))
     return c, f"{what} (not measured)"
 
@@ -63,8 +61,7 @@ def mark(ax, x: float, y: float, status, label: str = "", transform=None) -> Non
         ax.annotate(label, (x, y), xycoords=transform, color=c, **MARKER_LABEL)
 
 
-def failed_handles(statuses) -> list[Line2D]:
-    """The legend entries of the statuses that failed, one per status."""
+def failed_handles(statuses) -> list[Line2D]:  # one legend entry per status
     return [
         Line2D([], [], marker="X", color=failed(s)[0], linestyle="none", markersize=9, label=failed(s)[1])
         for s in sorted(set(map(str, statuses)))
@@ -89,18 +86,6 @@ def facet_label(df: pd.DataFrame, exclude: Sequence[str], prefix: str = "cell.")
     keys = [k for k in FACET_KEYS if k not in exclude and prefix + k in df and df[prefix + k].nunique(dropna=False) > 1]
     parts = {k: f"{k}=" + df[prefix + k].astype(object).map(rp.heads if k == "n_kv_head" else rp.lab) for k in keys}
     return pd.DataFrame(parts, index=df.index).agg(", ".join, axis=1)
-
-
-def positions(data: pd.DataFrame, x: str) -> tuple[pd.Series, dict, list[str]]:
-    """Where each row sits along the sweep's x: models by size at 0, 1, 2 ... (labelled with their size),
-    numbers as they are (on a log2 axis). Returns the positions, {value's label: position}, the tick labels."""
-    if x.endswith("model"):
-        models = data[x].cat.remove_unused_categories()
-        size = data["n_params"].astype(float).groupby(models, observed=True).max().fillna(0)
-        labels = [f"{m}\n{size[m] / 1e6:.0f}M params" if size[m] > 0 else m for m in models.cat.categories]
-        return models.cat.codes.astype(float), {m: float(i) for i, m in enumerate(models.cat.categories)}, labels
-    vals = sorted(set(data[x].astype(float)))
-    return data[x].astype(float), {rp.lab(v): v for v in vals}, [rp.lab(v) for v in vals]
 
 
 def facet_grid(data, panel, title, labels, size, col="cell.kv_mode", col_title="kv_mode = {}", legend=None, **kw):
@@ -148,7 +133,16 @@ def lines(spec: Lines, df: pd.DataFrame) -> plt.Figure:
     if x is None:
         raise Skip("one cell per kv mode: nothing varies to draw a line along")
     data = spec.data(df)
-    data["x"], where, ticklabels = positions(data, x)
+    if x.endswith("model"):  # models by size at 0, 1, 2 ..., labelled with their size
+        models = data[x].cat.remove_unused_categories()
+        params = data["n_params"].astype(float).groupby(models, observed=True).max().fillna(0)
+        ticklabels = [f"{m}\n{params[m] / 1e6:.0f}M params" if params[m] > 0 else m for m in models.cat.categories]
+        data["x"], where = models.cat.codes.astype(float), {m: float(i) for i, m in enumerate(models.cat.categories)}
+        xlim = (-0.5, len(where) - 0.5)
+    else:  # numbers as they are, on a log2 axis
+        vals = sorted(set(data[x].astype(float)))
+        data["x"], where, ticklabels = data[x].astype(float), {rp.lab(v): v for v in vals}, [rp.lab(v) for v in vals]
+        xlim = (vals[0] / 1.4, vals[-1] * 1.4)
     prefix = "cell." if x.startswith("cell.") else ""  # the frame, or a reading table
     data["facet"] = facet_label(data, [c.removeprefix("cell.") for c in (spec.col, spec.hue, x)], prefix)
     data["hue"] = data[spec.hue].astype(object).map(rp.lab) if x != spec.hue else "all"
@@ -204,13 +198,12 @@ def lines(spec: Lines, df: pd.DataFrame) -> plt.Figure:
     labels = (XLABELS[x.removeprefix("cell.")], spec.ylabel.format(sources or "n/a"))
     size = (max(4.2, 1.1 * len(where) + 1.5), 3.4)
     g = facet_grid(data, panel, spec.title, labels, size, spec.col, spec.col_title, handles)
-    xlo, xhi = min(where.values()), max(where.values())
     for ax in g.axes.flat:
         if not x.endswith("model"):
             ax.set_xscale("log", base=2)
         ax.set_xticks(list(where.values()), ticklabels, fontsize=8)
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlim(*((xlo - 0.5, xhi + 0.5) if x.endswith("model") else (xlo / 1.4, xhi * 1.4)))
+        ax.set_xlim(*xlim)
     ax0 = g.axes.flat[0]  # the y axis is shared
     if log:
         ax0.set_yscale("log")

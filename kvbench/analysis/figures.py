@@ -189,11 +189,10 @@ def variants_figure(df: pd.DataFrame) -> plt.Figure:
     if t is None:
         raise Skip("no static-int8 cell and no n_kv_head set")
     at = ["batch", "prompt_len", "new_tokens"]
-    size = t["batch"] * (t["prompt_len"] + t["new_tokens"])
-    t = t.assign(facet=fc.facet_label(t, ("kv_mode", "n_kv_head", *at), prefix=""), ok=t["status"] == "ok", size=size)
+    t = t.assign(facet=fc.facet_label(t, ("kv_mode", "n_kv_head", *at), prefix=""), ok=t["status"] == "ok")
     # per row of panels, the settings with the most finished variants (then the largest cache)
-    counts = t.groupby(["facet", *at]).agg(n=("ok", "sum"), size=("size", "first")).reset_index()
-    best = counts.sort_values(["facet", "n", "size", *at]).drop_duplicates("facet", keep="last")
+    counts = t.groupby(["facet", *at], as_index=False)["ok"].sum().eval("size = batch * (prompt_len + new_tokens)")
+    best = counts.sort_values(["facet", "ok", "size", *at]).drop_duplicates("facet", keep="last")
     t = t.merge(best[["facet", *at]], on=["facet", *at])
     setting = t[at].map(rp.lab).apply(lambda r: "batch {}, prompt {}, new tokens {}".format(*r), axis=1)
     t["facet"] = (t["facet"] + "; ").where(t["facet"] != "", "") + setting
@@ -283,13 +282,11 @@ def draw(stem: str, df: pd.DataFrame, steps: pd.DataFrame | None = None) -> plt.
 
 
 def render(
-    tables_dir: Path,
-    out_dir: Path,
-    only: Sequence[str] | None = None,
-    log: Callable = lambda s: print(s, file=sys.stderr),
+    tables_dir: Path, out_dir: Path, only: Sequence[str] | None = None, log: Callable | None = None
 ) -> list[Path]:
-    """Draw every figure the sweep supports (PNG and SVG each); say in one line (`log`) why any
+    """Draw every figure the sweep supports (PNG and SVG each); say in one line (`log`, else stderr) why any
     other is left out, and remove an older copy of it. `only`: just these stems."""
+    log = log or (lambda line: print(line, file=sys.stderr))
     unknown = sorted(set(only or ()) - set(FIGURE_STEMS))
     if unknown:
         raise ValueError(f"unknown figure(s) {', '.join(unknown)}; known: {', '.join(FIGURE_STEMS)}")
