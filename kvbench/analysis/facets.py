@@ -140,9 +140,9 @@ def lines(spec: Lines, df: pd.DataFrame) -> plt.Figure:
         data["x"], where = models.cat.codes.astype(float), {m: float(i) for i, m in enumerate(models.cat.categories)}
         xlim = (-0.5, len(where) - 0.5)
     else:  # numbers as they are, on a log2 axis
-        vals = sorted(set(data[x].astype(float)))
-        data["x"], where, ticklabels = data[x].astype(float), {rp.lab(v): v for v in vals}, [rp.lab(v) for v in vals]
-        xlim = (vals[0] / 1.4, vals[-1] * 1.4)
+        xs = sorted(set(data[x].astype(float)))
+        data["x"], where = data[x].astype(float), {rp.lab(v): v for v in xs}
+        ticklabels, xlim = list(where), (xs[0] / 1.4, xs[-1] * 1.4)
     prefix = "cell." if x.startswith("cell.") else ""  # the frame, or a reading table
     data["facet"] = facet_label(data, [c.removeprefix("cell.") for c in (spec.col, spec.hue, x)], prefix)
     data["hue"] = data[spec.hue].astype(object).map(rp.lab) if x != spec.hue else "all"
