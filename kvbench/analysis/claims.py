@@ -115,20 +115,16 @@ def cache_fp16(df, sp, dev, claim):
 
 def prompt_growth(df, sp, dev, claim):
     ok = df[df["ok"]]
+    dec = ok["latency.decode_ms_per_token.median"].astype(float)
+    # cells equal in every setting but the prompt: decode ms at the longest prompt / at the shortest
+    same = [ok["cell.kv_mode"], pd.Series(fr.ident(ok[list(fr.CELL)], ("kv_mode", "prompt_len")), index=ok.index)]
     growth: dict[str, list[float]] = {}
     ends = set()
-    dec = "latency.decode_ms_per_token.median"
-    rest = (
-        ok[[c for c in fr.CELL if c not in ("cell.kv_mode", "cell.prompt_len")]]
-        .astype(object)
-        .map(str)
-        .agg("|".join, axis=1)
-    )
-    for (mode, _), g in ok.groupby([ok["cell.kv_mode"], rest], observed=True, sort=True):
+    for (mode, _), g in ok.groupby(same, observed=True, sort=True):
         if len(g) > 1:
-            lo, hi = g.loc[g["cell.prompt_len"].idxmin()], g.loc[g["cell.prompt_len"].idxmax()]
-            growth.setdefault(str(mode), []).append(float(hi[dec]) / float(lo[dec]))
-            ends.add((int(lo["cell.prompt_len"]), int(hi["cell.prompt_len"])))
+            lo, hi = g["cell.prompt_len"].idxmin(), g["cell.prompt_len"].idxmax()
+            growth.setdefault(str(mode), []).append(dec[hi] / dec[lo])
+            ends.add((int(ok.at[lo, "cell.prompt_len"]), int(ok.at[hi, "cell.prompt_len"])))
     if not growth.get("none"):
         return "one prompt length, or no finished `none` cells at two"
     span = ", ".join(f"{a}→{b}" for a, b in sorted(ends))

@@ -158,7 +158,7 @@ def _num(df: pd.DataFrame, col: str) -> pd.Series:
     return pd.to_numeric(df[col], errors="coerce").astype(float) if col in df else pd.Series(np.nan, index=df.index)
 
 
-def _ident(cell: pd.DataFrame, drop: tuple[str, ...] = ()) -> list[str]:
+def ident(cell: pd.DataFrame, drop: tuple[str, ...] = ()) -> list[str]:
     """The cell's settings as one JSON string, a join key: 16 and 16.0 spelled alike (cells.csv
     reads some integers as floats)."""
     keep = [c for c in cell.columns if c.removeprefix("cell.") not in drop]
@@ -175,8 +175,8 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     """Orders as Categoricals, the model's shape filled from a sibling record for a cell that
     failed before its model was built, and the derived columns; rows in grid order."""
     df = df.reindex(columns=list(dict.fromkeys([*df.columns, *CELL])))
-    df["ident"], df["key"] = _ident(df[list(CELL)]), _ident(df[list(CELL)], ("kv_mode",))
-    df["key_eager"] = _ident(df[list(CELL)], ("kv_mode", "compile"))
+    df["ident"], df["key"] = ident(df[list(CELL)]), ident(df[list(CELL)], ("kv_mode",))
+    df["key_eager"] = ident(df[list(CELL)], ("kv_mode", "compile"))
     family = df[["cell.model", "cell.n_kv_head", "cell.checkpoint"]].astype(object).map(str).agg("|".join, axis=1)
     for k in SHAPE:
         df[k] = _num(df, f"model_info.{k}").groupby(family).transform("max")
