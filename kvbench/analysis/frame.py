@@ -29,14 +29,10 @@ CELL_KEYS = tuple(
     "n_kv_head compile checkpoint check_steps".split()
 )
 CELL = tuple(f"cell.{k}" for k in CELL_KEYS)
-SECTIONS = tuple(
-    "schema_version status error created_utc cell model_info latency memory energy analytic check environment".split()
-)
+SCHEMA = kvrecord.schema()
+SECTIONS = {name: i for i, name in enumerate(("record", *SCHEMA["properties"]))}  # the columns' order: the record's
 STATS = ("median", "min", "max")
-MEMORY = tuple(
-    "torch_peak_allocated_bytes torch_peak_reserved_bytes prefill_peak_allocated_bytes decode_peak_allocated_bytes "
-    "nvml_peak_used_bytes rss_peak_bytes weights_bytes kv_cache_bytes_formula kv_cache_bytes_measured".split()
-)
+MEMORY = tuple(k for k, v in SCHEMA["properties"]["memory"]["properties"].items() if "integer" in v.get("type", ()))
 # cells.csv always has these (in this order, after the cell keys), filled or not: older records
 # lack the phase peaks and the read/copy bandwidths, a failed cell every measurement.
 CORE = (
@@ -52,15 +48,11 @@ CORE = (
 )
 PER_STEP = "latency.per_step_decode_ms"  # a list: per_step.csv carries it in long form
 SHAPE = ("n_params", "n_layer", "n_head", "n_embd", "n_kv_head", "block_size")
-DERIVED = (
-    *SHAPE,
-    *"ident key key_eager ok kv_heads head_dim elem_bytes tokens kv_formula peak_bytes peak_source kv_held".split(),
-    *"beyond_bytes beyond_source prefill_peak".split(),
-)
 
 
 def _schema_types(node: dict, prefix: str = "") -> dict[str, str]:
-    """Dotted path -> 'integer' / 'boolean' for every such leaf of the record schema."""
+    """Dotted path -> dtype of every integer and boolean leaf: integers stay integers where a value is
+    missing (Int64: 1 not 1.0), booleans stay booleans."""
     out = {}
     for key, sub in node.get("properties", {}).items():
         types = {sub["type"]} if isinstance(sub.get("type"), str) else set(sub.get("type", []))
@@ -71,26 +63,12 @@ def _schema_types(node: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def typed(df: pd.DataFrame) -> pd.DataFrame:
-    """Integers stay integers where a value is missing (Int64: 1 not 1.0), booleans stay booleans."""
-    for col, kind in _schema_types(kvrecord.schema()).items():
-        if col in df.columns and df[col].notna().any():
-            df[col] = df[col].astype(kind)
-    return df
-
-
-def _column_key(name: str) -> tuple:
-    """Sections in record order, cell keys in CELL_KEYS order, CORE columns before the rest."""
-    head, _, rest = name.partition(".")
-    section = -1 if head == "record" else SECTIONS.index(head) if head in SECTIONS else len(SECTIONS)
-    inner = CELL_KEYS.index(rest) if rest in CELL_KEYS and head == "cell" else len(CELL_KEYS)
-    return (section, inner, CORE.index(name) if name in CORE else len(CORE), name)
+TYPES = _schema_types(SCHEMA)
 
 
 def _cells_dir_parts(path: Path) -> tuple[tuple[str, ...], int | None]:
     parts = Path(os.path.abspath(path)).parts
-    idx = [i for i, part in enumerate(parts[:-1]) if part == "cells"]
-    return parts, idx[-1] if idx else None
+    return parts, max((i for i, part in enumerate(parts[:-1]) if part == "cells"), default=None)
 
 
 def record_names(paths: list[Path]) -> list[str]:
@@ -134,8 +112,10 @@ def from_records(paths: list[Path]) -> pd.DataFrame:
         flat[col] = flat[col].map(as_text)
     # a section null in one record and filled in another flattens to "latency" and "latency.*" too
     bare = [c for c in flat.columns if flat[c].isna().all() and any(o.startswith(c + ".") for o in flat.columns)]
-    keep = sorted(set(flat.columns) - set(bare) | set(CORE), key=_column_key)
-    df = derive(typed(flat.reindex(columns=keep)))
+    # a stable sort by section: in each the CORE columns first, in their order, then the rest by name
+    keep = [*CORE, *sorted(set(flat.columns) - set(bare) - set(CORE))]
+    keep.sort(key=lambda c: SECTIONS.get(c.split(".")[0], len(SECTIONS)))
+    df = derive(flat.reindex(columns=keep))
     twins = df[df.duplicated("ident", keep=False)]
     if len(twins):  # every join below would silently pick one
         raise ValueError(f"two records for one cell: {' and '.join(sorted(twins['record']))}")
@@ -146,7 +126,7 @@ def read_cells(path: Path) -> pd.DataFrame:
     """The frame again from cells.csv (figures and explain run from the tables alone)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no cells table")
-    return derive(typed(pd.read_csv(path, dtype={"cell.checkpoint": object, "error": object})))
+    return derive(pd.read_csv(path, dtype={"cell.checkpoint": object, "error": object}))
 
 
 def _ordered(values: pd.Series, order) -> pd.Categorical:
@@ -174,14 +154,16 @@ def _integral(v) -> bool:
 def derive(df: pd.DataFrame) -> pd.DataFrame:
     """Orders as Categoricals, the model's shape filled from a sibling record for a cell that
     failed before its model was built, and the derived columns; rows in grid order."""
+    df = df.astype({c: kind for c, kind in TYPES.items() if c in df and df[c].notna().any()})
     df = df.reindex(columns=list(dict.fromkeys([*df.columns, *CELL])))
+    # the derived columns from here on, ident first (record_columns cuts there)
     df["ident"], df["key"] = ident(df[list(CELL)]), ident(df[list(CELL)], ("kv_mode",))
     df["key_eager"] = ident(df[list(CELL)], ("kv_mode", "compile"))
     family = df[["cell.model", "cell.n_kv_head", "cell.checkpoint"]].astype(object).map(str).agg("|".join, axis=1)
     for k in SHAPE:
         df[k] = _num(df, f"model_info.{k}").groupby(family).transform("max")
     size = df.groupby(df["cell.model"].astype(str))["n_params"].max()  # the largest a record reports
-    models = sorted(size.index, key=lambda m: (pd.isna(size[m]), 0 if pd.isna(size[m]) else size[m], m))
+    models = size.sort_values(kind="stable", na_position="last").index  # ties by name, as groupby sorted them
     df["cell.model"] = _ordered(df["cell.model"].astype(str), models)
     df["cell.kv_mode"] = _ordered(df["cell.kv_mode"].astype(str), KV_MODE_ORDER)
     df["status"] = _ordered(df["status"].astype(str), STATUS_ORDER)
@@ -192,10 +174,8 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     df["tokens"] = _num(df, "cell.prompt_len") + _num(df, "cell.new_tokens") - 1  # the last token is never fed back
     shape = (df["n_layer"], _num(df, "cell.batch"), df["kv_heads"], df["tokens"], df["head_dim"], df["elem_bytes"])
     mode = df["cell.kv_mode"].astype(str)
-    df["kv_formula"] = np.where(
-        mode == "static-int8", kv_cache_bytes(*shape, "static-int8"), kv_cache_bytes(*shape, "static")
-    )
-    df.loc[mode == "none", "kv_formula"] = np.nan
+    int8 = kv_cache_bytes(*shape, "static-int8")
+    df["kv_formula"] = kv_cache_bytes(*shape).mask(mode == "static-int8", int8).where(mode != "none")
     mem = {k: _num(df, f"memory.{k}") for k in MEMORY}
     # a 0 from torch on a CPU means 'not tracked', not 'no memory'
     torch_peak, rss = (mem[k].where(mem[k] > 0) for k in ("torch_peak_allocated_bytes", "rss_peak_bytes"))
@@ -211,22 +191,20 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     sources = [method, "torch peak (whole cell)", "process RSS (includes the runtime)"]
     df["beyond_source"] = np.select([phase.notna(), torch_peak.notna(), rss.notna()], sources, None)
     df["prefill_peak"] = mem["prefill_peak_allocated_bytes"].where(mem["prefill_peak_allocated_bytes"] > 0)
-    order = ["cell.model", "cell.dtype", "cell.attention", "cell.kv_mode", "cell.batch", "cell.prompt_len"]
-    order += ["cell.new_tokens", "ident", "record"]
-    return df.sort_values(order, kind="stable").reset_index(drop=True).copy()  # .copy(): one block per dtype
+    grid = [*CELL[:7], "ident", "record"]  # the grid coordinates, then one order for the rest
+    return df.sort_values(grid, kind="stable").reset_index(drop=True).copy()  # .copy(): one block per dtype
 
 
 def x_axis(df: pd.DataFrame) -> str | None:
     """What a sweep varies, as a figure's x: the prompt, else the generation length, else the model
     (by size), else the batch; None when nothing varies (no figure has anything to compare)."""
-    return next(
-        (c for c in ("cell.prompt_len", "cell.new_tokens", "cell.model", "cell.batch") if df[c].nunique() > 1), None
-    )
+    varied = [c for c in ("cell.prompt_len", "cell.new_tokens", "cell.model", "cell.batch") if df[c].nunique() > 1]
+    return varied[0] if varied else None
 
 
 def record_columns(df: pd.DataFrame) -> list[str]:
-    """cells.csv: the record's own columns, none derived here."""
-    return [c for c in df.columns if c not in DERIVED and c != PER_STEP]
+    """cells.csv: the record's own columns, those before `derive` appended its own (ident first)."""
+    return [c for c in df.columns[: df.columns.get_loc("ident")] if c != PER_STEP]
 
 
 def per_step(df: pd.DataFrame) -> pd.DataFrame:
@@ -258,11 +236,8 @@ def pairs(df: pd.DataFrame) -> pd.DataFrame:
     eager = none[~none["cell.compile"].astype("boolean").fillna(False)]
     partner = cached["key"].map(none.set_index("key")["ident"])
     partner = partner.fillna(cached["key_eager"].map(eager.set_index("key_eager")["ident"]))
-    p = (
-        cached.assign(partner=partner.astype(object))
-        .dropna(subset=["partner"])
-        .merge(df.add_suffix("_none"), left_on="partner", right_on="ident_none")
-    )
+    cached = cached.assign(partner=partner.astype(object)).dropna(subset=["partner"])
+    p = cached.merge(df.add_suffix("_none"), left_on="partner", right_on="ident_none")
     new = {"none_status": p["status_none"]}
     for metric, col in METRICS.items():
         mode, base = _num(p, col).where(p["ok"]), _num(p, f"{col}_none").where(p["ok_none"].astype(bool))
