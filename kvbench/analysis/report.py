@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import jinja2
 import pandas as pd
@@ -29,12 +28,10 @@ def f(value) -> float | None:
 
 def lab(value) -> str:
     """One spelling per value (16 and 16.0 alike; empty -> 'none')."""
-    if isinstance(value, str):
-        return value
+    if isinstance(value, (str, bool)):
+        return str(value)
     v = f(value)
-    if v is None:
-        return str(value) if isinstance(value, bool) else "none"
-    return str(int(v)) if v.is_integer() else str(value)
+    return "none" if v is None else str(int(v)) if v.is_integer() else str(value)
 
 
 def num(v: float | None) -> str:
@@ -88,14 +85,9 @@ def md(df: pd.DataFrame) -> str:
     return df.astype(str).replace(r"\|", r"\\|", regex=True).to_markdown(index=False, disable_numparse=True)
 
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    undefined=jinja2.StrictUndefined,
-)
-_ENV.filters.update(md=md)
+_LAYOUT = {"keep_trailing_newline": True, "trim_blocks": True, "lstrip_blocks": True}
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("kvbench.analysis"), undefined=jinja2.StrictUndefined, **_LAYOUT)
+_ENV.filters["md"] = md
 
 
 def render(template: str, **context) -> str:
@@ -125,9 +117,9 @@ def where(row: pd.Series, keys: Sequence[str]) -> str:
 
 def devices(df: pd.DataFrame) -> list[str]:
     """The accelerator's name; on a CPU run the CPU's (else the device setting)."""
-    col = lambda c: df.get(c, pd.Series(None, index=df.index, dtype=object)).astype(object)  # noqa: E731
-    name = col("environment.device_name").where(lambda s: s.astype(str) != "cpu")
-    cpu = ("CPU: " + col("environment.cpu").astype(str)).where(col("environment.cpu").notna(), df["cell.device"])
+    env = df.reindex(columns=["environment.device_name", "environment.cpu"]).astype(object)
+    name = env["environment.device_name"].where(lambda s: s.astype(str) != "cpu")
+    cpu = ("CPU: " + env["environment.cpu"].astype(str)).where(env["environment.cpu"].notna(), df["cell.device"])
     return sorted(set(name.fillna(cpu).map(str)))
 
 
@@ -135,13 +127,8 @@ def status_counts(df: pd.DataFrame) -> str:
     return ", ".join(f"{s} {n}" for s, n in df["status"].value_counts(sort=False).items() if n) or "none"
 
 
-def summary_markdown(df: pd.DataFrame, sweep: str | None) -> str:
-    """summary.md: a page a person reads first."""
-    return render("summary.md.j2", **summary(df, sweep))
-
-
 def summary(df: pd.DataFrame, sweep: str | None) -> dict:
-    """summary.md's sections: what ran, the decode latency and speedup per kv mode, what failed."""
+    """summary.md, the page a person reads first: what ran, the decode latency and speedup per kv mode, what failed."""
     keys = varying(df, ("kv_mode", "batch", "prompt_len")) + ["batch", "prompt_len"]
     dec = "latency.decode_ms_per_token.median"
     ok = df[df["ok"] & df[dec].notna()].assign(ms=lambda d: d[dec].astype(float))
@@ -171,7 +158,7 @@ def summary(df: pd.DataFrame, sweep: str | None) -> dict:
             "message": [" ".join(str(e or "").split())[:160] for e in bad["error"].fillna("")],
         }
     )
-    mismatch = df[df.get("check.matches_reference", pd.Series(dtype=object)).astype(str) == "False"]
+    mismatch = df[df["check.matches_reference"].astype(str) == "False"]
     return {
         "sweep": sweep,
         "n": len(df),
