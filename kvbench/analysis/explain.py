@@ -24,7 +24,7 @@ from kvbench.analysis import aggregate as agg
 from kvbench.analysis import claims
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
-from kvbench.presets import INT8_SCALE_BYTES, kv_cache_bytes
+from kvbench.presets import INT8_SCALE_BYTES
 
 TABLES = ("cells.csv", "speedup.csv", "speedup_by_model.csv", "speedup_by_length.csv", "kv_variants.csv")
 PEAK_NAMES = {"torch_peak_allocated": "torch peak allocated", "rss_peak": "process RSS peak"}
@@ -34,10 +34,25 @@ def _i(v) -> int:
     return int(float(v))
 
 
+def by_engine(t: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """t's engine column only where the sweep ran several engines."""
+    return t if df["cell.engine"].nunique() > 1 else t.drop(columns="engine")
+
+
+def grouped(t: pd.DataFrame, df: pd.DataFrame, extra: list[str], shown: list[str], columns: dict) -> pd.DataFrame:
+    """A row per engine, model, K/V heads ("all" first), kv mode and `extra`: the named aggregations
+    in `columns` (each formats its result) after the keys in `shown`'s order."""
+    keys = ["cell.engine", "cell.model", "n_kv_head", "cell.kv_mode", *extra]
+    out = t.assign(n_kv_head=rp.sort_heads(t["cell.n_kv_head"])).groupby(keys, observed=True).agg(**columns)
+    out = out.reset_index().rename(columns=lambda c: c.removeprefix("cell."))
+    out["n_kv_head"] = out["n_kv_head"].map(rp.heads)
+    return by_engine(out[[*shown, *columns]].map(rp.lab), df)  # rp.lab: numbers as the settings spell them
+
+
 def formula_text(r: pd.Series) -> str:
     """The KV-cache product written out for one cell (its value comes from kv_cache_bytes)."""
-    last = f"({_i(r['head_dim'])} + {INT8_SCALE_BYTES})" if r["cell.kv_mode"] == "static-int8" else None
-    last = last or f"{_i(r['head_dim'])} × {_i(r['elem_bytes'])}"
+    hd = _i(r["head_dim"])
+    last = f"({hd} + {INT8_SCALE_BYTES})" if r["cell.kv_mode"] == "static-int8" else f"{hd} × {_i(r['elem_bytes'])}"
     return f"2 × {_i(r['n_layer'])} × {_i(r['cell.batch'])} × {_i(r['kv_heads'])} × {_i(r['tokens'])} × {last}"
 
 
@@ -53,9 +68,8 @@ def header(df: pd.DataFrame, present: list[str]) -> dict:
     settings["kv modes"] = [str(m) for m in df["cell.kv_mode"].cat.categories]
     settings |= {k: rp.values(df, k) for k in ("dtype", "attention", "batch", "prompt_len", "new_tokens")}
     settings["K/V heads"] = sorted({rp.lab(v) for v in df["kv_heads"].dropna()}, key=rp.natural)
-    return {"present": present, "n": len(df), "statuses": rp.status_counts(df), "devices": rp.devices(df)} | {
-        "settings": settings
-    }
+    h = {"present": present, "n": len(df), "statuses": rp.status_counts(df), "devices": rp.devices(df)}
+    return h | {"settings": settings}
 
 
 def cache_size(df: pd.DataFrame) -> dict:
@@ -70,21 +84,22 @@ def cache_size(df: pd.DataFrame) -> dict:
     groups = [cached[g] for g in ("cell.engine", "cell.model", "cell.dtype", "kv_heads", "cell.kv_mode")]
     big = cached.loc[size.groupby(groups, observed=True, sort=True).idxmax().values]
     weights = big["memory.weights_bytes"].astype(float)
-    per_token = big["kv_formula"] / (big["cell.batch"].astype(float) * big["tokens"])  # the formula is linear in both
+    per_token = big["kv_formula"] / size[big.index]  # the formula is linear in batch and tokens
     cross = weights / per_token
-    ids = {"model": big["cell.model"], "kv_mode": big["cell.kv_mode"], "dtype": big["cell.dtype"]}
-    ids |= {"engine": big["cell.engine"]} if df["cell.engine"].nunique() > 1 else {}
+    ids = {c.removeprefix("cell."): big[c] for c in ("cell.model", "cell.kv_mode", "cell.dtype", "cell.engine")}
     ids["K/V heads"] = big["kv_heads"].map(rp.lab)
-    largest = pd.DataFrame(
-        ids
-        | {"batch": big["cell.batch"].map(rp.lab), "tokens": big["tokens"].map(rp.lab)}
-        | {"formula": [f"`{formula_text(r)}`" for _, r in big.iterrows()], "= bytes": big["kv_formula"].map(rp.nbytes)}
-        | {"record: formula": big["memory.kv_cache_bytes_formula"].map(rp.nbytes)}
-        | {"record: measured": big["memory.kv_cache_bytes_measured"].map(rp.nbytes), "weights": weights.map(rp.nbytes)}
-        | {"cache / weights": (big["kv_held"] / weights).map(lambda v: "–" if rp.f(v) is None else f"{v:.3g}")}
-    )
+    largest = ids | {
+        "batch": big["cell.batch"].map(rp.lab),
+        "tokens": big["tokens"].map(rp.lab),
+        "formula": [f"`{formula_text(r)}`" for _, r in big.iterrows()],
+        "= bytes": big["kv_formula"].map(rp.nbytes),
+        "record: formula": big["memory.kv_cache_bytes_formula"].map(rp.nbytes),
+        "record: measured": big["memory.kv_cache_bytes_measured"].map(rp.nbytes),
+        "weights": weights.map(rp.nbytes),
+        "cache / weights": (big["kv_held"] / weights).map(lambda v: "–" if rp.f(v) is None else f"{v:.3g}"),
+    }
     block = big["block_size"].fillna(0)
-    crossover = {
+    crossover = ids | {
         "cache per token per sequence": per_token.map(rp.nbytes),
         "weights": weights.map(rp.nbytes),
         "batch × tokens where cache = weights": cross.map("{:,.0f}".format),
@@ -99,8 +114,8 @@ def cache_size(df: pd.DataFrame) -> dict:
         "agree_measured": int((measured == formula).sum()),
         "no_measured": int(measured.isna().sum()),
         "differ": [f"`{r}`: formula {rp.nbytes(a)}, measured {rp.nbytes(b)}" for r, a, b in pairs],
-        "largest": largest,
-        "crossover": pd.DataFrame(ids | crossover)[cross.notna().values],
+        "largest": by_engine(pd.DataFrame(largest), df),
+        "crossover": by_engine(pd.DataFrame(crossover), df)[cross.notna().values],
     }
 
 
@@ -116,10 +131,13 @@ def wide(t: pd.DataFrame, rows: list[str], x: str, head: str) -> pd.DataFrame:
     return w.rename(columns=lambda c: c.removeprefix("cell.")).map(rp.lab)
 
 
-def along(t: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, str]:
-    """An axis table as markdown rows: kv mode x the other settings that vary; columns: the axis;
-    cells total / per token speedup; then one line counting the rows whose whole-generation
-    speedup grows along it."""
+def along(df: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, str] | None:
+    """aggregate.axis_table as markdown rows: kv mode x the other settings that vary; columns: the
+    axis; cells total / per token speedup; then one line counting the rows whose whole-generation
+    speedup grows along it. None where the sweep has one value of the axis."""
+    t = agg.axis_table(df, axis)
+    if t is None or not len(t):
+        return None
     t = t.assign(
         n_kv_head=rp.sort_heads(t["n_kv_head"]),
         cell=[
@@ -132,33 +150,28 @@ def along(t: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, str]:
     # along the axis: the table is sorted with the axis last (aggregate.AXIS_ORDER), and shows a row's first cell
     firsts = t.drop_duplicates([*rows, axis])
     trends = firsts.groupby(rows, observed=True, sort=True)["total_speedup"].agg(lambda s: rp.trend(list(s))).values
-    counted = pd.Series([tr for tr in trends if tr != "–"], dtype=object)
-    counts = ", ".join(f"{n} in {(counted == n).sum()}" for n in ("grows", "falls", "mixed") if (counted == n).any())
+    counts = pd.Series(trends).value_counts().reindex(["grows", "falls", "mixed"]).dropna().astype(int)
     line = (
-        f"Measured: of the {len(counted)} rows with two or more finished pairs, the whole-generation speedup "
-        f"along {axis} {counts}."
-        if len(counted)
+        f"Measured: of the {counts.sum()} rows with two or more finished pairs, the whole-generation speedup "
+        f"along {axis} {', '.join(f'{n} in {c}' for n, c in counts.items())}."
+        if len(counts)
         else "Measured: no row has two finished pairs to compare."
     )
     return wide(t, rows, axis, f"{axis} = ").assign(**{"total speedup": trends}), line
 
 
 def speedup_growth(df: pd.DataFrame, sp: pd.DataFrame) -> dict:
-    """Section 2: the speedup along generation length and model size."""
-    out = {"new_tokens": rp.values(df, "new_tokens"), "models": [desc(df, m) for m in rp.values(df, "model")]}
-    for key, axis in (("by_length", "new_tokens"), ("by_model", "model")):
-        t = agg.axis_table(df, axis)
-        out[key] = along(t, axis) if t is not None and len(t) else None
+    """Section 2: the speedup along generation length and model size, and the largest decode speedup."""
     ok = sp.dropna(subset=["decode_speedup"])
-    out["best"] = None
+    best = None
     if len(ok):
         r = ok.loc[ok["decode_speedup"].idxmax()]
         at = rp.where(r, ("model", "dtype", "batch", "prompt_len", "new_tokens"))
-        out["best"] = (
+        best = (
             f"{rp.x(r['decode_speedup'])} ({r['cell.kv_mode']} at {at}: {rp.num(r['decode_ms'])} vs "
             f"{rp.num(r['none_decode_ms'])} ms per token; whole generation {rp.x(r['total_speedup'])})"
         )
-    return out
+    return {"by_length": along(df, "new_tokens"), "by_model": along(df, "model"), "best": best}
 
 
 def not_helping(df: pd.DataFrame, sp: pd.DataFrame) -> dict:
@@ -167,31 +180,14 @@ def not_helping(df: pd.DataFrame, sp: pd.DataFrame) -> dict:
     if not len(pre):
         return {"prefill": None}
     tot = sp.dropna(subset=["total_speedup", "prefill_ms", "total_ms"])
-    tot = tot.assign(
-        share=tot["prefill_ms"] / tot["total_ms"],
-        bound=tot["none_total_ms"] / tot["prefill_ms"],
-        n_kv_head=rp.sort_heads(tot["cell.n_kv_head"]),
-    )
-    keys = ["cell.engine", "cell.model", "n_kv_head", "cell.kv_mode", "cell.new_tokens"]
-    short = tot.groupby(keys, observed=True, sort=True).agg(
-        pairs=("record", "size"),
-        share=("share", "median"),
-        total=("total_speedup", "median"),
-        bound=("bound", "median"),
-    )
-    short = short.reset_index()
-    short = pd.DataFrame(
-        {"kv_mode": short["cell.kv_mode"], "model": short["cell.model"]}
-        | ({"engine": short["cell.engine"]} if df["cell.engine"].nunique() > 1 else {})
-        | {
-            "n_kv_head": short["n_kv_head"].map(rp.heads),
-            "new_tokens": short["cell.new_tokens"].map(rp.lab),
-            "pairs": short["pairs"],
-            "prefill share of cached total": short["share"].map(rp.pct),
-            "total speedup": short["total"].map(rp.x),
-            "bound: none total / cached prefill": short["bound"].map(rp.x),
-        }
-    )
+    tot = tot.assign(share=tot["prefill_ms"] / tot["total_ms"], bound=tot["none_total_ms"] / tot["prefill_ms"])
+    short = {
+        "pairs": ("record", "size"),
+        "prefill share of cached total": ("share", lambda s: rp.pct(s.median())),
+        "total speedup": ("total_speedup", lambda s: rp.x(s.median())),
+        "bound: none total / cached prefill": ("bound", lambda s: rp.x(s.median())),
+    }
+    short = grouped(tot, df, ["cell.new_tokens"], ["kv_mode", "model", "engine", "n_kv_head", "new_tokens"], short)
     lost = sp[(sp["decode_speedup"] < 1) | (sp["total_speedup"] < 1)].sort_values("record")
     ok = df[df["ok"]]
     both = ok[ok["cell.kv_mode"] == "concat"].merge(ok[ok["cell.kv_mode"] == "static"], on="key", suffixes=("", "_s"))
@@ -214,28 +210,15 @@ def memory_cost(df: pd.DataFrame) -> dict:
     p = fr.pairs(df)
     p = p[p["ok"] & p["ok_none"].astype(bool) & (p["peak_bytes"] > 0) & (p["peak_bytes_none"] > 0)]
     p = p[p["peak_source"] == p["peak_source_none"]]
-    p = p.assign(ratio=p["peak_bytes"] / p["peak_bytes_none"], n_kv_head=rp.sort_heads(p["cell.n_kv_head"]))
-    peaks = p.groupby(["cell.engine", "cell.model", "n_kv_head", "cell.kv_mode"], observed=True, sort=True).agg(
-        source=("peak_source", lambda s: ", ".join(sorted(set(s.map(PEAK_NAMES))))),
-        none=("peak_bytes_none", "median"),
-        cached=("peak_bytes", "median"),
-        cache=("kv_held", "median"),
-        ratios=("ratio", list),
-    )
-    peaks = peaks.reset_index()
-    peaks = pd.DataFrame(
-        {"model": peaks["cell.model"]}
-        | ({"engine": peaks["cell.engine"]} if df["cell.engine"].nunique() > 1 else {})
-        | {
-            "n_kv_head": peaks["n_kv_head"].map(rp.heads),
-            "kv_mode": peaks["cell.kv_mode"],
-            "peak measured as": peaks["source"],
-            "none peak (median)": peaks["none"].map(rp.mib),
-            "cached peak (median)": peaks["cached"].map(rp.mib),
-            "its KV cache (median)": peaks["cache"].map(rp.mib),
-            "cached peak / none peak": peaks["ratios"].map(rp.spread),
-        }
-    )
+    p = p.assign(ratio=p["peak_bytes"] / p["peak_bytes_none"])
+    peaks = {
+        "peak measured as": ("peak_source", lambda s: ", ".join(sorted(set(s.map(PEAK_NAMES))))),
+        "none peak (median)": ("peak_bytes_none", lambda s: rp.mib(s.median())),
+        "cached peak (median)": ("peak_bytes", lambda s: rp.mib(s.median())),
+        "its KV cache (median)": ("kv_held", lambda s: rp.mib(s.median())),
+        "cached peak / none peak": ("ratio", rp.spread),
+    }
+    peaks = grouped(p, df, [], ["model", "engine", "n_kv_head", "kv_mode"], peaks)
     prefill = {m: rp.spread(v) for m, v in claims.prefill_ratios(df).items()}
     return {"peaks": peaks if len(peaks) else None, "prefill": prefill, **beyond_weights(df)}
 
@@ -247,7 +230,8 @@ def beyond_weights(df: pd.DataFrame) -> dict:
     if not len(ok):
         return {"beyond": None}
     x = fr.x_axis(ok) or "cell.prompt_len"
-    rows = ["cell.kv_mode", *[f"cell.{k}" for k in rp.varying(ok, ("kv_mode", x[5:], "seed"))]]
+    axis = x.removeprefix("cell.")
+    rows = ["cell.kv_mode", *[f"cell.{k}" for k in rp.varying(ok, ("kv_mode", axis, "seed"))]]
     cell = [
         f"{rp.num(b / fr.MIB)} ({'no cache' if pd.isna(k) else rp.num(k / fr.MIB)})"
         for b, k in zip(ok["beyond_bytes"], ok["memory.kv_cache_bytes_formula"].astype(float))
@@ -255,16 +239,16 @@ def beyond_weights(df: pd.DataFrame) -> dict:
     ok = ok.assign(cell=cell)
     ends = list(ok[x].cat.categories[[0, -1]]) if x == "cell.model" else [ok[x].min(), ok[x].max()]
     spans = [
-        f"{m} {rp.mib(g[g[x] == ends[0]]['beyond_bytes'].median())} at {x[5:]} {ends[0]} → "
+        f"{m} {rp.mib(g[g[x] == ends[0]]['beyond_bytes'].median())} at {axis} {ends[0]} → "
         f"{rp.mib(g[g[x] == ends[1]]['beyond_bytes'].median())} at {ends[1]}"
         for m, g in ok.groupby("cell.kv_mode", observed=True)
     ]
     sources = sorted(set(ok["beyond_source"].astype(str)))
     return {
-        "beyond": wide(ok, rows, x, f"{x[5:]} "),
+        "beyond": wide(ok, rows, x, f"{axis} "),
         "beyond_sources": sources,
         "beyond_spans": spans,
-        "beyond_axis": x[5:],
+        "beyond_axis": axis,
     }
 
 
@@ -275,14 +259,12 @@ def floor(df: pd.DataFrame) -> dict | None:
     if not len(ok):
         return None
     bw = {k: ok[f"analytic.{k}_bandwidth_bytes_per_s"].astype(float).median() for k in ("read", "copy")}
-    return {
-        "read_bw": "–" if rp.f(bw["read"]) is None else f"{rp.num(bw['read'] / 1e9)} GB/s",
-        "copy_bw": "–" if rp.f(bw["copy"]) is None else f"{rp.num(bw['copy'] / 1e9)} GB/s",
-        "fraction": {
-            str(m): rp.spread(g["analytic.fraction_of_floor"], lambda v: f"{v:.2f}", "cells")
-            for m, g in ok.groupby("cell.kv_mode", observed=True)
-        },
+    out = {f"{k}_bw": "–" if rp.f(v) is None else f"{rp.num(v / 1e9)} GB/s" for k, v in bw.items()}
+    out["fraction"] = {
+        str(m): rp.spread(g["analytic.fraction_of_floor"], lambda v: f"{v:.2f}", "cells")
+        for m, g in ok.groupby("cell.kv_mode", observed=True)
     }
+    return out
 
 
 def variants(df: pd.DataFrame) -> pd.DataFrame | None:
@@ -297,8 +279,8 @@ def variants(df: pd.DataFrame) -> pd.DataFrame | None:
     v = v.merge(full[coord + ["held"]].rename(columns={"held": "ref"}), on=coord, how="left")
     head_dim = df.groupby("cell.model", observed=True)["head_dim"].max()
     keys = ["engine", "model", "dtype", -v["n_kv_head"].astype(float), "kv_mode", "n_head"]  # most K/V heads first
-    out = pd.DataFrame(variant(g, *k, head_dim.get(k[1])) for k, g in v.groupby(keys, observed=True, sort=True))
-    return out if out["engine"].nunique() > 1 else out.drop(columns="engine")
+    rows = [variant(g, *k, head_dim.get(k[1])) for k, g in v.groupby(keys, observed=True, sort=True)]
+    return by_engine(pd.DataFrame(rows), df)
 
 
 def variant(g: pd.DataFrame, engine, model, dtype, kv, mode, heads, hd) -> dict:
@@ -312,7 +294,6 @@ def variant(g: pd.DataFrame, engine, model, dtype, kv, mode, heads, hd) -> dict:
     first = sorted({rp.lab(s) for s in ok["first_mismatch_step"].dropna()}, key=rp.natural)
     tokens = f"{(match == 'True').sum()} of {len(ok)}"
     tokens += f"; differ from step {', '.join(first)}" if (match == "False").any() and first else ""
-    bytes_ratio = rp.spread(ok["held"] / ok["ref"], lambda x: f"{x:.3g}", "cells")
     logit = ok["max_logit_diff"].max()
     return {
         "model": model,
@@ -320,7 +301,9 @@ def variant(g: pd.DataFrame, engine, model, dtype, kv, mode, heads, hd) -> dict:
         "kv_mode": mode,
         "K/V heads": f"{kv} of {heads}",
         "ok cells": f"{len(ok)} of {len(g)}",
-        "cache bytes / static all heads": "–" if mode == "none" else bytes_ratio,
+        "cache bytes / static all heads": "–"
+        if mode == "none"
+        else rp.spread(ok["held"] / ok["ref"], "{:.3g}".format, "cells"),
         "formula's ratio": expect,
         "decode ms/token": rp.spread(ok["decode_ms_per_token"], rp.num, "cells"),
         "decode speedup vs none": rp.spread(ok["decode_speedup"]),
