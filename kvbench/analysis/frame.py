@@ -3,7 +3,7 @@
 `from_records` (the aggregate) and `read_cells` (figures and explain, from cells.csv) give the
 same frame: one row per record, columns named by their dotted path in the record
 (`latency.decode_ms_per_token.median`), typed by the record schema, kv modes, statuses and
-models as ordered Categoricals (models by parameter count), plus the DERIVED columns. Every
+models as ordered Categoricals (models by parameter count), plus the columns `derive` adds. Every
 table and figure is a selection of this frame or of `pairs` (each cached cell beside its `none`).
 """
 
@@ -108,8 +108,8 @@ def from_records(paths: list[Path]) -> pd.DataFrame:
         raise kvrecord.RecordError("\n".join(problems))
     flat = pd.json_normalize(records)
     flat.insert(0, "record", record_names(paths))
-    for col in [c for c in flat.columns if c != PER_STEP and pd.api.types.is_object_dtype(flat[c])]:
-        flat[col] = flat[col].map(as_text)
+    lists = [c for c in flat.columns if c != PER_STEP and pd.api.types.is_object_dtype(flat[c])]
+    flat[lists] = flat[lists].map(as_text)
     # a section null in one record and filled in another flattens to "latency" and "latency.*" too
     bare = [c for c in flat.columns if flat[c].isna().all() and any(o.startswith(c + ".") for o in flat.columns)]
     # a stable sort by section: in each the CORE columns first, in their order, then the rest by name
