@@ -26,11 +26,6 @@ def claimed(writeup: str, setting: str) -> dict[str, tuple[float, float]]:
     return {v: (float(lo), float(hi)) for v, lo, hi in zip(rows["value"], rows["low"], rows["high"])}
 
 
-def _compare(measured: float, claim: float) -> str:
-    r = measured / claim
-    return "about the same" if abs(r - 1) <= ABOUT else f"{'higher' if r > 1 else 'lower'} ({r:.2f}× the claim)"
-
-
 def _per_mode(sp: pd.DataFrame, column: str) -> dict[str, list[float]]:
     """Speedups per cached mode, plain models only (a grouped-query variant is another model
     than the write-ups ran)."""
@@ -49,7 +44,9 @@ def speedup(df, sp, dev, claim):
         return f"no pair at {claim.setting} = {claim.value}"
     lo, hi, medians = float(claim.low), float(claim.high), {m: statistics.median(v) for m, v in total.items()}
     if lo == hi:
-        verdict = f"best median {_compare(max(medians.values()), lo)}" + (f"; {claim.note}" if claim.note else "")
+        r = max(medians.values()) / lo
+        near = "about the same" if abs(r - 1) <= ABOUT else f"{'higher' if r > 1 else 'lower'} ({r:.2f}× the claim)"
+        verdict = f"best median {near}" + (f"; {claim.note}" if claim.note else "")
     else:
         verdict = "whole generation: " + "; ".join(
             f"{m} {'within' if lo <= v <= hi else 'below' if v < lo else 'above'}" for m, v in medians.items()
@@ -66,13 +63,12 @@ def _formula(tokens: int, elem: int) -> tuple[str, int]:
     return text, kv_cache_bytes(g["n_layer"], 1, g["n_kv_head"], tokens, g["head_dim"], elem)
 
 
-def _measured_per_token(df: pd.DataFrame, dtypes: tuple[str, ...]) -> dict[str, float]:
-    """Measured cache bytes / (batch × tokens) per dtype, for gpt2's plain caches."""
+def _measured_per_token(df: pd.DataFrame) -> dict[str, float]:
+    """Measured cache bytes / (batch × tokens) per dtype, from the first of gpt2's plain caches."""
     sub = df[
         df["ok"]
         & (df["cell.model"] == "gpt2")
         & df["cell.kv_mode"].isin(["concat", "static"])
-        & df["cell.dtype"].isin(dtypes)
         & df["cell.n_kv_head"].isna()
         & df["memory.kv_cache_bytes_measured"].notna()
     ].drop_duplicates("cell.dtype")
@@ -82,9 +78,11 @@ def _measured_per_token(df: pd.DataFrame, dtypes: tuple[str, ...]) -> dict[str, 
 
 def cache_per_token(df, sp, dev, claim):
     text, n = _formula(1, 4)
-    per = _measured_per_token(df, ("fp32",))
-    measured = f"measured here (gpt2, fp32): {rp.nbytes(per['fp32'])}" if per else "the cache's bytes at gpt2 fp32 are"
-    measured += " per token per sequence" if per else f" {rp.NOT_MEASURED}"
+    per = _measured_per_token(df)
+    if "fp32" in per:
+        measured = f"measured here (gpt2, fp32): {rp.nbytes(per['fp32'])} per token per sequence"
+    else:
+        measured = f"the cache's bytes at gpt2 fp32 are {rp.NOT_MEASURED}"
     close = abs(n / rp.MB / float(claim.low) - 1) <= ABOUT
     return (
         f"formula, fp32: `{text}` = {rp.nbytes(n)} = {rp.mb(n)} per token per sequence; {measured}",
@@ -94,17 +92,13 @@ def cache_per_token(df, sp, dev, claim):
 
 def cache_fp16(df, sp, dev, claim):
     (t1000, n1000), (_, n100) = _formula(1000, 2), _formula(100, 2)
-    half, full = _measured_per_token(df, ("bf16", "fp16")), _measured_per_token(df, ("fp32",))
-    if half:
-        dt = sorted(half)[0]
-        measured = f"; measured here (gpt2, {dt}): {rp.nbytes(half[dt])} per token, × 1000 = {rp.mb(half[dt] * 1000)}"
-    elif full:
-        measured = (
-            f"; measured here at fp32 only (gpt2): {rp.nbytes(full['fp32'])} per token, × 1000 = "
-            f"{rp.mb(full['fp32'] * 1000)}, twice the fp16 formula; fp16 {rp.NOT_MEASURED}"
-        )
-    else:
-        measured = f"; {rp.NOT_MEASURED} (no gpt2 cache)"
+    per = _measured_per_token(df)
+    dt = next((d for d in ("bf16", "fp16", "fp32") if d in per), None)
+    measured = f"; {rp.NOT_MEASURED} (no gpt2 cache)"
+    if dt:
+        at = "at fp32 only (gpt2)" if dt == "fp32" else f"(gpt2, {dt})"
+        measured = f"; measured here {at}: {rp.nbytes(per[dt])} per token, × 1000 = {rp.mb(per[dt] * 1000)}"
+        measured += f", twice the fp16 formula; fp16 {rp.NOT_MEASURED}" if dt == "fp32" else ""
     off, layers = n1000 / rp.MB / float(claim.low), GPT2["n_layer"]
     return (
         f"formula: `{t1000}` = {rp.nbytes(n1000)} = {rp.mb(n1000)} per 1000 tokens ({rp.mb(n100)} per 100){measured}",
@@ -118,16 +112,15 @@ def prompt_growth(df, sp, dev, claim):
     dec = ok["latency.decode_ms_per_token.median"].astype(float)
     # cells equal in every setting but the prompt: decode ms at the longest prompt / at the shortest
     same = [ok["cell.kv_mode"], pd.Series(fr.ident(ok[list(fr.CELL)], ("kv_mode", "prompt_len")), index=ok.index)]
-    growth: dict[str, list[float]] = {}
-    ends = set()
-    for (mode, _), g in ok.groupby(same, observed=True, sort=True):
-        if len(g) > 1:
-            lo, hi = g["cell.prompt_len"].idxmin(), g["cell.prompt_len"].idxmax()
-            growth.setdefault(str(mode), []).append(dec[hi] / dec[lo])
-            ends.add((int(ok.at[lo, "cell.prompt_len"]), int(ok.at[hi, "cell.prompt_len"])))
+    prompts = ok.groupby(same, observed=True, sort=True)["cell.prompt_len"]
+    several = prompts.size() > 1
+    lo, hi = prompts.idxmin()[several], prompts.idxmax()[several]
+    ratio = pd.Series(dec[hi].values / dec[lo].values, index=hi.index)
+    growth = {str(mode): list(r) for mode, r in ratio.groupby(level=0, observed=True)}
     if not growth.get("none"):
         return "one prompt length, or no finished `none` cells at two"
-    span = ", ".join(f"{a}→{b}" for a, b in sorted(ends))
+    prompt = ok["cell.prompt_len"].astype(int)
+    span = ", ".join(f"{a}→{b}" for a, b in sorted(set(zip(prompt[lo], prompt[hi]))))
     return (
         f"decode ms per token at the longest / the shortest prompt (prompt {span}): {_modes(growth)}",
         "yes" if statistics.median(growth["none"]) > 1 + ABOUT / 2 else "no",
@@ -155,13 +148,11 @@ def model_trend(df, sp, dev, claim):
     plain = sp[sp["total_speedup"].notna() & sp["cell.n_kv_head"].isna()]
     if plain["cell.model"].nunique() < 2:
         return "one model"
-    trends = []
-    for mode, g in plain.groupby("cell.kv_mode", observed=True):
-        meds = list(g.groupby("cell.model", observed=True)["total_speedup"].median())
-        if len(meds) > 1:
-            trends.append(f"{mode}: " + " → ".join(rp.x(v) for v in meds) + f" ({rp.trend(meds)})")
-    verdicts = {t.rsplit("(", 1)[1].rstrip(")") for t in trends}
-    verdict = "yes" if verdicts == {"grows"} else "no" if verdicts == {"falls"} else "partly" if trends else "–"
+    medians = plain.groupby(["cell.kv_mode", "cell.model"], observed=True)["total_speedup"].median()
+    meds = {mode: list(m) for mode, m in medians.groupby(level=0, observed=True) if len(m) > 1}
+    verdicts = {rp.trend(m) for m in meds.values()}
+    verdict = "yes" if verdicts == {"grows"} else "no" if verdicts == {"falls"} else "partly" if meds else "–"
+    trends = [f"{mode}: " + " → ".join(rp.x(v) for v in m) + f" ({rp.trend(m)})" for mode, m in meds.items()]
     return "median whole-generation speedup by model, smallest to largest: " + "; ".join(trends), verdict
 
 
