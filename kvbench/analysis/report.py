@@ -55,8 +55,7 @@ mib = _or_dash(lambda n: f"{num(n / fr.MIB)} MiB")
 
 
 def heads(v) -> str:
-    """A cell's n_kv_head setting: empty means every head (plain multi-head attention); tables
-    group by `sort_heads` so those rows come first."""
+    """A cell's n_kv_head setting: empty means every head (plain multi-head attention); `sort_heads` puts them first."""
     return "all" if f(v) is None or f(v) < 0 else lab(v)
 
 
@@ -147,13 +146,10 @@ def summary(df: pd.DataFrame, sweep: str | None) -> dict:
     )
     best = sp.loc[sp["decode_speedup"].idxmax()] if len(sp) else None
     bad = df[~df["ok"]].sort_values("status", kind="stable")
-    failed = pd.DataFrame(
-        {
-            "status": bad["status"],
-            "kv_mode": bad["cell.kv_mode"],
-            "cell": [where(r, keys) for _, r in bad.iterrows()],
-            "message": [" ".join(str(e or "").split())[:160] for e in bad["error"].fillna("")],
-        }
+    failed = bad[["status"]].assign(
+        kv_mode=bad["cell.kv_mode"],
+        cell=[where(r, keys) for _, r in bad.iterrows()],
+        message=bad["error"].fillna("").map(lambda e: " ".join(str(e).split())[:160]),
     )
     mismatch = df[df["check.matches_reference"].astype(str) == "False"]
     return {
