@@ -51,8 +51,7 @@ SHAPE = ("n_params", "n_layer", "n_head", "n_embd", "n_kv_head", "block_size")
 
 
 def _schema_types(node: dict, prefix: str = "") -> dict[str, str]:
-    """Dotted path -> dtype of every integer and boolean leaf: integers stay integers where a value is
-    missing (Int64: 1 not 1.0), booleans stay booleans."""
+    """Dotted path -> dtype of each integer leaf (Int64: 1 not 1.0 where a value is missing) and boolean leaf."""
     out = {}
     for key, sub in node.get("properties", {}).items():
         types = {sub["type"]} if isinstance(sub.get("type"), str) else set(sub.get("type", []))
@@ -139,8 +138,7 @@ def _num(df: pd.DataFrame, col: str) -> pd.Series:
 
 
 def ident(cell: pd.DataFrame, drop: tuple[str, ...] = ()) -> list[str]:
-    """The cell's settings as one JSON string, a join key: 16 and 16.0 spelled alike (cells.csv
-    reads some integers as floats)."""
+    """The cell's settings as one JSON string, a join key: 16 and 16.0 alike (cells.csv reads some ints as floats)."""
     keep = [c for c in cell.columns if c.removeprefix("cell.") not in drop]
     plain = cell[keep].astype(object).map(lambda v: None if pd.isna(v) else int(v) if _integral(v) else v)
     names = [c.removeprefix("cell.") for c in keep]
