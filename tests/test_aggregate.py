@@ -283,6 +283,15 @@ def test_aggregate_rejects_two_records_of_one_cell(tmp_path: Path) -> None:
     assert agg.main(["--records", str(tmp_path / "missing"), "--out", str(tmp_path / "t")]) == 1
 
 
+def test_a_sweep_whose_grid_has_no_cell_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # ct2 runs only its own cache (concat): crossed with static alone, the grid is empty
+    config = tmp_path / "config.yaml"
+    config.write_text("sweeps:\n  x:\n    grid: {engine: [ct2], kv_mode: [static]}\n")
+    assert agg.main(["--sweep", "x", "--config", str(config), "--out", str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"aggregate: error: no *.json records: sweep x's grid in {config} names none\n"
+
+
 def test_axis_tables_absent_when_their_axis_does_not_vary(sweep: Sweep) -> None:
     # the base sweep: one model, one length, no int8 cache, no n_kv_head
     for name in AXIS_TABLES:

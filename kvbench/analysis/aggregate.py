@@ -168,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         files = kvrecord.find(args.records) if args.records else sweep_records(args.config, args.sweep)
         if not files:
-            raise ValueError(f"no *.json records under {' '.join(map(str, args.records))}")
+            where = " ".join(map(str, args.records)) if args.records else f"sweep {args.sweep}'s grid in {args.config}"
+            raise ValueError(f"no *.json records: {where} names none")
         aggregate(files, args.out)
     except kvrecord.RecordError as exc:  # one line per damaged file, each with the remedy
         print("\n".join(f"aggregate: refused: {line}" for line in str(exc).splitlines()), file=sys.stderr)
