@@ -1,12 +1,10 @@
 """Tables -> explanation.md: what the KV cache did in one sweep, in words, with its numbers.
 
-Write-up 004's point made a rule: a speedup needs a measured baseline. The document is built
-from the sweep's cells.csv alone (through the same frame and pairs as the aggregate, so the
-two cannot disagree); every number is read from it or computed by a formula written beside it,
-and a claim the sweep did not measure says "not measured in this sweep". Each section is a
-function returning DataFrames and numbers; templates/explanation.md.j2 lays them out.
-
-    kvbench explain --tables results/<sweep>/tables --out results/<sweep>/explanation.md
+Write-up 004's point made a rule: a speedup needs a measured baseline. The document is built from
+the sweep's cells.csv alone, through the same frame and pairs as the aggregate (so the two cannot
+disagree); every number is read from it or computed by a formula written beside it, and a claim the
+sweep did not measure says so. Section functions return DataFrames and numbers; the template
+templates/explanation.md.j2 lays them out.
 """
 
 from __future__ import annotations
@@ -136,7 +134,7 @@ def along(df: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, str] | None:
     axis; cells total / per token speedup; then one line counting the rows whose whole-generation
     speedup grows along it. None where the sweep has one value of the axis."""
     t = agg.axis_table(df, axis)
-    if t is None or not len(t):
+    if t is None:
         return None
     t = t.assign(
         n_kv_head=rp.sort_heads(t["n_kv_head"]),
@@ -271,7 +269,7 @@ def variants(df: pd.DataFrame) -> pd.DataFrame | None:
     """Section 5: kv_variants.csv summarised per model, dtype, kv mode and K/V heads, against
     the plain static cache with all heads."""
     v = agg.kv_variants_table(df)
-    if v is None or not len(v):
+    if v is None:
         return None
     coord = ["engine", "model", "dtype", "attention", "batch", "prompt_len", "new_tokens"]
     v = v.assign(held=v["kv_cache_bytes_measured"].astype(float).fillna(v["kv_cache_bytes_formula"].astype(float)))
@@ -294,6 +292,7 @@ def variant(g: pd.DataFrame, engine, model, dtype, kv, mode, heads, hd) -> dict:
     first = sorted({rp.lab(s) for s in ok["first_mismatch_step"].dropna()}, key=rp.natural)
     tokens = f"{(match == 'True').sum()} of {len(ok)}"
     tokens += f"; differ from step {', '.join(first)}" if (match == "False").any() and first else ""
+    held = "–" if mode == "none" else rp.spread(ok["held"] / ok["ref"], "{:.3g}".format, "cells")
     logit = ok["max_logit_diff"].max()
     return {
         "model": model,
@@ -301,9 +300,7 @@ def variant(g: pd.DataFrame, engine, model, dtype, kv, mode, heads, hd) -> dict:
         "kv_mode": mode,
         "K/V heads": f"{kv} of {heads}",
         "ok cells": f"{len(ok)} of {len(g)}",
-        "cache bytes / static all heads": "–"
-        if mode == "none"
-        else rp.spread(ok["held"] / ok["ref"], "{:.3g}".format, "cells"),
+        "cache bytes / static all heads": held,
         "formula's ratio": expect,
         "decode ms/token": rp.spread(ok["decode_ms_per_token"], rp.num, "cells"),
         "decode speedup vs none": rp.spread(ok["decode_speedup"]),
@@ -313,11 +310,10 @@ def variant(g: pd.DataFrame, engine, model, dtype, kv, mode, heads, hd) -> dict:
     }
 
 
-def explanation_markdown(tables_dir: Path) -> str:
-    tables_dir = Path(tables_dir)
+def explain(tables_dir: Path, out_md: Path) -> None:
     df = fr.read_cells(tables_dir / "cells.csv")
     sp, dev = fr.pairs(df), ", ".join(rp.devices(df))
-    return rp.render(
+    text = rp.render(
         "explanation.md.j2",
         h=header(df, [n for n in TABLES if (tables_dir / n).is_file()]),
         size=cache_size(df),
@@ -330,10 +326,7 @@ def explanation_markdown(tables_dir: Path) -> str:
         dev=dev,
         about=f"{claims.ABOUT:.0%}",
     )
-
-
-def explain(tables_dir: Path, out_md: Path) -> None:
-    kvrecord.write_atomic_text(Path(out_md), explanation_markdown(Path(tables_dir)))
+    kvrecord.write_atomic_text(out_md, text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
