@@ -191,7 +191,7 @@ def not_helping(df: pd.DataFrame, sp: pd.DataFrame) -> dict:
     both = ok[ok["cell.kv_mode"] == "concat"].merge(ok[ok["cell.kv_mode"] == "static"], on="key", suffixes=("", "_s"))
     d = "latency.decode_ms_per_token.median"
     return {
-        "prefill": {str(m): rp.spread(g["prefill_speedup"]) for m, g in pre.groupby("cell.kv_mode", observed=True)},
+        "prefill": pre.groupby("cell.kv_mode", observed=True)["prefill_speedup"].agg(rp.spread).to_dict(),
         "short": short if len(tot) else None,
         "any_pair": sp["decode_speedup"].notna().any(),
         "lost": [
@@ -230,11 +230,9 @@ def beyond_weights(df: pd.DataFrame) -> dict:
     x = fr.x_axis(ok) or "cell.prompt_len"
     axis = x.removeprefix("cell.")
     rows = ["cell.kv_mode", *[f"cell.{k}" for k in rp.varying(ok, ("kv_mode", axis, "seed"))]]
-    cell = [
-        f"{rp.num(b / fr.MIB)} ({'no cache' if pd.isna(k) else rp.num(k / fr.MIB)})"
-        for b, k in zip(ok["beyond_bytes"], ok["memory.kv_cache_bytes_formula"].astype(float))
-    ]
-    ok = ok.assign(cell=cell)
+    kv = ok["memory.kv_cache_bytes_formula"].astype(float) / fr.MIB
+    kv = kv.map(rp.num).where(kv.notna(), "no cache")
+    ok = ok.assign(cell=(ok["beyond_bytes"] / fr.MIB).map(rp.num) + " (" + kv + ")")
     ends = list(ok[x].cat.categories[[0, -1]]) if x == "cell.model" else [ok[x].min(), ok[x].max()]
     spans = [
         f"{m} {rp.mib(g[g[x] == ends[0]]['beyond_bytes'].median())} at {axis} {ends[0]} → "
@@ -258,11 +256,8 @@ def floor(df: pd.DataFrame) -> dict | None:
         return None
     bw = {k: ok[f"analytic.{k}_bandwidth_bytes_per_s"].astype(float).median() for k in ("read", "copy")}
     out = {f"{k}_bw": "–" if rp.f(v) is None else f"{rp.num(v / 1e9)} GB/s" for k, v in bw.items()}
-    out["fraction"] = {
-        str(m): rp.spread(g["analytic.fraction_of_floor"], lambda v: f"{v:.2f}", "cells")
-        for m, g in ok.groupby("cell.kv_mode", observed=True)
-    }
-    return out
+    fraction = ok.groupby("cell.kv_mode", observed=True)["analytic.fraction_of_floor"]
+    return out | {"fraction": fraction.agg(rp.spread, "{:.2f}".format, "cells").to_dict()}
 
 
 def variants(df: pd.DataFrame) -> pd.DataFrame | None:
