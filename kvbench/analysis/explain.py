@@ -28,10 +28,6 @@ TABLES = ("cells.csv", "speedup.csv", "speedup_by_model.csv", "speedup_by_length
 PEAK_NAMES = {"torch_peak_allocated": "torch peak allocated", "rss_peak": "process RSS peak"}
 
 
-def _i(v) -> int:
-    return int(float(v))
-
-
 def by_engine(t: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     """t's engine column only where the sweep ran several engines."""
     return t if df["cell.engine"].nunique() > 1 else t.drop(columns="engine")
@@ -49,9 +45,9 @@ def grouped(t: pd.DataFrame, df: pd.DataFrame, extra: list[str], shown: list[str
 
 def formula_text(r: pd.Series) -> str:
     """The KV-cache product written out for one cell (its value comes from kv_cache_bytes)."""
-    hd = _i(r["head_dim"])
-    last = f"({hd} + {INT8_SCALE_BYTES})" if r["cell.kv_mode"] == "static-int8" else f"{hd} × {_i(r['elem_bytes'])}"
-    return f"2 × {_i(r['n_layer'])} × {_i(r['cell.batch'])} × {_i(r['kv_heads'])} × {_i(r['tokens'])} × {last}"
+    hd = rp.lab(r["head_dim"])
+    last = f"({hd} + {INT8_SCALE_BYTES})" if r["cell.kv_mode"] == "static-int8" else f"{hd} × {rp.lab(r['elem_bytes'])}"
+    return " × ".join(["2", *(rp.lab(r[k]) for k in ("n_layer", "cell.batch", "kv_heads", "tokens")), last])
 
 
 def desc(df: pd.DataFrame, model: str) -> str:
@@ -102,7 +98,7 @@ def cache_size(df: pd.DataFrame) -> dict:
         "weights": weights.map(rp.nbytes),
         "batch × tokens where cache = weights": cross.map("{:,.0f}".format),
         "full context (block size): from": [
-            f"{_i(b)}: batch ≥ {math.ceil(c / b):,}" if b > 0 else "–" for b, c in zip(block, cross)
+            f"{rp.lab(b)}: batch ≥ {math.ceil(c / b):,}" if b > 0 else "–" for b, c in zip(block, cross)
         ],
     }
     pairs = zip(differ["record"], differ["memory.kv_cache_bytes_formula"], differ["memory.kv_cache_bytes_measured"])
@@ -282,7 +278,7 @@ def variant(g: pd.DataFrame, engine, model, dtype, kv, mode, heads, hd) -> dict:
     expect = "no cache" if mode == "none" else f"{kv}/{heads} = {kv / heads:.3g}"
     if mode == "static-int8":
         ratio = kv / heads * (hd + INT8_SCALE_BYTES) / (hd * elem) if elem and rp.f(hd) else None
-        expect = "–" if ratio is None else f"{kv}/{heads} × ({_i(hd)} + 4) / ({_i(hd)} × {elem}) = {ratio:.3g}"
+        expect = "–" if ratio is None else f"{kv}/{heads} × ({rp.lab(hd)} + 4) / ({rp.lab(hd)} × {elem}) = {ratio:.3g}"
     match = ok["matches_reference"].astype(str)
     first = sorted({rp.lab(s) for s in ok["first_mismatch_step"].dropna()}, key=rp.natural)
     tokens = f"{(match == 'True').sum()} of {len(ok)}"
