@@ -156,10 +156,9 @@ def along(df: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, str] | None:
 
 def speedup_growth(df: pd.DataFrame, sp: pd.DataFrame) -> dict:
     """Section 2: the speedup along generation length and model size, and the largest decode speedup."""
-    ok = sp.dropna(subset=["decode_speedup"])
     best = None
-    if len(ok):
-        r = ok.loc[ok["decode_speedup"].idxmax()]
+    if sp["decode_speedup"].notna().any():
+        r = sp.loc[sp["decode_speedup"].idxmax()]
         at = rp.where(r, ("model", "dtype", "batch", "prompt_len", "new_tokens"))
         best = (
             f"{rp.x(r['decode_speedup'])} ({r['cell.kv_mode']} at {at}: {rp.num(r['decode_ms'])} vs "
@@ -283,7 +282,7 @@ def variant(g: pd.DataFrame, engine, model, dtype, kv, mode, heads, hd) -> dict:
     first = sorted({rp.lab(s) for s in ok["first_mismatch_step"].dropna()}, key=rp.natural)
     tokens = f"{(match == 'True').sum()} of {len(ok)}"
     tokens += f"; differ from step {', '.join(first)}" if (match == "False").any() and first else ""
-    held = "–" if mode == "none" else rp.spread(ok["held"] / ok["ref"], "{:.3g}".format, "cells")
+    bytes_ratio = "–" if mode == "none" else rp.spread(ok["held"] / ok["ref"], "{:.3g}".format, "cells")
     logit = ok["max_logit_diff"].max()
     return {
         "model": model,
@@ -291,7 +290,7 @@ def variant(g: pd.DataFrame, engine, model, dtype, kv, mode, heads, hd) -> dict:
         "kv_mode": mode,
         "K/V heads": f"{kv} of {heads}",
         "ok cells": f"{len(ok)} of {len(g)}",
-        "cache bytes / static all heads": held,
+        "cache bytes / static all heads": bytes_ratio,
         "formula's ratio": expect,
         "decode ms/token": rp.spread(ok["decode_ms_per_token"], rp.num, "cells"),
         "decode speedup vs none": rp.spread(ok["decode_speedup"]),
