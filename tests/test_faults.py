@@ -121,24 +121,28 @@ def test_two_sweeps_in_one_directory_the_second_refuses_the_first_is_unharmed(tm
     )
     first = start(tmp_path, *UNTIL_TABLES)
     wait_for_a_record(tmp_path, first)
-
-    # The same sweep: Snakemake's own lock (its files are locked) or ours refuses, before any job.
-    same = snakemake(tmp_path, *UNTIL_TABLES, check=False)
-    assert same.returncode != 0
-    assert "LockException" in same.stderr or "kvbench: refused" in same.stderr, same.stderr[-2000:]
-    assert "Finished jobid" not in same.stdout + same.stderr
-    # Another sweep writes other files, so Snakemake alone would run it beside the first (timings of both
-    # would lie); the workflow's run lock refuses it in one line.
-    second = snakemake(tmp_path, "--config", "run=[u]", check=False)
-    refusal = (
-        f"kvbench: refused: another snakemake is running a sweep in {tmp_path}; wait for it (or stop it) and run again"
-    )
-    assert second.returncode == 1
-    assert [line for line in second.stderr.splitlines() if "refused" in line or "Error" in line] == [refusal], (
-        second.stderr[-2000:]
-    )
-    assert "Traceback" not in second.stderr and not (tmp_path / "results/u").exists()
-    assert first.poll() is None, "both refusals must happen while the first sweep runs"
+    # Frozen (its locks still held) while the others try: the cells are faster than two Snakemake start-ups,
+    # so a running first sweep could finish in between and the test would race.
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        # The same sweep: Snakemake's own lock (its files are locked) or ours refuses, before any job.
+        same = snakemake(tmp_path, *UNTIL_TABLES, check=False)
+        assert same.returncode != 0
+        assert "LockException" in same.stderr or "kvbench: refused" in same.stderr, same.stderr[-2000:]
+        assert "Finished jobid" not in same.stdout + same.stderr
+        # Another sweep writes other files, so Snakemake alone would run it beside the first (timings of both
+        # would lie); the workflow's run lock refuses it in one line.
+        second = snakemake(tmp_path, "--config", "run=[u]", check=False)
+        refusal = f"kvbench: refused: another snakemake is running a sweep in {tmp_path}; "
+        refusal += "wait for it (or stop it) and run again"
+        assert second.returncode == 1
+        assert [line for line in second.stderr.splitlines() if "refused" in line or "Error" in line] == [refusal], (
+            second.stderr[-2000:]
+        )
+        assert "Traceback" not in second.stderr and not (tmp_path / "results/u").exists()
+        assert first.poll() is None, "both refusals must happen while the first sweep runs"
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
 
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out[-3000:]
