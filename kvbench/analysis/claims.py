@@ -106,15 +106,16 @@ def prompt_growth(df, sp, dev, claim):
     dec = ok["latency.decode_ms_per_token.median"].astype(float)
     # cells equal in every setting but the prompt: decode ms at the longest prompt / at the shortest
     same = [ok["cell.kv_mode"], pd.Series(fr.ident(ok[list(fr.CELL)], ("kv_mode", "prompt_len")), index=ok.index)]
-    prompts = ok.groupby(same, observed=True, sort=True)["cell.prompt_len"]
-    several = prompts.size() > 1
-    lo, hi = prompts.idxmin()[several], prompts.idxmax()[several]
-    ratio = pd.Series(dec[hi].values / dec[lo].values, index=hi.index)
-    growth = {str(mode): list(r) for mode, r in ratio.groupby(level=0, observed=True)}
+    growth: dict[str, list[float]] = {}
+    ends = set()
+    for (mode, _), g in ok.groupby(same, observed=True, sort=True):
+        if len(g) > 1:
+            lo, hi = g["cell.prompt_len"].idxmin(), g["cell.prompt_len"].idxmax()
+            growth.setdefault(str(mode), []).append(dec[hi] / dec[lo])
+            ends.add((int(ok.at[lo, "cell.prompt_len"]), int(ok.at[hi, "cell.prompt_len"])))
     if not growth.get("none"):
         return "one prompt length, or no finished `none` cells at two"
-    prompt = ok["cell.prompt_len"].astype(int)
-    span = ", ".join(f"{a}→{b}" for a, b in sorted(set(zip(prompt[lo], prompt[hi]))))
+    span = ", ".join(f"{a}→{b}" for a, b in sorted(ends))
     return (
         f"decode ms per token at the longest / the shortest prompt (prompt {span}): {_modes(growth)}",
         "yes" if statistics.median(growth["none"]) > 1 + ABOUT / 2 else "no",

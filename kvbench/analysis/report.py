@@ -72,8 +72,11 @@ def spread(values: Sequence[float], fmt: Callable = x, noun: str = "pairs") -> s
 
 
 def trend(vals: Sequence[float | None]) -> str:
-    steps = pd.Series([v for v in vals if f(v) is not None], dtype=float).diff().dropna()
-    return "–" if steps.empty else "grows" if (steps >= 0).all() else "falls" if (steps <= 0).all() else "mixed"
+    got = [v for v in vals if f(v) is not None]
+    steps = [b - a for a, b in zip(got, got[1:])]
+    if not steps:
+        return "–"
+    return "grows" if min(steps) >= 0 else "falls" if max(steps) <= 0 else "mixed"
 
 
 def md(df: pd.DataFrame) -> str:
