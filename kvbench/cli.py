@@ -137,6 +137,7 @@ DELEGATED = {
         "tables -> explanation.md: the formula, the speedups, the claims vs measured",
     ),
     "publish": ("kvbench.analysis.publish", "copy a bundle to results/published/<device>/<sweep>/"),
+    "compare": ("kvbench.analysis.compare", "two runs side by side: B/A per cell, same/faster/slower"),
     "check-records": (
         "kvbench.record",
         "move damaged records aside to results/<sweep>/damaged/ (Snakemake re-measures them)",
