@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from kvbench.kv_cache import KVCache, make_cache
-from kvbench.model import GPT
+from kvbench.models import Model
 
 
 @dataclass
@@ -50,9 +50,9 @@ class Generation:
     logits: list[torch.Tensor] | None  # per token, (B, V) float32, when asked for
 
 
-def new_cache(model: GPT, kv_mode: str, batch: int, max_len: int) -> KVCache | None:
+def new_cache(model: Model, kv_mode: str, batch: int, max_len: int) -> KVCache | None:
     cfg = model.config
-    w = model.transformer.wte.weight
+    w = model.lm_head.weight  # every family has a head, in the model's dtype and on its device
     return make_cache(
         kv_mode,
         n_layer=cfg.n_layer,
@@ -105,7 +105,7 @@ def decode_loop(
 
 @torch.inference_mode()
 def generate(
-    model: GPT,
+    model: Model,
     prompt: torch.Tensor,
     new_tokens: int,
     kv_mode: str,

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kvbench.attention import StaticStep, attend, attend_masked, check_impl
 from kvbench.kv_cache import KVCache, StaticCache
 from kvbench.presets import ATTENTION_IMPLS, PRESETS, GPTConfig, preset  # noqa: F401  (re-exported)
+from kvbench.weights import prepare_for_decoding, seeded_init, skip_default_init  # noqa: F401  (re-exported)
 
 
 class CausalSelfAttention(nn.Module):
@@ -52,64 +52,6 @@ class CausalSelfAttention(nn.Module):
                 self.probe(q, k, v)
             y = attend(q, k, v, past_len, self.attention)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
-
-
-@dataclass
-class StaticStep:
-    """Where a static-shape decode step writes: the positions as a tensor, and the key mask."""
-
-    cache: StaticCache
-    pos: torch.Tensor  # (T,) absolute positions of the new tokens
-    mask: torch.Tensor  # (T, T_max) True = may attend
-
-
-def causal_mask(t_q: int, t_k: int, device: torch.device) -> torch.Tensor:
-    """Boolean (t_q, t_k) mask, True = may attend. Query i sits at absolute position t_k - t_q + i."""
-    offset = t_k - t_q
-    q_pos = torch.arange(t_q, device=device).unsqueeze(1) + offset
-    return torch.arange(t_k, device=device).unsqueeze(0) <= q_pos
-
-
-def expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grouped-query attention: each K/V head serves n_head / n_kv_head query heads."""
-    if k.size(1) == q.size(1):
-        return k, v
-    rep = q.size(1) // k.size(1)
-    return k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-
-
-def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Explicit softmax attention, as write-up 003 used to keep fused kernels out of the comparison."""
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
-    if mask is not None:
-        att = att.masked_fill(~mask, float("-inf"))
-    att = F.softmax(att.float(), dim=-1).to(q.dtype)
-    return att @ v
-
-
-def attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, impl: str) -> torch.Tensor:
-    """Attention over every key with an explicit (T_q, T_k) boolean mask (the static-shape step)."""
-    k, v = expand_kv(q, k, v)
-    if impl == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return math_attention(q, k, v, mask)
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_len: int, impl: str) -> torch.Tensor:
-    """Causal attention of T new queries over past_len + T keys."""
-    t_q, t_k = q.size(2), k.size(2)
-    k, v = expand_kv(q, k, v)
-    if impl == "sdpa":
-        # SDPA's is_causal aligns the mask top-left, which is wrong once keys outnumber queries
-        # (a cached decode step would see only key 0), so it is used only without a past.
-        if t_k == t_q:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        if t_q == 1:  # one new token attends to everything before it: no mask at all
-            return F.scaled_dot_product_attention(q, k, v)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(t_q, t_k, q.device))
-    if impl == "math":
-        return math_attention(q, k, v, causal_mask(t_q, t_k, q.device) if t_q > 1 else None)
-    raise ValueError(f"attention: {impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
 
 
 class MLP(nn.Module):
@@ -157,10 +99,8 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight
 
     def set_attention(self, impl: str) -> None:
-        if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention: {impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
         for block in self.transformer.h:
-            block.attn.attention = impl
+            block.attn.attention = check_impl(impl)
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator) -> None:
@@ -209,30 +149,11 @@ class GPT(nn.Module):
         reads the whole preallocated buffer with the positions after `pos` masked: every step
         has the same shapes, so a compiled step (a CUDA graph on GPU) replays without recompiling.
         """
-        keys = torch.arange(cache.max_len, device=idx.device)
-        step = StaticStep(cache, pos, (keys.unsqueeze(0) <= pos.unsqueeze(1)))
+        step = StaticStep.at(cache, pos)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
         for block in self.transformer.h:
             x = block(x, None, 0, step)
         return self.lm_head(self.transformer.ln_f(x))
-
-
-@contextmanager
-def skip_default_init():
-    """Module constructors skip their default init (`reset_parameters`) inside this block.
-
-    Every caller overwrites the weights anyway (seeded init or a checkpoint), so the default
-    init is wasted work, and on the meta device it is worse than that: `normal_` on a meta
-    tensor imports torch._dynamo (2+ s of a cell's start-up) for numbers that are never made.
-    """
-    saved = {cls: cls.reset_parameters for cls in (nn.Linear, nn.Embedding, nn.LayerNorm)}
-    try:
-        for cls in saved:
-            cls.reset_parameters = lambda self: None
-        yield
-    finally:
-        for cls, fn in saved.items():
-            cls.reset_parameters = fn
 
 
 def empty_gpt(config: GPTConfig, device: torch.device | str, dtype: torch.dtype) -> GPT:
@@ -251,52 +172,5 @@ def empty_gpt(config: GPTConfig, device: torch.device | str, dtype: torch.dtype)
 def build_random(
     config: GPTConfig, device: torch.device | str, dtype: torch.dtype, seed: int, for_decoding: bool = False
 ) -> GPT:
-    """A GPT with seeded random weights (nanoGPT's init, run once), directly on `device` in `dtype`.
-
-    for_decoding: lay the weights out for decoding first (`prepare_for_decoding`), so they are
-    initialised in place rather than copied into that layout afterwards.
-    """
-    device = torch.device(device)
-    model = empty_gpt(config, device, dtype)
-    if for_decoding:
-        prepare_for_decoding(model, keep_values=False)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    model.init_weights(gen)
-    return model.eval()
-
-
-@torch.no_grad()
-def store_wide_weights_input_major(model: nn.Module, keep_values: bool = True) -> None:
-    """Lay out each widening weight (out_features > in_features) (in, out)-contiguous, keeping
-    nn.Linear's (out, in) shape, values and weight tying; only the strides change.
-
-    A batch-1 decode step is matrix-vector products. On the 2-core CI CPU, oneDNN/MKL stream a
-    widening matrix (QKV, MLP up-projection, the 50257-row LM head) 20-60% faster stored (in, out)
-    (the head: 14 -> 8.6 ms), while the narrowing ones (attention and MLP down-projections) are
-    ~10-20% faster left row-major: measured over cold weights, so each layer's is read from memory.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and module.out_features > module.in_features:
-            w = module.weight.data
-            if w.t().is_contiguous():
-                continue  # laid out already
-            module.weight.data = (
-                w.t().contiguous().t()
-                if keep_values
-                else torch.empty_strided(w.shape, (1, w.size(0)), dtype=w.dtype, device=w.device)
-            )
-
-
-def prepare_for_decoding(model: GPT, keep_values: bool = True) -> str:
-    """Choose the weight layout for the device the model is on; returns its name for the record.
-
-    CPU: widening matrices input-major (measured faster for batch-1 decode, see
-    `store_wide_weights_input_major`).
-    GPU: PyTorch's own (out, in) layout, left alone because no GPU layout was measured here.
-    keep_values=False: the weights are about to be initialised, so nothing is copied.
-    """
-    if model.transformer.wte.weight.device.type == "cpu":
-        store_wide_weights_input_major(model, keep_values)
-        return "wide-input-major"
-    return "torch"
+    """A GPT with seeded random weights (nanoGPT's init, run once), directly on `device` in `dtype`."""
+    return seeded_init(empty_gpt(config, device, dtype), seed, for_decoding)

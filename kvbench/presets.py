@@ -1,12 +1,15 @@
-"""Model shapes: GPT-2's configuration and the named presets, importable without torch.
+"""Model shapes: the GPT-2 and Llama-family configurations and the named presets, importable without torch.
 
 The Snakefile validates sweeps against these (block size, head counts) when it parses,
-so this module must stay free of heavy imports.
+so this module must stay free of heavy imports. Both configurations answer the same questions
+(n_layer, n_head, kv_heads, head_dim, n_embd, block_size, vocab_size, family, matmul_params), which
+is all the caches, the decode loop, the roofline and the record need to know about a model.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 # The choices a cell and a sweep accept; the modules that implement them import these names.
 KV_MODES = ("none", "concat", "static", "static-int8")
@@ -16,8 +19,8 @@ ENGINES = ("kvbench", "hf", "ct2")
 # The kv modes each engine runs: transformers' GPT-2 has no int8 cache; CTranslate2 has one cache, its
 # own, which grows by concatenation (kvbench/engines/ct2.py).
 ENGINE_KV_MODES = {"kvbench": KV_MODES, "hf": ("none", "concat", "static"), "ct2": ("concat",)}
-DTYPE_NAMES = ("fp32", "bf16", "fp16")
 INT8_SCALE_BYTES = 4  # static-int8: one fp32 absmax scale per (token, head)
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes per element of each dtype a cell accepts
 
 
 def kv_cache_bytes(
@@ -41,6 +44,8 @@ class GPTConfig:
     n_kv_head: int | None = None  # None: same as n_head (plain multi-head attention)
     bias: bool = True
 
+    family: ClassVar[str] = "gpt2"
+
     @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
@@ -55,21 +60,162 @@ class GPTConfig:
         if self.n_head % self.kv_heads:
             raise ValueError(f"n_kv_head: {self.kv_heads} must divide n_head ({self.n_head})")
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def matmul_params(self) -> int:
+        """Weights a decode step multiplies by: attention (QKV, out), the 4x MLP, the LM head."""
+        C, kv = self.n_embd, self.kv_heads * self.head_dim
+        return self.n_layer * (C * (C + 2 * kv) + C * C + 8 * C * C) + C * self.vocab_size
 
 
-PRESETS: dict[str, GPTConfig] = {
+@dataclass(frozen=True)
+class LlamaConfig:
+    """A Llama-family decoder (Llama, Qwen2, Mistral, SmolLM2, TinyLlama) in config.json's terms.
+
+    Field names follow GPTConfig where the concept is the same (n_layer, n_head, n_embd, block_size =
+    max_position_embeddings), so the rest of kvbench reads either configuration the same way.
+    """
+
+    block_size: int = 2048
+    vocab_size: int = 32000
+    n_layer: int = 22
+    n_head: int = 32
+    n_embd: int = 2048
+    n_kv_head: int | None = None  # None: same as n_head
+    intermediate_size: int = 5632
+    head_size: int | None = None  # config.json's head_dim where it is not n_embd // n_head (Mistral Nemo)
+    rope_theta: float = 10000.0
+    # config.json's llama3 rope_scaling as sorted (key, value) pairs (hashable, so the config stays
+    # frozen): factor, low_freq_factor, high_freq_factor, original_max_position_embeddings.
+    rope_scaling: tuple[tuple[str, float], ...] | None = None
+    rms_norm_eps: float = 1e-5
+    attention_bias: bool = False  # Qwen2: bias on q, k and v (not on o_proj)
+    tie_word_embeddings: bool = False
+    sliding_window: int | None = None  # Mistral: attention sees only this many past positions
+
+    family: ClassVar[str] = "llama"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def matmul_params(self) -> int:
+        """Weights a decode step multiplies by: q/k/v/o, the three SwiGLU matrices, the LM head."""
+        C, q, kv = self.n_embd, self.n_head * self.head_dim, self.kv_heads * self.head_dim
+        return self.n_layer * (C * (q + 2 * kv) + q * C + 3 * C * self.intermediate_size) + C * self.vocab_size
+
+    def validate(self) -> None:
+        if self.head_size is None and self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.kv_heads:
+            raise ValueError(f"n_kv_head: {self.kv_heads} must divide n_head ({self.n_head})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim: {self.head_dim} must be even (rotary positions rotate pairs)")
+
+
+def llama3_scaling(factor: float, original_max_position_embeddings: int) -> tuple[tuple[str, float], ...]:
+    """Llama 3.1/3.2's rope_scaling with Meta's published low/high frequency factors (1 and 4)."""
+    return tuple(
+        sorted(
+            {
+                "factor": factor,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": original_max_position_embeddings,
+            }.items()
+        )
+    )
+
+
+# The Llama-family shapes are the published config.json values of each model (hidden size, layers,
+# heads, K/V heads, MLP width, vocabulary, rope_theta and scaling, norm epsilon, head tying).
+PRESETS: dict[str, GPTConfig | LlamaConfig] = {
     # `tiny` keeps the GPT-2 vocabulary so tokenizer paths stay real, but is small enough for tests.
     "tiny": GPTConfig(block_size=64, vocab_size=50257, n_layer=2, n_head=4, n_embd=64),
     "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),
     "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),
     "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),
     "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),
+    # `tiny-llama`: real GQA (4 query heads per K/V head), bias and llama3 scaling off, for tests.
+    "tiny-llama": LlamaConfig(
+        block_size=128, vocab_size=512, n_layer=2, n_head=8, n_kv_head=2, n_embd=64, intermediate_size=160
+    ),
+    "smollm2-135m": LlamaConfig(
+        block_size=8192,
+        vocab_size=49152,
+        n_layer=30,
+        n_head=9,
+        n_kv_head=3,
+        n_embd=576,
+        intermediate_size=1536,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+    ),
+    "smollm2-360m": LlamaConfig(
+        block_size=8192,
+        vocab_size=49152,
+        n_layer=32,
+        n_head=15,
+        n_kv_head=5,
+        n_embd=960,
+        intermediate_size=2560,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+    ),
+    "qwen2.5-0.5b": LlamaConfig(
+        block_size=32768,
+        vocab_size=151936,
+        n_layer=24,
+        n_head=14,
+        n_kv_head=2,
+        n_embd=896,
+        intermediate_size=4864,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        attention_bias=True,
+        tie_word_embeddings=True,
+    ),
+    "llama-3.2-1b": LlamaConfig(
+        block_size=131072,
+        vocab_size=128256,
+        n_layer=16,
+        n_head=32,
+        n_kv_head=8,
+        n_embd=2048,
+        intermediate_size=8192,
+        rope_theta=500000.0,
+        rope_scaling=llama3_scaling(32.0, 8192),
+        tie_word_embeddings=True,
+    ),
+    "tinyllama-1.1b": LlamaConfig(
+        block_size=2048,
+        vocab_size=32000,
+        n_layer=22,
+        n_head=32,
+        n_kv_head=4,
+        n_embd=2048,
+        intermediate_size=5632,
+        rope_theta=10000.0,
+    ),
+    "llama-3.1-8b": LlamaConfig(
+        block_size=131072,
+        vocab_size=128256,
+        n_layer=32,
+        n_head=32,
+        n_kv_head=8,
+        n_embd=4096,
+        intermediate_size=14336,
+        rope_theta=500000.0,
+        rope_scaling=llama3_scaling(8.0, 8192),
+    ),
 }
 
 
-def preset(name: str, **overrides) -> GPTConfig:
+def preset(name: str, **overrides) -> GPTConfig | LlamaConfig:
     if name not in PRESETS:
         raise ValueError(f"model: {name!r} is not one of {', '.join(PRESETS)}")
     cfg = replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from kvbench.attention import causal_mask
 from kvbench.generate import generate
 from kvbench.kv_cache import ConcatCache, StaticCache, kv_cache_bytes
-from kvbench.model import GPT, build_random, causal_mask, preset
+from kvbench.model import GPT, build_random, preset
 
 MODES = ("none", "concat", "static")
 

@@ -1,0 +1,82 @@
+"""How a model's weights come to be and how they are laid out, for every model family.
+
+Built empty on the meta device (no default init), then filled by a seeded init or a checkpoint,
+then optionally re-laid out for decoding on the CPU. Nothing here knows a family's architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+
+
+@contextmanager
+def skip_default_init() -> Iterator[None]:
+    """Module constructors skip their default init (`reset_parameters`) inside this block.
+
+    Every caller overwrites the weights anyway (seeded init or a checkpoint), so the default
+    init is wasted work, and on the meta device it is worse than that: `normal_` on a meta
+    tensor imports torch._dynamo (2+ s of a cell's start-up) for numbers that are never made.
+    """
+    saved = {cls: cls.reset_parameters for cls in (nn.Linear, nn.Embedding, nn.LayerNorm)}
+    try:
+        for cls in saved:
+            cls.reset_parameters = lambda self: None
+        yield
+    finally:
+        for cls, fn in saved.items():
+            cls.reset_parameters = fn
+
+
+def seeded_init(model: nn.Module, seed: int, for_decoding: bool) -> nn.Module:
+    """Fill an empty model with its family's seeded random init (`model.init_weights`) on its own device.
+
+    for_decoding: lay the weights out for decoding first (`prepare_for_decoding`), so they are
+    initialised in place rather than copied into that layout afterwards.
+    """
+    device = next(model.parameters()).device
+    if for_decoding:
+        prepare_for_decoding(model, keep_values=False)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    model.init_weights(gen)
+    return model.eval()
+
+
+@torch.no_grad()
+def store_wide_weights_input_major(model: nn.Module, keep_values: bool = True) -> None:
+    """Lay out each widening weight (out_features > in_features) (in, out)-contiguous, keeping
+    nn.Linear's (out, in) shape, values and weight tying; only the strides change.
+
+    A batch-1 decode step is matrix-vector products. On the 2-core CI CPU, oneDNN/MKL stream a
+    widening matrix (QKV, MLP up-projection, the 50257-row LM head) 20-60% faster stored (in, out)
+    (the head: 14 -> 8.6 ms), while the narrowing ones (attention and MLP down-projections) are
+    ~10-20% faster left row-major: measured over cold weights, so each layer's is read from memory.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.out_features > module.in_features:
+            w = module.weight.data
+            if w.t().is_contiguous():
+                continue  # laid out already
+            module.weight.data = (
+                w.t().contiguous().t()
+                if keep_values
+                else torch.empty_strided(w.shape, (1, w.size(0)), dtype=w.dtype, device=w.device)
+            )
+
+
+def prepare_for_decoding(model: nn.Module, keep_values: bool = True) -> str:
+    """Choose the weight layout for the device the model is on; returns its name for the record.
+
+    CPU: widening matrices input-major (measured faster for batch-1 decode, see
+    `store_wide_weights_input_major`).
+    GPU: PyTorch's own (out, in) layout, left alone because no GPU layout was measured here.
+    keep_values=False: the weights are about to be initialised, so nothing is copied.
+    """
+    if next(model.parameters()).device.type == "cpu":
+        store_wide_weights_input_major(model, keep_values)
+        return "wide-input-major"
+    return "torch"
