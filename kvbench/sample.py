@@ -17,16 +17,21 @@ from kvbench.presets import KV_MODES, PRESETS
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = OneLineParser(prog="kvbench sample", description="Sample text from GPT-2 in any decode mode.")
-    p.add_argument("--start", default="\n", help="prompt text, or FILE:<path> to read it from a file")
+    p = OneLineParser(prog="kvbench sample", description="Sample text from a model in any decode mode.")
+    p.add_argument("--start", "--prompt", default="\n", help="prompt text, or FILE:<path> to read it from a file")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=200)
     p.add_argument("--kv-mode", default="static", help=", ".join(KV_MODES))
     p.add_argument("--model", default="gpt2", help=f"random-weight preset ({', '.join(PRESETS)}) when no --checkpoint")
-    p.add_argument("--checkpoint", default=None, help="HF GPT-2 directory, nanoGPT ckpt.pt, or hf:<name>")
-    p.add_argument("--encoding", default="gpt2", help="tiktoken encoding name or a local .tiktoken file")
+    p.add_argument("--checkpoint", default=None, help="transformers model directory, nanoGPT ckpt.pt, or hf:<name>")
+    p.add_argument(
+        "--encoding",
+        default=None,
+        help="tiktoken encoding name or a local .tiktoken file (default: the checkpoint directory's "
+        "tokenizer.json when it has one, else gpt2)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--seed", type=int, default=1337)
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from kvbench.generate import Sampling, generate
     from kvbench.model import build_random, prepare_for_decoding
     from kvbench.spec import CellSpec, UsageError
-    from kvbench.tokenizer import EncodingError, load_encoding
+    from kvbench.tokenizer import EncodingError, for_model
 
     def fail(msg: str) -> int:
         print(f"kvbench sample: error: {msg}", file=sys.stderr)
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg, device = spec.check()
-        enc = load_encoding(args.encoding)
+        enc = for_model(args.checkpoint, args.encoding)
     except (UsageError, EncodingError) as e:
         return fail(str(e))
     text = args.start
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 text = f.read()
         except OSError as e:
             return fail(f"start: cannot read {text[5:]!r} ({e.strerror})")
-    ids = enc.encode(text, allowed_special={"<|endoftext|>"})
+    ids = enc.encode(text)
     if not ids:
         return fail("start: the prompt encodes to no tokens")
     if max(ids) >= cfg.vocab_size:

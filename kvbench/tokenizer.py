@@ -1,8 +1,10 @@
-"""GPT-2's BPE through tiktoken, from its registry name or from a local file.
+"""Text to token ids and back: GPT-2's BPE through tiktoken, or a checkpoint's own tokenizer.json.
 
 tiktoken fetches the `gpt2` BPE from the internet on first use (then caches it under
 TIKTOKEN_CACHE_DIR). Offline, point `--encoding` at a local `.tiktoken` file (base64
 token + rank per line, as tiktoken's own files) and the same GPT-2 split pattern is used.
+A Llama-family checkpoint directory carries its tokenizer as `tokenizer.json`, which Hugging
+Face's `tokenizers` reads offline; `for_model` picks it when it is there.
 """
 
 from __future__ import annotations
@@ -56,3 +58,50 @@ def load_encoding(spec: str = "gpt2") -> tiktoken.Encoding:
             f"offline, pass --encoding /path/to/gpt2.tiktoken or set TIKTOKEN_CACHE_DIR "
             f"to a directory that holds tiktoken's cached files"
         ) from e
+
+
+TOKENIZER_JSON = "tokenizer.json"
+
+
+class Tiktoken:
+    """A tiktoken encoding as `kvbench sample` uses it: GPT-2's end-of-text marker may appear in the text."""
+
+    def __init__(self, encoding: tiktoken.Encoding):
+        self.encoding = encoding
+        self.n_vocab = encoding.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode(text, allowed_special={END_OF_TEXT})
+
+    def decode(self, ids: list[int]) -> str:
+        return self.encoding.decode(ids)
+
+
+class TokenizerJSON:
+    """A checkpoint's own `tokenizer.json` through Hugging Face's `tokenizers` (the library transformers runs).
+
+    Encoding adds the special tokens the file's post-processor asks for (a Llama-family BOS), as
+    transformers' tokenizer does by default; decoding leaves them out of the text."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises its own Exception for a malformed file
+            raise EncodingError(f"encoding: {str(path)!r} is not a tokenizers tokenizer.json ({e})") from None
+        self.n_vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def for_model(checkpoint: str | None, encoding: str | None) -> Tiktoken | TokenizerJSON:
+    """The text codec for a model: `encoding` when given; else a local checkpoint directory's
+    tokenizer.json when it has one; else tiktoken's GPT-2 encoding."""
+    if encoding is None and checkpoint is not None and (Path(checkpoint) / TOKENIZER_JSON).is_file():
+        return TokenizerJSON(Path(checkpoint) / TOKENIZER_JSON)
+    return Tiktoken(load_encoding(encoding or "gpt2"))
