@@ -17,6 +17,7 @@ include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/explain.smk"
 include: "workflow/rules/bundle.smk"
+include: "workflow/rules/compare.smk"
 
 
 rule all:
@@ -26,3 +27,4 @@ rule all:
         # intermediate of an up-to-date bundle and not measure it again.
         [kvsweep.cell_path(s, c) for s in config.get("run", []) for c in sweep_cells(s)],
         expand("results/{sweep}/bundle.zip", sweep=config.get("run", [])),
+        COMPARE_TARGETS,

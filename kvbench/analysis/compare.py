@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import tempfile
 import zipfile
@@ -29,6 +28,7 @@ from kvbench import record as kvrecord
 from kvbench.analysis import bundle as bnd
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
+from kvbench.presets import KV_MODES
 
 # The settings that make two cells the same cell (the device is not one: comparing machines is the point).
 KEYS = "engine model checkpoint dtype kv_mode batch prompt_len new_tokens attention n_kv_head compile threads".split()
@@ -40,7 +40,6 @@ STATS = ("median", "min", "max", "std", "n")
 ENVIRONMENT = (*bnd.MACHINE, "python", "torch_threads")
 VERDICTS = {"faster": "#2ca02c", "same": "#9e9e9e", "slower": "#d62728"}
 SIDES = ("a", "b")
-LABEL = {"batch": "b", "prompt_len": "p", "new_tokens": "n"}  # always in a cell's label, short
 
 
 class CompareError(ValueError):
@@ -78,19 +77,35 @@ def load(path: Path) -> pd.DataFrame:
     raise CompareError(f"{path}: no cell records (looked for cells/*.json, bundle.zip and tables/cells.csv)")
 
 
+def _text(v) -> str:
+    """One spelling per setting: 16 and 16.0 alike (cells.csv reads some ints as floats), missing as 'none'."""
+    if isinstance(v, (str, bool)):
+        return str(v)
+    if v is None or pd.isna(v):
+        return "none"
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def _natural(text: str) -> tuple:
+    """Numbers in numeric order (16 before 128), then text."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
 def _side(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """One run reduced to what is compared, keyed by its settings as one JSON string (`join`)."""
-    cols = {
-        "record": df["record"],
-        "status": df["status"].astype(str),
-        "peak_bytes": df["peak_bytes"].astype(float).where(df["ok"]),
-    }
+    """One run reduced to what is compared: its settings as text (16 and 16.0 alike, missing as
+    'none'), the join's keys, beside each ok cell's numbers."""
+    settings = df.reindex(columns=[f"cell.{k}" for k in KEYS]).astype(object).map(_text)
+    side = settings.set_axis(list(KEYS), axis=1).assign(
+        record=df["record"], status=df["status"].astype(str), peak_bytes=df["peak_bytes"].astype(float).where(df["ok"])
+    )
     for name, (col, _) in TIMINGS.items():
         for s in STATS:
             got = df.get(f"{col}.{s}", pd.Series(np.nan, index=df.index))
-            cols[f"{name}.{s}"] = pd.to_numeric(got, errors="coerce").astype(float).where(df["ok"])
-    side = pd.DataFrame(cols).assign(join=fr.ident(df.reindex(columns=[f"cell.{k}" for k in KEYS])))
-    twins = side.loc[side["join"].duplicated(keep=False), "record"]
+            side[f"{name}.{s}"] = pd.to_numeric(got, errors="coerce").astype(float).where(df["ok"])
+    twins = side.loc[side.duplicated(list(KEYS), keep=False), "record"]
     if len(twins):  # a merge would pair each with every partner
         raise CompareError(f"{path}: two records for the same settings: {' and '.join(sorted(twins)[:2])}")
     return side
@@ -116,11 +131,10 @@ def _verdict(m: pd.DataFrame, name: str) -> pd.Series:
 
 
 def joined(a: pd.DataFrame, b: pd.DataFrame, paths: tuple[Path, Path] = (Path("A"), Path("B"))) -> pd.DataFrame:
-    """One row per cell of either run: its settings, each side's numbers (suffix _a, _b), B/A and the verdicts."""
+    """One row per cell of either run (a merge on the settings): each side's numbers (suffix _a, _b), B/A and
+    the verdicts."""
     sa, sb = _side(a, paths[0]), _side(b, paths[1])
-    m = sa.merge(sb, on="join", how="outer", suffixes=("_a", "_b"), indicator=True, validate="one_to_one")
-    settings = pd.DataFrame(m["join"].map(json.loads).tolist(), index=m.index)[list(KEYS)]
-    m = pd.concat([settings, m], axis=1)
+    m = sa.merge(sb, on=list(KEYS), how="outer", suffixes=("_a", "_b"), indicator=True, validate="one_to_one")
     for name in TIMINGS:
         m[f"{name}_ratio"] = m[f"{name}.median_b"] / m[f"{name}.median_a"].where(m[f"{name}.median_a"] > 0)
         # the extreme ratios the two ranges allow, and the ratio's relative spread from both std's
@@ -130,21 +144,19 @@ def joined(a: pd.DataFrame, b: pd.DataFrame, paths: tuple[Path, Path] = (Path("A
         m[f"{name}_ratio_cv"] = np.hypot(*cv)
         m[f"{name}_verdict"] = _verdict(m, name)
     m["peak_ratio"] = m["peak_bytes_b"] / m["peak_bytes_a"].where(m["peak_bytes_a"] > 0)
-    m["kv_mode"] = pd.Categorical(m["kv_mode"], [k for k in fr.KV_MODE_ORDER if k in set(m["kv_mode"])])
+    modes = [k for k in KV_MODES if k in set(m["kv_mode"])]
+    m["kv_mode"] = pd.Categorical(m["kv_mode"], modes + sorted(set(m["kv_mode"]) - set(modes)))
     order = ["kv_mode", *(k for k in KEYS if k != "kv_mode")]
-    m = m.sort_values(order, key=lambda s: s if s.name == "kv_mode" else s.map(rp.natural), kind="stable")
+    m = m.sort_values(order, key=lambda s: s if s.name == "kv_mode" else s.map(_natural), kind="stable")
     m["label"] = _labels(m)
     return m.reset_index(drop=True)
 
 
 def _labels(m: pd.DataFrame) -> pd.Series:
     """A cell by its batch, prompt and new tokens (b1 p16 n12), then whatever else varies but the kv mode."""
-    short = m[list(LABEL)].astype(object).map(rp.lab)
-    text = pd.Series([""] * len(m), index=m.index)
-    for key, letter in LABEL.items():
-        text = text + letter + short[key] + (" " if key != "new_tokens" else "")
-    for key in [k for k in KEYS if k not in LABEL and k != "kv_mode"]:
-        values = m[key].astype(object).map(rp.heads if key == "n_kv_head" else rp.lab)
+    text = "b" + m["batch"] + " p" + m["prompt_len"] + " n" + m["new_tokens"]
+    for key in [k for k in KEYS if k not in ("kv_mode", "batch", "prompt_len", "new_tokens")]:
+        values = m[key].replace("none", "all") if key == "n_kv_head" else m[key]
         if values.nunique() > 1:
             text = text + f", {key}=" + values
     return text
@@ -278,7 +290,7 @@ def write(m: pd.DataFrame, text: str, out: Path, paths: tuple[Path, Path]) -> li
     from kvbench.analysis import facets as fc
 
     out.mkdir(parents=True, exist_ok=True)
-    csv = m.drop(columns=["join"]).rename(columns={"_merge": "in"})
+    csv = m.rename(columns={"_merge": "in"})
     csv["in"] = csv["in"].map({"both": "both", "left_only": "A", "right_only": "B"})
     written = {"compare.md": text.encode(), "compare.csv": csv.to_csv(**agg.CSV_OPTS).encode()}
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85), matplotlib.rc_context(fc.RC):
