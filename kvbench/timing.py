@@ -43,5 +43,7 @@ class TokenTimer:
         return [(b - a) / 1e6 for a, b in zip(self.marks, self.marks[1:])]
 
 
-def stats(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+def stats(values: list[float]) -> dict[str, float | int | None]:
+    """median, min and max; std, the sample standard deviation (None for one value); n, how many values."""
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "std": std, "n": len(values)}

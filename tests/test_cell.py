@@ -40,6 +40,7 @@ def test_cell_writes_a_schema_valid_record(tmp_path, capsys, mode):
     for key in ("prefill_ms", "decode_ms_per_token", "total_generate_ms"):
         s = lat[key]
         assert 0 < s["min"] <= s["median"] <= s["max"]
+        assert s["n"] == 2 and 0 <= s["std"] <= s["max"] - s["min"]  # over the 2 timed iterations
     assert lat["decode_tokens_per_s"] == pytest.approx(2 * 1e3 / lat["decode_ms_per_token"]["median"])
     mem = rec["memory"]
     assert mem["rss_peak_bytes"] > mem["weights_bytes"] > 0
