@@ -26,14 +26,19 @@ def scaled(records: list[dict], scale: dict[str, float]) -> list[dict]:
         r["environment"]["torch"] = TORCH_B
         if r["status"] == "ok":
             d = r["latency"]["decode_ms_per_token"]
-            d.update({k: v * scale[r["cell"]["kv_mode"]] for k, v in d.items() if k in ("median", "min", "max")})
+            d.update({k: v * scale[r["cell"]["kv_mode"]] for k, v in d.items() if k != "n"})
     return out
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Sweep, Path]:
     """A: the factory's grid as a sweep folder; B: the same grid scaled by SCALE, one cell dropped, another torch."""
-    a = Sweep(tmp_path_factory.mktemp("a"), grid_records())
+    records = grid_records()
+    for r in records:  # the spread a record carries: 2 % of the median over 3 timed iterations
+        for s in (r["latency"] or {}).values():
+            if isinstance(s, dict):
+                s.update(std=0.02 * s["median"], n=3)
+    a = Sweep(tmp_path_factory.mktemp("a"), records)
     b_records = [r for k, r in by_coords(scaled(a.records, SCALE)).items() if k != DROPPED]
     b = tmp_path_factory.mktemp("b") / "results" / "tiny"
     write_records(b, b_records)
@@ -61,6 +66,7 @@ def test_verdicts_follow_the_ranges_and_ratios_are_exact(joined: pd.DataFrame) -
         r = row(joined, mode, batch, prompt)
         assert r["decode_verdict"] == verdict
         assert r["decode_ratio"] == pytest.approx(SCALE[mode], rel=1e-12)
+        assert r["decode_ratio_cv"] == pytest.approx(0.02 * 2**0.5)
         assert r["prefill_verdict"] == "same" and r["prefill_ratio"] == 1.0  # B's prefill untouched
     # a failed cell gets no verdict but says which side failed
     assert row(joined, "concat", 2, 16)["decode_verdict"] == "A oom, B oom"
@@ -75,7 +81,15 @@ def test_missing_cell_listed_and_torch_named(runs, joined: pd.DataFrame) -> None
     text = cmp.markdown(joined, env, (a.dir, b), None)
     assert "only in A: static b2 p16 n5" in text
     assert f"| torch   | 2.13.0 | {TORCH_B} |" in text
-    assert "| static    | b1 p8 n5  |" in text and "**slower**" in text
+    # the spreads: each side's std relative to its median and n, both combined beside B/A (2 % each: 2.8 %)
+    decode = cmp.tables(joined)["Decode ms/token"].set_index(["kv_mode", "cell"])
+    assert decode.loc[("static", "b1 p8 n5")].tolist() == [
+        "0.61 ±2 % (n 3)",
+        "0.916 ±2 % (n 3)",
+        "1.50× ±3 %",
+        "**slower**",
+    ]
+    assert "## Decode ms/token" in text and "| 0.916 ±2 % (n 3) | 1.50× ±3 % | **slower**" in text
 
 
 def test_fail_above_exit_code(runs, capsys: pytest.CaptureFixture) -> None:
