@@ -4,7 +4,7 @@ A record on disk is either whole and valid or *damaged* (truncated JSON, JSON th
 record, another schema_version, a schema violation). Damage is never a traceback: `load`
 raises RecordError with one line naming the file and what is wrong, and `quarantine` moves
 damaged records aside to results/<sweep>/damaged/ so Snakemake sees the cell missing and
-measures it again (`kvbench check-records`, run by the workflow when it builds the DAG).
+measures it again (`kvbench check-records`: the workflow's set_aside job, when it finds damage).
 """
 
 from __future__ import annotations
@@ -114,22 +114,35 @@ def find(paths) -> list[Path]:
     return sorted(found, key=lambda q: q.as_posix())
 
 
-def quarantine(cells_dir: Path) -> list[str]:
-    """Move every damaged record under results/<sweep>/cells to results/<sweep>/damaged (same
-    relative path); one line per file moved, saying why and that the cell will be measured again."""
+def damaged(cells_dir: Path) -> dict[Path, str]:
+    """Every damaged record under results/<sweep>/cells and what is wrong with it; reads only."""
     cells_dir = Path(cells_dir)
-    lines = []
+    found = {}
     for path in find([cells_dir]) if cells_dir.is_dir() else []:
         try:
             load(path)
-            continue
         except RecordError as exc:
-            reason = str(exc).removeprefix(f"{path}: ")
-        dest = cells_dir.parent / "damaged" / path.relative_to(cells_dir)
-        n = 0
-        while dest.exists():  # damaged twice: keep both
-            n += 1
-            dest = dest.with_name(f"{path.name}.{n}")
+            found[path] = str(exc).removeprefix(f"{path}: ")
+    return found
+
+
+def aside(cells_dir: Path, path: Path) -> Path:
+    """Where a damaged record goes: results/<sweep>/damaged, same relative path; a record damaged
+    twice keeps both (a numbered suffix), as nothing a user measured is ever deleted."""
+    dest = Path(cells_dir).parent / "damaged" / Path(path).relative_to(cells_dir)
+    n = 0
+    while dest.exists():
+        n += 1
+        dest = dest.with_name(f"{Path(path).name}.{n}")
+    return dest
+
+
+def quarantine(cells_dir: Path) -> list[str]:
+    """Move every damaged record under results/<sweep>/cells aside (`aside`); one line per file moved,
+    saying why and that the cell will be measured again."""
+    lines = []
+    for path, reason in damaged(cells_dir).items():
+        dest = aside(cells_dir, path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, dest)
         lines.append(f"damaged record {path} ({reason}) moved to {dest}; its cell will be measured again")

@@ -8,11 +8,13 @@ here imports torch: parsing the DAG of a 1,000-cell sweep must stay fast.
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 from kvbench.presets import ENGINE_KV_MODES, KV_MODES, PRESETS
 
+# The n_kv_head a config and a cell's path say for plain multi-head attention (as many K/V heads as
+# query heads); `kvbench cell` and the record take a count instead (`kv_head_count`).
+ALL_HEADS = "all"
 # Grid axes in the order they appear in a cell's path; every axis has a default.
 AXES: dict[str, object] = {
     "engine": ["kvbench"],
@@ -23,8 +25,9 @@ AXES: dict[str, object] = {
     "prompt_len": [128],
     "new_tokens": [32],
     "attention": ["sdpa"],
-    "n_kv_head": ["all"],
+    "n_kv_head": [ALL_HEADS],
 }
+# What every cell of a sweep shares (its `settings:`), with the defaults a sweep may leave out.
 SETTINGS: dict[str, object] = {
     "device": "auto",
     "warmup": 1,
@@ -41,6 +44,8 @@ CELL_PATTERN = (
     "results/{sweep}/cells/{engine}/{model}/{dtype}/{kv_mode}/"
     "b{batch}-p{prompt_len}-n{new_tokens}-{attention}-kv{n_kv_head}.json"
 )
+# Each cell's stderr, beside its record's path: results/<sweep>/logs/cells/.../<cell>.log
+CELL_LOG_PATTERN = CELL_PATTERN.replace("/cells/", "/logs/cells/", 1).removesuffix(".json") + ".log"
 
 
 class SweepError(ValueError):
@@ -72,6 +77,11 @@ def _short(e) -> str:
         allowed = ", ".join(e.schema.get("properties", {}))
         return f"{e.message} (allowed: {allowed})"
     return e.message
+
+
+def kv_head_count(n_kv_head: int | str) -> int | None:
+    """The `--n-kv-head` of a config or path value: None (the model's own head count) for `all`."""
+    return None if str(n_kv_head) == ALL_HEADS else int(n_kv_head)
 
 
 def sweep_axes(sweep: dict) -> dict[str, list]:
@@ -111,15 +121,16 @@ def check(config: dict, schema_path: Path) -> None:
                     f"{', '.join(ENGINE_KV_MODES[engine])} only, and the grid has none of them"
                 )
         for cell in cells(sweep):
-            if cell["engine"] in ("hf", "ct2") and cell["n_kv_head"] != "all":
+            kv_heads = kv_head_count(cell["n_kv_head"])
+            if cell["engine"] in ("hf", "ct2") and kv_heads is not None:
                 raise SweepError(
-                    f"config: sweep {name!r}: engine {cell['engine']} runs transformers' GPT-2: n_kv_head all only"
+                    f"config: sweep {name!r}: engine {cell['engine']} runs transformers' GPT-2: "
+                    f"n_kv_head {ALL_HEADS} only"
                 )
             n_head = PRESETS[cell["model"]].n_head
-            if cell["n_kv_head"] != "all" and n_head % cell["n_kv_head"]:
+            if kv_heads is not None and n_head % kv_heads:
                 raise SweepError(
-                    f"config: sweep {name!r}: grid.n_kv_head: {cell['n_kv_head']} must divide "
-                    f"{cell['model']}'s n_head {n_head}"
+                    f"config: sweep {name!r}: grid.n_kv_head: {kv_heads} must divide {cell['model']}'s n_head {n_head}"
                 )
             block = block_override or PRESETS[cell["model"]].block_size
             if cell["prompt_len"] + cell["new_tokens"] > block:
@@ -135,8 +146,10 @@ def cell_path(sweep_name: str, cell: dict) -> str:
 
 def cell_flags(cell: dict, settings: dict) -> str:
     """The `kvbench cell` flags of one cell: every setting that changes its result."""
+    kv_heads = kv_head_count(cell["n_kv_head"])
     merged = {
-        **{k: v for k, v in cell.items() if not (k == "n_kv_head" and str(v) == "all")},
+        **{k: v for k, v in cell.items() if k != "n_kv_head"},
+        **({} if kv_heads is None else {"n_kv_head": kv_heads}),  # all heads: no flag, the model's own count
         **{k: v for k, v in settings.items() if v is not None and k not in (*JOB_SETTINGS, "compile")},
     }
     flags = [f"--{k.replace('_', '-')} {merged[k]}" for k in sorted(merged)]
@@ -149,7 +162,3 @@ def compiled(cell: dict, settings: dict) -> bool:
     """`compile: true` compiles every cell, a list of kv modes only those modes' cells."""
     setting = settings.get("compile", False)
     return setting is True or (isinstance(setting, list) and cell["kv_mode"] in setting)
-
-
-def describe(config: dict) -> str:
-    return json.dumps({n: len(cells(s)) for n, s in config["sweeps"].items()})
