@@ -11,24 +11,30 @@ SNAKE_ARGS ?=
 WHEELS ?=
 PIP_FROM := $(if $(WHEELS),--no-index --find-links $(abspath $(WHEELS)))
 
-.PHONY: setup run gpu gpu-check test test-fast lint format clean-results
+.PHONY: setup gpu-wheels run gpu gpu-check test test-fast test-twin lint format clean-results
 
 setup: $(VENV)/.installed
 
-# A Python that already holds a CUDA torch (a GPU image) keeps it: the venv sees the system's
-# packages and installs every other pin; elsewhere torch comes from the pins like the rest.
+# A Python that already holds a CUDA torch (a GPU image; NODE=1 forces it) keeps its packages that
+# are in pyproject.toml's ranges and installs only the rest (scripts/setup_node.py); elsewhere the
+# venv is built from the pins (torch, a CPU build, among them).
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kvbench needs Python >= 3.11 (Snakemake does)"'
-	@if $(PYTHON) -c 'import torch, sys; sys.exit(0 if torch.version.cuda else 1)' 2>/dev/null; then \
-	    echo "setup: reusing $$($(PYTHON) -c 'import torch; print("torch", torch.__version__)') from $(PYTHON)"; \
-	    $(PYTHON) -m venv --system-site-packages $(VENV); \
-	    grep -v -E '^(torch|triton|nvidia-[a-z0-9-]+)==' requirements.txt > $(VENV)/requirements.txt; \
+	@if [ -n "$(NODE)" ] || $(PYTHON) -c 'import torch, sys; sys.exit(0 if torch.version.cuda else 1)' 2>/dev/null; then \
+	    $(PYTHON) scripts/setup_node.py --venv $(VENV) $(if $(WHEELS),--wheels $(WHEELS)); \
 	else \
-	    $(PYTHON) -m venv $(VENV) && cp requirements.txt $(VENV)/requirements.txt; \
+	    $(PYTHON) -m venv $(VENV) && \
+	    $(BIN)/python -m pip install -q $(PIP_FROM) -r requirements.txt && \
+	    $(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .; \
 	fi
-	$(BIN)/python -m pip install -q $(PIP_FROM) -r $(VENV)/requirements.txt
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
+
+# The wheels a GPU node lacks (Snakemake, jsonschema and their dependencies; CTranslate2 if it fits
+# or CT2=1), for its Python (PY) on manylinux x86-64, into GPU_WHEELS: run where there is internet.
+PY ?= 3.12
+GPU_WHEELS ?= .gpu-wheels
+gpu-wheels:
+	$(PYTHON) scripts/gpu_wheels.py --python-version $(PY) --dest $(GPU_WHEELS) $(if $(CT2),--with-ct2)
 
 run: setup
 	@$(BIN)/python -c 'import fcntl, os; os.makedirs(".snakemake", exist_ok=True); fcntl.flock(open(".snakemake/kvbench-run.lock", "a"), fcntl.LOCK_EX | fcntl.LOCK_NB)' 2>/dev/null \
