@@ -54,6 +54,44 @@ def test_ct2_tokens_and_logits_equal_ours(tiny_model, cache_dir):
     assert gen.cache is None  # CTranslate2's cache is its own: nothing to measure from Python
 
 
+@pytest.mark.parametrize("variant", ["llama", "qwen2", "llama3-rope"])
+def test_ct2_llama_family_tokens_and_logits_equal_ours(variant, cache_dir):
+    """CTranslate2's own Llama and Qwen2 loaders convert transformers' model of our weights (GQA kept)."""
+    from test_hf_engine import llama_model
+
+    model = llama_model(variant)
+    prompt = torch.randint(0, model.config.vocab_size, (3, 37), generator=torch.Generator().manual_seed(1))
+    ref = generate(model, prompt, 12, "none", keep_logits=True)
+    gen = engines.build("ct2", model).generate(prompt, 12, "concat", keep_logits=True)
+    assert torch.equal(gen.tokens, ref.tokens)
+    for a, b in zip(gen.logits, ref.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_ct2_refuses_a_rope_scaling_its_converter_drops(cache_dir):
+    from dataclasses import replace
+
+    from kvbench.models import build_random
+    from kvbench.presets import llama3_scaling, preset
+
+    cfg = replace(preset("tiny-llama"), rope_scaling=llama3_scaling(8.0, 16))
+    with pytest.raises(
+        ValueError, match="^rope_scaling \\(engine ct2\\): original_max_position_embeddings 16 is not 8192"
+    ):
+        engines.build("ct2", build_random(cfg, "cpu", torch.float32, seed=0))
+    assert not cache_dir.exists()
+
+
+def test_ct2_llama_cell_record(tmp_path, cache_dir, capsys):
+    out = tmp_path / "ct2.json"
+    cell = [*CELL, "--model", "tiny-llama", "--out", str(out)]  # the later --model wins
+    assert main(cell) == 0, capsys.readouterr().err
+    rec = json.loads(out.read_text())
+    validate(rec)
+    assert rec["status"] == "ok" and rec["cell"]["model"] == "tiny-llama"
+    assert rec["check"]["matches_reference"] is True and rec["check"]["max_logit_diff"] < 1e-4
+
+
 def test_ct2_converts_once_per_weights(tiny_model, cache_dir, monkeypatch):
     first = engines.build("ct2", tiny_model).path
     assert first.parent == cache_dir and (first / "model.bin").is_file()

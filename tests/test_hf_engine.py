@@ -25,6 +25,62 @@ def test_hf_tokens_and_logits_equal_ours_in_every_mode(tiny_model, attention):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+# tiny-llama: 8 query heads over 2 K/V heads. The variants are the other Llama-family forms transformers
+# builds from our config: Qwen2 (q/k/v bias, tied head) with one K/V head, and Llama 3's rope scaling.
+LLAMA_VARIANTS = {
+    "llama": ({}, "LlamaForCausalLM"),
+    "qwen2": ({"attention_bias": True, "tie_word_embeddings": True, "n_kv_head": 1}, "Qwen2ForCausalLM"),
+    "llama3-rope": ({"n_kv_head": 4, "rope_theta": 5e5, "rope_scaling": "llama3"}, "LlamaForCausalLM"),
+}
+
+
+def llama_model(variant: str):
+    """A random-weight tiny-llama of the variant, laid out for decoding as a cell lays it out; biases
+    drawn non-zero (the random init zeroes them), so a dropped bias would show."""
+    from dataclasses import replace
+
+    from kvbench.models import build_random
+    from kvbench.presets import llama3_scaling, preset
+
+    over = dict(LLAMA_VARIANTS[variant][0])
+    if over.get("rope_scaling"):
+        over["rope_scaling"] = llama3_scaling(8.0, 8192)  # Llama 3's published original context
+    model = build_random(replace(preset("tiny-llama"), **over), "cpu", torch.float32, seed=0, for_decoding=True)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(2))
+    return model
+
+
+@pytest.mark.parametrize("variant", list(LLAMA_VARIANTS))
+def test_hf_llama_family_tokens_and_logits_equal_ours_in_every_mode(variant):
+    model = llama_model(variant)
+    hf = to_hf(model)
+    assert type(hf).__name__ == LLAMA_VARIANTS[variant][1]
+    assert hf.config.num_key_value_heads == model.config.kv_heads < hf.config.num_attention_heads
+    prompt = torch.randint(0, model.config.vocab_size, (3, 37), generator=torch.Generator().manual_seed(1))
+    ours = generate(model, prompt, 12, "none", keep_logits=True)
+    for mode in ("none", "concat", "static"):
+        theirs = hf_generate(hf, prompt, 12, mode, keep_logits=True)
+        assert torch.equal(theirs.tokens, ours.tokens), mode
+        for a, b in zip(theirs.logits, ours.logits):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_hf_llama_cell_record_caches_only_the_kv_heads(tmp_path, capsys):
+    out = tmp_path / "hf.json"
+    args = ["--model", "tiny-llama", "--kv-mode", "static", "--prompt-len", "8", "--new-tokens", "6", "--iters", "1"]
+    assert main(["cell", "--engine", "hf", *args, "--out", str(out)]) == 0, capsys.readouterr().err
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "ok" and rec["check"]["matches_reference"] is True
+    # transformers' StaticCache measured from its tensors equals the formula with 2 K/V heads, not 8
+    assert rec["memory"]["kv_cache_bytes_measured"] == rec["memory"]["kv_cache_bytes_formula"]
+    assert (
+        rec["memory"]["kv_cache_bytes_formula"] == 2 * 2 * 2 * 13 * 8 * 4
+    )  # K,V x layers x heads x tokens x dim x fp32
+
+
 def test_hf_cell_record(tmp_path, capsys):
     out = tmp_path / "hf.json"
     code = main(

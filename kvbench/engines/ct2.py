@@ -1,8 +1,9 @@
 """Engine `ct2`: CTranslate2's Generator on the same weights, converted from the hf engine's model.
 
 CTranslate2 takes a model directory produced by one of its converters. This engine builds the
-transformers GPT-2 that engine hf runs (`to_hf`, our weights), converts it with CTranslate2's own
-`TransformersConverter`, and caches the result per weights hash under
+transformers model that engine hf runs (`to_hf`, our weights: GPT2LMHeadModel, or LlamaForCausalLM /
+Qwen2ForCausalLM for the Llama family), converts it with CTranslate2's own `TransformersConverter`
+(which reads the architecture from config.json and has a loader for each), and caches the result per weights hash under
 `$KVBENCH_CACHE_DIR/ct2/<hash>` (default ~/.cache/kvbench), so a sweep converts once. CTranslate2
 takes tokens as strings; random weights have no tokenizer, so the stand-in vocabulary is one
 string per id: token id i is the string str(i) (`StandInVocabulary`).
@@ -11,7 +12,8 @@ Generation is greedy through `generate_tokens` (streaming): `on_token(i)` is cal
 tokens arrive, so the cell times it like every engine (token 0 = the prefill). No token ends a
 generation early (`end_token=[]`), as with the other engines.
 
-The cache is CTranslate2's own: for GPT-2 its attention layer concatenates each step's K,V onto
+The cache is CTranslate2's own: for both families (grouped-query attention keeps fewer K/V heads
+in it) its attention layer concatenates each step's K,V onto
 the cached ones (src/layers/attention.cc, `ops::Concat` on the time axis), so the honest kv_mode
 is `concat`. Its bytes are not reachable from Python: the record gives the formula only and says so.
 """
@@ -28,10 +30,14 @@ import torch
 
 from kvbench.engines import Engine
 from kvbench.generate import GREEDY, Generation, Sampling
-from kvbench.model import GPT
+from kvbench.models import Model
 from kvbench.presets import ENGINE_KV_MODES
 
 PIN = "ctranslate2==4.8.5"  # requirements.txt
+# CTranslate2's Llama converter carries rope_scaling's factor and low/high frequency factors but not
+# original_max_position_embeddings, so its llama3 scaling assumes Llama 3's 8192 (a tiny-llama with
+# 16 measured 2e-3 off in the logits, with 8192 4e-5).
+CT2_LLAMA3_CONTEXT = 8192
 COMPUTE_TYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -49,7 +55,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("KVBENCH_CACHE_DIR", Path.home() / ".cache" / "kvbench")) / "ct2"
 
 
-def weights_hash(model: GPT, compute_type: str, ct2_version: str) -> str:
+def weights_hash(model: Model, compute_type: str, ct2_version: str) -> str:
     """sha256 over the config, each distinct weight tensor's values (tied ones once) and the converter version."""
     h = hashlib.sha256(repr((model.config, compute_type, ct2_version)).encode())
     seen: set[int] = set()
@@ -65,7 +71,8 @@ def weights_hash(model: GPT, compute_type: str, ct2_version: str) -> str:
 class StandInVocabulary:
     """What CTranslate2's converter reads from a tokenizer: one string per id, and the special tokens.
 
-    GPT-2's single special token <|endoftext|> is its last id; the stand-in names the same id."""
+    GPT-2's single special token <|endoftext|> is its last id; the stand-in names the same id (for
+    the Llama family too: generation is given its start tokens and never stops at one)."""
 
     def __init__(self, vocab_size: int):
         self.vocab_size = vocab_size
@@ -75,7 +82,7 @@ class StandInVocabulary:
         return {str(i): i for i in range(self.vocab_size)}
 
 
-def convert(model: GPT, compute_type: str) -> Path:
+def convert(model: Model, compute_type: str) -> Path:
     """The CTranslate2 model directory for these weights: converted once, then found by hash."""
     ctranslate2 = import_ctranslate2()
     from ctranslate2.converters import TransformersConverter
@@ -124,7 +131,8 @@ class CT2Engine(Engine):
         super().check(kv_mode=kv_mode, n_kv_head=n_kv_head, attention=attention, compile=compile)
         if n_kv_head is not None:
             raise ValueError(
-                "n_kv_head: engine ct2 runs transformers' GPT-2 converted, which has no grouped-query attention"
+                "n_kv_head: engine ct2 runs the model's own K/V heads (a preset's or a checkpoint's); "
+                "the override is for engine kvbench"
             )
         if attention != "sdpa":
             raise ValueError(
@@ -134,12 +142,19 @@ class CT2Engine(Engine):
         if compile:
             raise ValueError("compile: engine ct2 has no compiled form (CTranslate2 is compiled C++ already)")
 
-    def __init__(self, model: GPT):
+    def __init__(self, model: Model):
         ctranslate2 = import_ctranslate2()
-        w = model.transformer.wte.weight
+        w = next(model.parameters())  # the token embedding: its dtype and device are the model's
         if w.dtype not in COMPUTE_TYPES:
             raise ValueError(f"dtype: engine ct2 runs {', '.join(map(str, COMPUTE_TYPES))}, not {w.dtype}")
         self.compute_type = COMPUTE_TYPES[w.dtype]
+        scaling = dict(getattr(model.config, "rope_scaling", None) or {})
+        if scaling and scaling["original_max_position_embeddings"] != CT2_LLAMA3_CONTEXT:
+            raise ValueError(
+                f"rope_scaling (engine ct2): original_max_position_embeddings "
+                f"{scaling['original_max_position_embeddings']} is not {CT2_LLAMA3_CONTEXT}, the only one "
+                f"CTranslate2's converter carries"
+            )
         self.device = w.device
         self.vocab_size = model.config.vocab_size
         self.block_size = model.config.block_size

@@ -1,9 +1,12 @@
-"""Engine `hf`: Hugging Face transformers' GPT-2 on the same weights, through the same cell.
+"""Engine `hf`: Hugging Face transformers' own model on the same weights, through the same cell.
 
-transformers' GPT2LMHeadModel runs with its own caches — kv_mode `none` (use_cache=False,
-recompute), `concat` (its default DynamicCache, which grows by torch.cat) and `static` (its
-StaticCache, preallocated) — in the shared decode loop with the same `on_token` timestamps as
-ours, so every engine's numbers come out of one measurement code path. Caches are built and
+GPT-2 runs as transformers' GPT2LMHeadModel; the Llama family as the class its config.json names
+(LlamaForCausalLM, or Qwen2ForCausalLM where q/k/v carry a bias), built from kvbench's
+`llama.hf_config_dict` and filled with `llama.hf_state_dict`. Either runs with its own caches —
+kv_mode `none` (use_cache=False, recompute), `concat` (its default DynamicCache, which grows by
+torch.cat) and `static` (its StaticCache, preallocated, K/V heads only) — in the shared decode
+loop with the same `on_token` timestamps as ours, so every engine's numbers come out of one
+measurement code path. Caches are built and
 passed the way transformers' current API asks (`DynamicCache(config=...)`,
 `StaticCache(config=..., max_cache_len=...)`, `past_key_values=` a Cache object, explicit
 `cache_position`), so a cell logs no deprecation warning (tests/test_hf_engine.py checks).
@@ -19,19 +22,49 @@ from kvbench.checkpoint import CONV1D_WEIGHTS
 from kvbench.engines import Engine, Runner, compile_mode
 from kvbench.generate import GREEDY, Generation, Sampling, check_length, decode_loop
 from kvbench.model import GPT
+from kvbench.models import Model
 from kvbench.presets import ENGINE_KV_MODES
 
 HF_KV_MODES = ENGINE_KV_MODES["hf"]
+HF_ATTENTION = {"sdpa": "sdpa", "math": "eager"}  # our attention implementation -> transformers' name
 
 
-def to_hf(model: GPT):
+def to_hf(model: Model):
+    """transformers' own model of `model`'s family holding exactly its weights, same device and dtype."""
+    return llama_to_hf(model) if model.config.family == "llama" else gpt2_to_hf(model)
+
+
+def llama_to_hf(model):
+    """transformers' Llama-family model (the architecture `hf_config_dict` names) on `model`'s weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kvbench.llama import hf_config_dict, hf_state_dict
+
+    settings = hf_config_dict(model.config)
+    cfg = AutoConfig.for_model(settings.pop("model_type"), **settings)
+    cfg._attn_implementation = HF_ATTENTION[model.model.layers[0].self_attn.attention]
+    w = model.model.embed_tokens.weight
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(cfg)
+    hf = hf.to(dtype=w.dtype).to_empty(device=w.device)
+    missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
+    if unexpected or missing:
+        raise ValueError(f"engine hf: weights do not map: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    # The rotary frequencies are a buffer derived from the config, not a weight: to_empty left it
+    # unwritten, so it is computed again (in fp32 whatever the weights' dtype, as transformers does).
+    hf.model.rotary_emb = type(hf.model.rotary_emb)(hf.config).to(w.device)
+    hf.tie_weights()
+    return hf.eval()
+
+
+def gpt2_to_hf(model: GPT):
     """A transformers GPT2LMHeadModel holding exactly `model`'s weights, same device and dtype."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     c = model.config
     if c.kv_heads != c.n_head:
         raise ValueError("engine hf: transformers' GPT-2 has no grouped-query attention (n_kv_head must be n_head)")
-    impl = {"sdpa": "sdpa", "math": "eager"}[model.transformer.h[0].attn.attention]
+    impl = HF_ATTENTION[model.transformer.h[0].attn.attention]
     w = model.transformer.wte.weight
     cfg = GPT2Config(
         vocab_size=c.vocab_size,
@@ -58,6 +91,11 @@ def to_hf(model: GPT):
         raise ValueError(f"engine hf: weights do not map: missing {missing[:3]}, unexpected {unexpected[:3]}")
     hf.tie_weights()
     return hf.eval()
+
+
+def positions(hf) -> int:
+    """The longest sequence transformers' model takes: GPT-2's position table, a Llama's max positions."""
+    return getattr(hf.config, "n_positions", None) or hf.config.max_position_embeddings
 
 
 def hf_forward(fn, cache, batch: int, device: torch.device) -> Callable[[torch.Tensor, int], torch.Tensor]:
@@ -92,7 +130,7 @@ def hf_generate(
 ) -> Generation:
     from transformers import DynamicCache, StaticCache
 
-    total = check_length(prompt, new_tokens, hf.config.n_positions)
+    total = check_length(prompt, new_tokens, positions(hf))
     if kv_mode == "none":
         cache = None
     elif kv_mode == "concat":
@@ -122,7 +160,7 @@ class HFCacheBytes:
 
 
 class HFCompiledStatic:
-    """transformers' GPT-2 with its StaticCache and its forward compiled for decoding, the way its docs
+    """transformers' model with its StaticCache and its forward compiled for decoding, the way its docs
     recommend (prefill eager, the static-shape step compiled); one cache per cell, reset each generation."""
 
     def __init__(self, hf, prompt: torch.Tensor, max_len: int):
@@ -149,7 +187,7 @@ class HFCompiledStatic:
         keep_logits: bool = False,
         on_token: Callable[[int], None] | None = None,
     ) -> Generation:
-        check_length(prompt, new_tokens, self.hf.config.n_positions)
+        check_length(prompt, new_tokens, positions(self.hf))
         self.cache.reset()
         eager = hf_forward(self.hf, self.cache, prompt.size(0), prompt.device)
         compiled = hf_forward(self.step, self.cache, prompt.size(0), prompt.device)
@@ -164,15 +202,18 @@ class HFCompiledStatic:
 class HFEngine(Engine):
     name = "hf"
     kv_modes = HF_KV_MODES
-    owns_weights = True  # its own contiguous (in, out) Conv1D copy: its native layout
+    owns_weights = True  # its own copy in its native layout (GPT-2: contiguous (in, out) Conv1D; Llama: q/k/v split)
 
     @classmethod
     def check(cls, *, kv_mode, n_kv_head, attention, compile):
         super().check(kv_mode=kv_mode, n_kv_head=n_kv_head, attention=attention, compile=compile)
         if n_kv_head is not None:
-            raise ValueError("n_kv_head: engine hf runs transformers' GPT-2, which has no grouped-query attention")
+            raise ValueError(
+                "n_kv_head: engine hf runs the model's own K/V heads (a preset's or a checkpoint's); "
+                "the override is for engine kvbench"
+            )
 
-    def __init__(self, model: GPT):
+    def __init__(self, model: Model):
         self.hf = self.module = to_hf(model)
 
     def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None):
