@@ -105,6 +105,12 @@ class CellSpec:
                 f"prompt_len + new_tokens: {self.prompt_len} + {self.new_tokens} = "
                 f"{self.prompt_len + self.new_tokens} exceeds the model's block_size {cfg.block_size}"
             )
+        window = getattr(cfg, "sliding_window", None)  # Mistral: kvbench computes full attention only
+        if window is not None and self.prompt_len + self.new_tokens > window:
+            raise UsageError(
+                f"prompt_len + new_tokens: {self.prompt_len + self.new_tokens} exceeds the checkpoint's "
+                f"sliding_window {window}; kvbench attends to every position, which this model does not"
+            )
         if self.prompt_file is not None and not Path(self.prompt_file).is_file():
             raise UsageError(f"prompt_file: {self.prompt_file!r} does not exist")
         if self.out is not None:

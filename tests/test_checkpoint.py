@@ -80,6 +80,9 @@ def test_malformed_checkpoints_are_named(tmp_path):
         checkpoint.read_config(str(tmp_path / "junk.pt"))
     d = tmp_path / "hf"
     d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(checkpoint.CheckpointError, match="model_type 'bert'"):
+        checkpoint.read_config(str(d))
     (d / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(checkpoint.CheckpointError, match="model_type"):
+    with pytest.raises(checkpoint.CheckpointError, match="lacks 'num_attention_heads'"):
         checkpoint.read_config(str(d))
