@@ -56,30 +56,3 @@ def test_engines_without_grouped_query_attention_refuse_it():
             with pytest.raises(ValueError, match=f"^n_kv_head: engine {name}"):
                 engines.check(name, kv_mode=CACHED_MODE[name], n_kv_head=2)
     engines.check("kvbench", kv_mode="static", n_kv_head=2)  # ours has it
-
-
-def test_a_sweep_crosses_each_engine_with_the_kv_modes_it_runs(repo):
-    from kvbench.sweep import SweepError, cells, check
-
-    grid = {
-        "engine": ["kvbench", "hf", "ct2"],
-        "model": ["tiny"],
-        "kv_mode": ["none", "concat", "static"],
-        "prompt_len": [8],
-        "new_tokens": [4],
-    }
-    got = sorted((c["engine"], c["kv_mode"]) for c in cells({"grid": grid}))
-    assert got == [
-        ("ct2", "concat"),
-        ("hf", "concat"),
-        ("hf", "none"),
-        ("hf", "static"),
-        ("kvbench", "concat"),
-        ("kvbench", "none"),
-        ("kvbench", "static"),
-    ]
-    schema = repo / "workflow" / "schemas" / "config.schema.yaml"
-    check({"run": ["t"], "sweeps": {"t": {"grid": grid}}}, schema)
-    only_static = {**grid, "engine": ["ct2"], "kv_mode": ["static"]}
-    with pytest.raises(SweepError, match=r"^config: sweep 't': grid.kv_mode: engine ct2 runs concat only"):
-        check({"run": ["t"], "sweeps": {"t": {"grid": only_static}}}, schema)

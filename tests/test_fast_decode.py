@@ -6,7 +6,6 @@ import torch
 from kvbench.engines.kvbench import CompiledStaticDecoder
 from kvbench.generate import generate
 from kvbench.kv_cache import StaticCache
-from kvbench.sweep import cell_flags, sweep_settings
 
 
 def random_prompt(batch: int, length: int, seed: int = 1) -> torch.Tensor:
@@ -60,13 +59,3 @@ def test_hf_compiled_static_gives_our_tokens(tiny_model):
     run = engines.build("hf", tiny_model).compiled_runner("static", prompt, 8)
     assert torch.equal(run(prompt, 8, "static").tokens, ref)
     assert torch.equal(run(prompt, 8, "static").tokens, ref)  # the reset cache gives the same again
-
-
-def test_sweep_compile_setting_compiles_the_listed_modes_only():
-    cell = {"engine": "kvbench", "model": "tiny", "kv_mode": "static", "n_kv_head": "all"}
-    some = sweep_settings({"settings": {"compile": ["static"]}})
-    assert cell_flags(cell, some).endswith("--compile")
-    assert "--compile" not in cell_flags({**cell, "kv_mode": "none"}, some)
-    assert "--compile" in cell_flags({**cell, "kv_mode": "none"}, sweep_settings({"settings": {"compile": True}}))
-    # off: the flags are exactly those of a sweep that never named `compile` (its cells do not rerun)
-    assert cell_flags(cell, sweep_settings({"settings": {"compile": False}})) == cell_flags(cell, sweep_settings({}))

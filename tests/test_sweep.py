@@ -1,0 +1,121 @@
+"""kvbench/sweep.py: a sweep's grid expanded into cells, its one-line config errors, a cell's flags and paths.
+Plain functions, no Snakemake (tests/test_pipeline.py and tests/test_workflow.py drive the real one)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from kvbench.presets import KV_MODES
+from kvbench.sweep import (
+    ALL_HEADS,
+    AXES,
+    CELL_LOG_PATTERN,
+    SweepError,
+    cell_flags,
+    cell_path,
+    cells,
+    check,
+    kv_head_count,
+    sweep_settings,
+)
+
+TINY = {"model": ["tiny"], "prompt_len": [8], "new_tokens": [4]}
+
+
+@pytest.fixture(scope="module")
+def schema(repo):
+    return repo / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def one_sweep(grid: dict, settings: dict | None = None) -> dict:
+    return {"run": ["t"], "sweeps": {"t": {"grid": grid, **({"settings": settings} if settings else {})}}}
+
+
+def test_every_shipped_sweep_passes_the_check(repo, schema):
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    check(config, schema)
+    assert all(cells(sweep) for sweep in config["sweeps"].values())
+
+
+def test_a_sweep_crosses_each_engine_with_the_kv_modes_it_runs(schema):
+    grid = {**TINY, "engine": ["kvbench", "hf", "ct2"], "kv_mode": ["none", "concat", "static"]}
+    got = sorted((c["engine"], c["kv_mode"]) for c in cells({"grid": grid}))
+    assert got == [
+        ("ct2", "concat"),
+        ("hf", "concat"),
+        ("hf", "none"),
+        ("hf", "static"),
+        ("kvbench", "concat"),
+        ("kvbench", "none"),
+        ("kvbench", "static"),
+    ]
+    check(one_sweep(grid), schema)
+    only_static = {**grid, "engine": ["ct2"], "kv_mode": ["static"]}
+    with pytest.raises(SweepError, match=r"^config: sweep 't': grid.kv_mode: engine ct2 runs concat only"):
+        check(one_sweep(only_static), schema)
+
+
+def test_an_axis_left_out_takes_its_default_and_cells_keep_the_grid_order():
+    grid = {"model": ["tiny"], "batch": [2, 1], "kv_mode": ["static", "none"]}
+    got = [(c["kv_mode"], c["batch"]) for c in cells({"grid": grid})]
+    assert got == [("static", 2), ("static", 1), ("none", 2), ("none", 1)]
+    assert {c["n_kv_head"] for c in cells({"grid": grid})} == {ALL_HEADS}
+    assert cells({"grid": {}})[0]["kv_mode"] == KV_MODES[0] and len(cells({"grid": {}})) == len(AXES["kv_mode"])
+
+
+BAD = [
+    ({**TINY, "kv_mode": ["paged"]}, None, "grid.kv_mode.0: 'paged' is not one of none, concat, static"),
+    ({**TINY, "batch": []}, None, "grid.batch is empty"),
+    ({**TINY, "n_kv_head": [3]}, None, "grid.n_kv_head: 3 must divide tiny's n_head"),
+    ({**TINY, "engine": ["hf"], "n_kv_head": [2]}, None, "engine hf runs transformers' GPT-2: n_kv_head all only"),
+    ({**TINY, "prompt_len": [60], "new_tokens": [8]}, None, "= 60 + 8 exceeds tiny's block_size 64"),
+    (TINY, {"device": "tpu"}, "settings.device"),
+]
+
+
+@pytest.mark.parametrize("grid,settings,message", BAD, ids=["value", "empty", "heads", "hf-heads", "block", "device"])
+def test_a_bad_sweep_is_one_line_naming_the_sweep_and_the_key(schema, grid, settings, message):
+    with pytest.raises(SweepError) as err:
+        check(one_sweep(grid, settings), schema)
+    assert str(err.value).startswith("config: sweep 't': ") and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_run_naming_no_sweep_lists_the_defined_ones(schema):
+    with pytest.raises(SweepError, match=r"^config: run: 'nope' is not a defined sweep \(defined: t\)$"):
+        check({**one_sweep(TINY), "run": ["nope"]}, schema)
+
+
+def test_all_heads_is_one_word_in_config_and_paths_and_no_flag():
+    assert kv_head_count(ALL_HEADS) is None
+    assert kv_head_count(2) == kv_head_count("2") == 2  # from the config, from a path's wildcard
+    cell = {"engine": "kvbench", "model": "tiny", "kv_mode": "static", "n_kv_head": ALL_HEADS}
+    assert "--n-kv-head" not in cell_flags(cell, sweep_settings({}))
+    assert "--n-kv-head 2 " in cell_flags({**cell, "n_kv_head": "2"}, sweep_settings({}))
+    assert cell_flags({**cell, "n_kv_head": 2}, {}) == cell_flags({**cell, "n_kv_head": "2"}, {})
+
+
+def test_a_cells_log_sits_under_logs_with_its_records_path():
+    cell = cells({"grid": {**TINY, "kv_mode": ["static"]}})[0]
+    record = cell_path("t", cell)
+    assert record == "results/t/cells/kvbench/tiny/fp32/static/b1-p8-n4-sdpa-kvall.json"
+    log = CELL_LOG_PATTERN.format(sweep="t", **cell)
+    assert log == "results/t/logs/cells/kvbench/tiny/fp32/static/b1-p8-n4-sdpa-kvall.log"
+
+
+def test_sweep_compile_setting_compiles_the_listed_modes_only():
+    cell = {"engine": "kvbench", "model": "tiny", "kv_mode": "static", "n_kv_head": ALL_HEADS}
+    some = sweep_settings({"settings": {"compile": ["static"]}})
+    assert cell_flags(cell, some).endswith("--compile")
+    assert "--compile" not in cell_flags({**cell, "kv_mode": "none"}, some)
+    assert "--compile" in cell_flags({**cell, "kv_mode": "none"}, sweep_settings({"settings": {"compile": True}}))
+    # off: the flags are exactly those of a sweep that never named `compile` (its cells do not rerun)
+    assert cell_flags(cell, sweep_settings({"settings": {"compile": False}})) == cell_flags(cell, sweep_settings({}))
+
+
+def test_job_settings_schedule_the_job_and_change_no_flag():
+    cell = {"engine": "kvbench", "model": "tiny", "kv_mode": "static", "n_kv_head": ALL_HEADS}
+    plain = cell_flags(cell, sweep_settings({}))
+    assert cell_flags(cell, sweep_settings({"settings": {"mem_mb": 64000, "runtime": 5}})) == plain
+    assert cell_flags(cell, sweep_settings({"settings": {"iters": 7}})) != plain
