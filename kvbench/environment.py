@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import socket
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import torch
 
 import kvbench
-from kvbench import nvml
+from kvbench import env_vars, nvml
 
 
 def cpu_name() -> str | None:
@@ -27,8 +26,8 @@ def cpu_name() -> str | None:
 
 def git_commit() -> str | None:
     """The commit of the kvbench source tree, or what the container/job was built from."""
-    if os.environ.get("KVBENCH_GIT_COMMIT"):
-        return os.environ["KVBENCH_GIT_COMMIT"]
+    if commit := env_vars.get(env_vars.GIT_COMMIT):
+        return commit
     src = Path(kvbench.__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
@@ -37,14 +36,7 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def container_image() -> str | None:
-    for var in ("KVBENCH_CONTAINER_IMAGE", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
-        if os.environ.get(var):
-            return os.environ[var]
-    return None
-
-
-def collect(device: torch.device, nvml_handle=None) -> dict:
+def collect(device: torch.device) -> dict:
     """Static facts; the cell adds clocks_before/after and throttle reasons around its timing."""
     return {
         "kvbench_version": kvbench.__version__,
@@ -59,8 +51,8 @@ def collect(device: torch.device, nvml_handle=None) -> dict:
         "clocks_before": None,
         "clocks_after": None,
         "throttle_reasons": None,
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "container_image": container_image(),
+        "slurm_job_id": env_vars.get(env_vars.SLURM_JOB_ID),
+        "container_image": env_vars.container_image(),
         "torch_threads": torch.get_num_threads(),
         "argv": sys.argv[1:],
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import resource
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -22,8 +23,22 @@ CPU_METHOD = "cpu_tensor_tracker"
 CUDA_METHOD = "cuda_allocator"
 
 
+@dataclass(frozen=True)
+class Peaks:
+    """A cell's allocated-bytes peaks (its prefill's, its decode's, overall; reserved on CUDA) and who counted them."""
+
+    method: str | None = None
+    prefill: int | None = None
+    decode: int | None = None
+    allocated: int | None = None
+    reserved: int | None = None
+
+
 class LiveTensorBytes(TorchDispatchMode):
-    """Bytes of tensor storage alive, and their peak, per phase: prefill until `end_prefill()`, then decode."""
+    """Bytes of tensor storage alive, and their peak, per phase: prefill until `end_prefill()`, then decode.
+
+    `prefill_peak` is the prefill's peak once `end_prefill()` ran; `peak` is the running one (the decode's after it).
+    """
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -65,10 +80,6 @@ class LiveTensorBytes(TorchDispatchMode):
         """The prefill's token is chosen: its peak is final, the decode's starts from what lives now."""
         self.prefill_peak, self.peak = self.peak, self.live
 
-    @property
-    def decode_peak(self) -> int:
-        return self.peak
-
 
 def resident_tensors(module: torch.nn.Module, *more: torch.Tensor) -> list[torch.Tensor]:
     return [*module.parameters(), *module.buffers(), *more]
@@ -76,3 +87,21 @@ def resident_tensors(module: torch.nn.Module, *more: torch.Tensor) -> list[torch
 
 def rss_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def cpu_peaks(generate, module: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, kv_mode: str) -> Peaks:
+    """Peaks of one eager generation (`generate`, a Runner) with the cell's shapes, counted op by op.
+
+    `module`'s weights and buffers and the prompt are counted as alive from the start.
+    """
+    tracker = LiveTensorBytes(resident_tensors(module, prompt))
+    with tracker:
+        generate(prompt, new_tokens, kv_mode, on_token=lambda i: tracker.end_prefill() if i == 0 else None)
+    return Peaks(CPU_METHOD, tracker.prefill_peak, tracker.peak, max(tracker.prefill_peak, tracker.peak))
+
+
+def cuda_peaks(device: torch.device, prefill: int | None = None, decode: int | None = None) -> Peaks:
+    """The CUDA allocator's peaks since its last reset, with the phase peaks taken apart."""
+    return Peaks(
+        CUDA_METHOD, prefill, decode, torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+    )

@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from kvbench.devices import synchronize
+
 try:
     import pynvml
 except ImportError:  # nvidia-ml-py is a dependency, but a CPU-only install may lack it
@@ -160,3 +162,35 @@ class Sampler:
         if len(pts) < 2:
             return None
         return sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(pts, pts[1:]))
+
+
+class DecodeEnergy:
+    """Joules of one generation's decode phase, from the prefill's token to the last token.
+
+    NVML's energy counter where the GPU has one (Volta and newer), else the `Sampler`'s power
+    samples integrated over the same span. `start` is called at the prefill's token, `joules`
+    once the generation has synchronised.
+    """
+
+    def __init__(self, handle, sampler: Sampler):
+        self.handle, self.sampler = handle, sampler
+        self.start_mj: int | None = None
+        self.start_s = 0.0
+
+    def start(self, device: torch.device) -> None:
+        if self.handle is None:
+            return
+        synchronize(device)  # the phase boundary: the GPU must have finished the prefill
+        self.start_mj, self.start_s = energy_mj(self.handle), time.monotonic()
+
+    def joules(self) -> float | None:
+        if self.handle is None:
+            return None
+        end_mj, end_s = energy_mj(self.handle), time.monotonic()
+        if self.start_mj is not None and end_mj is not None:
+            return (end_mj - self.start_mj) / 1e3
+        return self.sampler.joules_between(self.start_s, end_s)
+
+    @property
+    def method(self) -> str:
+        return "nvml_energy_counter" if self.start_mj is not None else "nvml_power_samples"

@@ -11,14 +11,16 @@ cached per host, device and software version, so a sweep measures it once per ho
 from __future__ import annotations
 
 import json
-import os
+import math
 import platform
 import re
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from kvbench import env_vars
 from kvbench.devices import synchronize
 from kvbench.model import GPTConfig
 from kvbench.record import write_atomic_text
@@ -51,37 +53,39 @@ def spec_bandwidth(device_name: str | None) -> float | None:
 
 
 def decode_step_cost(
-    cfg: GPTConfig, batch: int, context: float, kv_element_bytes: float, weights_bytes: int
+    cfg: GPTConfig, batch: int, context: float, kv_bytes_per_token: int, step_read_bytes: int
 ) -> tuple[float, float]:
-    """(FLOPs, bytes) of one cached decode step for the whole batch at `context` keys per query."""
-    C, L, hd, kvh = cfg.n_embd, cfg.n_layer, cfg.head_dim, cfg.kv_heads
-    matmul_params = L * (C * (C + 2 * kvh * hd) + C * C + 8 * C * C) + C * cfg.vocab_size
-    attention_flops = L * 4 * C * context  # q.K^T and att.V: 2 flops per multiply-add each
-    flops = batch * (2 * matmul_params + attention_flops)
-    kv_per_token = 2 * L * kvh * hd * kv_element_bytes
-    nbytes = weights_bytes + batch * kv_per_token * (context + 1)  # read the cache, write one position
+    """(FLOPs, bytes) of one cached decode step for the whole batch at `context` keys per query.
+
+    `kv_bytes_per_token` is one sequence's K and V for one position over every layer
+    (presets.kv_cache_bytes); `step_read_bytes` the weights a step reads (`step_read_bytes`).
+    """
+    attention_flops = cfg.n_layer * 4 * cfg.n_head * cfg.head_dim * context  # q.K^T and att.V: 2 flops per MAC
+    flops = batch * (2 * cfg.matmul_params + attention_flops)  # matmul_params: the family's (presets.py)
+    nbytes = step_read_bytes + batch * kv_bytes_per_token * (context + 1)  # read the cache, write one position
     return float(flops), float(nbytes)
 
 
-def weights_read_per_step(model: torch.nn.Module) -> int:
-    """Bytes of weights a decode step reads: all of them except the position table (one row used)."""
-    return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not n.endswith("wpe.weight"))
+def step_read_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights a decode step reads: all of them except lookup tables (GPT-2's positions, an
+    untied token embedding), of which a step reads one row; a table tied to the LM head is read whole.
+
+    Not memory.weights_bytes, which counts every parameter the model holds.
+    """
+    matrices = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    lookups = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)} - matrices
+    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in lookups)
 
 
-# Set by the workflow to the time a Snakemake run started (epoch seconds): a probe cached on this
-# host since then is reused, so a sweep measures each host and device once. Unset (a cell run by
-# hand), every cell measures afresh.
-PROBE_SINCE_ENV = "KVBENCH_PROBE_SINCE"
 LIMIT_KEYS = ("read_bandwidth_bytes_per_s", "copy_bandwidth_bytes_per_s", "peak_flops_per_s")
 
 
 def _cache_path(device: torch.device, device_name: str, dtype: torch.dtype) -> Path:
     """One file per host, device, dtype and software: a new torch or kvbench measures again."""
-    root = Path(os.environ.get("KVBENCH_CACHE_DIR", Path.home() / ".cache" / "kvbench"))
     from kvbench import __version__
 
     key = f"{platform.node()}-{device.type}-{device_name}-{dtype}-torch{torch.__version__}-kvbench{__version__}"
-    return root / f"probe-{re.sub(r'[^A-Za-z0-9.]+', '-', key).strip('-')}.json"
+    return env_vars.cache_dir() / f"probe-{re.sub(r'[^A-Za-z0-9.]+', '-', key).strip('-')}.json"
 
 
 def _best_seconds(fn, device: torch.device, reps: int) -> float:
@@ -96,7 +100,7 @@ def _best_seconds(fn, device: torch.device, reps: int) -> float:
     return best
 
 
-def measure(device: torch.device, dtype: torch.dtype) -> dict:
+def probe(device: torch.device, dtype: torch.dtype) -> dict:
     """Read bandwidth, copy bandwidth (read + write bytes / s) and matmul rate (FLOP/s) in `dtype`.
 
     The read is a reduction over 1 GiB, far larger than any cache level, so it streams from
@@ -121,37 +125,53 @@ def measure(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def _read_cache(path: Path) -> dict | None:
+    """The cached limits, or None: missing, or damaged (then said, naming the file, and measured again)."""
     try:
-        cached = json.loads(path.read_text())
-        return {k: float(cached[k]) for k in (*LIMIT_KEYS, "measured_at")}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        warn(f"probe cache {path} is unreadable ({e.strerror or e}); measuring the device again")
+        return None
+    try:
+        cached = json.loads(text)
+        limits = {k: float(cached[k]) for k in (*LIMIT_KEYS, "measured_at")}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        warn(f"probe cache {path} is damaged ({type(e).__name__}); measuring the device again and rewriting it")
+        return None
+    if not all(math.isfinite(v) and v > 0 for v in limits.values()):
+        warn(f"probe cache {path} holds a rate that is not a positive number; measuring the device again")
+        return None
+    return limits
+
+
+def warn(message: str) -> None:
+    print(f"kvbench: {message}", file=sys.stderr, flush=True)
 
 
 def device_limits(device: torch.device, device_name: str, dtype: torch.dtype) -> dict:
     """The best read bandwidth, copy bandwidth and matmul rate this host has shown for this device and dtype.
 
-    Measured once per sweep per host (see PROBE_SINCE_ENV) and merged with the per-host cache by
+    Measured once per sweep per host (env_vars.PROBE_SINCE) and merged with the per-host cache by
     taking the maximum: a probe that ran while something else loaded the machine can only lower
     a measurement, and a floor must use the highest rate the device has shown.
     """
     path = _cache_path(device, device_name, dtype)
     cached = _read_cache(path)
-    since = os.environ.get(PROBE_SINCE_ENV)
-    fresh = cached is not None and since is not None and cached["measured_at"] >= float(since)
-    if fresh:
-        limits, reused = cached, True
+    since = env_vars.probe_since()
+    reused = cached is not None and since is not None and cached["measured_at"] >= since
+    if reused:
+        limits = cached
     else:
-        limits, reused = measure(device, dtype), False
+        limits = probe(device, dtype)
         if cached is not None:
             for key in LIMIT_KEYS:
                 limits[key] = max(limits[key], cached[key])
         try:
             write_atomic_text(path, json.dumps(limits))
-        except OSError:  # a read-only or full home only costs a re-measurement next time
-            pass
+        except OSError as e:  # costs only a re-measurement next time
+            warn(f"probe cache {path} cannot be written ({e.strerror or e}); the next cell measures the device again")
     return {
-        "bandwidth_bytes_per_s": limits["read_bandwidth_bytes_per_s"],
         "bandwidth_source": f"measured read (sum over 1 GiB, {device.type}, best on this host)",
         "read_bandwidth_bytes_per_s": limits["read_bandwidth_bytes_per_s"],
         "copy_bandwidth_bytes_per_s": limits["copy_bandwidth_bytes_per_s"],
@@ -167,30 +187,33 @@ def analyse(
     batch: int,
     prompt_len: int,
     new_tokens: int,
-    kv_element_bytes: float,
-    weights_bytes: int,
+    kv_bytes_per_token: int,
+    step_read_bytes: int,
     limits: dict,
     measured_ms: float | None,
 ) -> dict:
     """The floor of a cached decode step, and how close `measured_ms` came to it.
 
-    For kv_mode 'none' the floor is still the cached step's: it says what recomputing gives up.
+    The floor divides by the read bandwidth (the record's `bandwidth_bytes_per_s` is that rate,
+    named for the floor it sets). For kv_mode 'none' the floor is still the cached step's: it says
+    what recomputing gives up.
     """
     context = prompt_len + new_tokens / 2  # mean keys per query over the decode steps
-    flops, nbytes = decode_step_cost(cfg, batch, context, kv_element_bytes, weights_bytes)
-    floor_ms = 1e3 * max(nbytes / limits["bandwidth_bytes_per_s"], flops / limits["peak_flops_per_s"])
+    flops, nbytes = decode_step_cost(cfg, batch, context, kv_bytes_per_token, step_read_bytes)
+    read = limits["read_bandwidth_bytes_per_s"]
+    floor_ms = 1e3 * max(nbytes / read, flops / limits["peak_flops_per_s"])
     fraction = floor_ms / measured_ms if measured_ms else None
     return {
         "decode_flops_per_token": flops,
         "decode_bytes_per_token": nbytes,
         "floor_ms_per_token": floor_ms,
         "fraction_of_floor": fraction,
-        "bandwidth_bytes_per_s": limits["bandwidth_bytes_per_s"],
+        "bandwidth_bytes_per_s": read,
         "bandwidth_source": limits["bandwidth_source"],
         "peak_flops_per_s": limits["peak_flops_per_s"],
         "peak_flops_source": limits["peak_flops_source"],
         "bandwidth_spec_bytes_per_s": limits.get("bandwidth_spec_bytes_per_s"),
-        "read_bandwidth_bytes_per_s": limits.get("read_bandwidth_bytes_per_s"),
+        "read_bandwidth_bytes_per_s": read,
         "copy_bandwidth_bytes_per_s": limits.get("copy_bandwidth_bytes_per_s"),
         "probe_reused": limits.get("probe_reused"),
         "suspect": bool(fraction is not None and fraction > 1.0),

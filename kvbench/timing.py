@@ -47,3 +47,19 @@ def stats(values: list[float]) -> dict[str, float | int | None]:
     """median, min and max; std, the sample standard deviation (None for one value); n, how many values."""
     std = statistics.stdev(values) if len(values) > 1 else None
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "std": std, "n": len(values)}
+
+
+def latency(runs: list[list[float]], batch: int, compile_s: float | None) -> dict:
+    """The record's `latency` from each timed generation's intervals ([prefill, step 1, step 2, ...] ms)."""
+    steps = len(runs[0]) - 1
+    decode_per_step = [sum(r[1:]) / steps for r in runs]
+    decode = stats(decode_per_step)
+    return {
+        "prefill_ms": stats([r[0] for r in runs]),
+        "decode_ms_per_token": decode,
+        "per_step_decode_ms": [stats([r[s] for r in runs])["median"] for s in range(1, steps + 1)],
+        "decode_tokens_per_s": batch * 1e3 / decode["median"],
+        "total_generate_ms": stats([sum(r) for r in runs]),
+        "decode_steps": steps,
+        "compile_s": compile_s,
+    }

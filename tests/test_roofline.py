@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from kvbench import roofline
+from kvbench import env_vars, roofline
 from kvbench.model import build_random, preset
+from kvbench.presets import kv_cache_bytes
 
 
 def _fake(read: float, measured_at: float | None = None):
@@ -20,10 +21,9 @@ def _fake(read: float, measured_at: float | None = None):
 
 def test_probe_measures_read_bandwidth_and_keeps_the_best(tmp_path, monkeypatch):
     monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv(roofline.PROBE_SINCE_ENV, raising=False)
+    monkeypatch.delenv(env_vars.PROBE_SINCE, raising=False)
     limits = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
     # The floor divides by the read bandwidth: a CPU reads GB/s, not KB/s nor PB/s.
-    assert limits["bandwidth_bytes_per_s"] == limits["read_bandwidth_bytes_per_s"]
     assert 1e9 < limits["read_bandwidth_bytes_per_s"] < 2e12
     assert 1e9 < limits["copy_bandwidth_bytes_per_s"] < 2e12
     assert 1e9 < limits["peak_flops_per_s"] < 1e14
@@ -31,13 +31,13 @@ def test_probe_measures_read_bandwidth_and_keeps_the_best(tmp_path, monkeypatch)
     assert len(list(tmp_path.glob("probe-*.json"))) == 1
 
     # A probe disturbed by other load measures less: the cached best is kept, not overwritten.
-    monkeypatch.setattr(roofline, "measure", _fake(1.0))
+    monkeypatch.setattr(roofline, "probe", _fake(1.0))
     again = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
-    assert again["bandwidth_bytes_per_s"] == limits["bandwidth_bytes_per_s"]
+    assert again["read_bandwidth_bytes_per_s"] == limits["read_bandwidth_bytes_per_s"]
     assert again["peak_flops_per_s"] == limits["peak_flops_per_s"]
     # A faster one raises it.
-    monkeypatch.setattr(roofline, "measure", _fake(1e13))
-    assert roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)["bandwidth_bytes_per_s"] == 1e13
+    monkeypatch.setattr(roofline, "probe", _fake(1e13))
+    assert roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)["read_bandwidth_bytes_per_s"] == 1e13
 
 
 def test_probe_measured_once_per_sweep_and_again_when_its_key_changes(tmp_path, monkeypatch):
@@ -45,12 +45,12 @@ def test_probe_measured_once_per_sweep_and_again_when_its_key_changes(tmp_path, 
 
     calls = []
     monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(roofline, "measure", lambda d, t: calls.append(t) or _fake(5e10)(d, t))
-    monkeypatch.setenv(roofline.PROBE_SINCE_ENV, str(time.time()))
+    monkeypatch.setattr(roofline, "probe", lambda d, t: calls.append(t) or _fake(5e10)(d, t))
+    monkeypatch.setenv(env_vars.PROBE_SINCE, str(time.time()))
     first = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
     second = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
     assert len(calls) == 1 and not first["probe_reused"] and second["probe_reused"]
-    assert second["bandwidth_bytes_per_s"] == first["bandwidth_bytes_per_s"]
+    assert second["read_bandwidth_bytes_per_s"] == first["read_bandwidth_bytes_per_s"]
     # Another key (dtype here; host, device, torch and kvbench versions likewise) measures again.
     roofline.device_limits(torch.device("cpu"), "cpu", torch.bfloat16)
     assert len(calls) == 2 and len(list(tmp_path.glob("probe-*.json"))) == 2
@@ -60,10 +60,10 @@ def test_probe_measured_once_per_sweep_and_again_when_its_key_changes(tmp_path, 
     monkeypatch.undo()
     # A later sweep (its start after the cached probe) measures again; so does a cell run by hand.
     monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(roofline, "measure", lambda d, t: calls.append(t) or _fake(5e10)(d, t))
-    monkeypatch.setenv(roofline.PROBE_SINCE_ENV, str(time.time() + 1))
+    monkeypatch.setattr(roofline, "probe", lambda d, t: calls.append(t) or _fake(5e10)(d, t))
+    monkeypatch.setenv(env_vars.PROBE_SINCE, str(time.time() + 1))
     assert not roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)["probe_reused"]
-    monkeypatch.delenv(roofline.PROBE_SINCE_ENV)
+    monkeypatch.delenv(env_vars.PROBE_SINCE)
     roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
     assert len(calls) == 5
 
@@ -71,20 +71,23 @@ def test_probe_measured_once_per_sweep_and_again_when_its_key_changes(tmp_path, 
 def test_decode_step_cost_counts_weights_and_cache():
     cfg = preset("gpt2")
     model = build_random(preset("tiny"), "cpu", torch.float32, 0)
-    weights = roofline.weights_read_per_step(model)
+    weights = roofline.step_read_bytes(model)
     assert weights == sum(p.numel() * 4 for n, p in model.named_parameters() if "wpe" not in n)
-    flops, nbytes = roofline.decode_step_cost(cfg, batch=1, context=0, kv_element_bytes=2, weights_bytes=0)
+    kv_per_token = kv_cache_bytes(cfg.n_layer, 1, cfg.kv_heads, 1, cfg.head_dim, 2)  # fp16 K and V of one position
+    flops, nbytes = roofline.decode_step_cost(
+        cfg, batch=1, context=0, kv_bytes_per_token=kv_per_token, step_read_bytes=0
+    )
     # with no context: 2 FLOPs per weight of every matmul (12 layers x 12 C^2 + the C x V head)
     assert flops == 2 * (12 * 12 * 768**2 + 768 * 50257)
     assert nbytes == 2 * 12 * 12 * 64 * 2  # writing one position of K and V
-    _, more = roofline.decode_step_cost(cfg, batch=4, context=100, kv_element_bytes=2, weights_bytes=10)
+    _, more = roofline.decode_step_cost(cfg, batch=4, context=100, kv_bytes_per_token=kv_per_token, step_read_bytes=10)
     assert more == 10 + 4 * 2 * 12 * 12 * 64 * 2 * 101
 
 
 def test_floor_fraction_and_suspect_flag():
     cfg = preset("tiny")
     limits = {
-        "bandwidth_bytes_per_s": 1e10,
+        "read_bandwidth_bytes_per_s": 1e10,
         "peak_flops_per_s": 1e12,
         "bandwidth_source": "t",
         "peak_flops_source": "t",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -29,7 +29,24 @@ from kvbench.generate import GREEDY, Generation, Sampling
 from kvbench.model import GPT
 from kvbench.presets import ENGINES, KV_MODES
 
-Runner = Callable[..., Generation]  # (prompt, new_tokens, kv_mode, *, sampling, keep_logits, on_token)
+
+class Runner(Protocol):
+    """The one call that runs a generation: `Engine.generate`, and what `compiled_runner` returns.
+
+    `on_token(i)` is called right after token i is chosen (0 = the prefill's token); `keep_logits`
+    asks for each step's logits (the token check compares them); `sampling` defaults to greedy.
+    """
+
+    def __call__(
+        self,
+        prompt: torch.Tensor,
+        new_tokens: int,
+        kv_mode: str,
+        *,
+        sampling: Sampling = GREEDY,
+        keep_logits: bool = False,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Generation: ...
 
 
 class Engine(ABC):
@@ -51,16 +68,8 @@ class Engine(ABC):
             raise ValueError(f"kv_mode (engine {cls.name}): {kv_mode!r} is not one of {', '.join(cls.kv_modes)}")
 
     @abstractmethod
-    def generate(
-        self,
-        prompt: torch.Tensor,
-        new_tokens: int,
-        kv_mode: str,
-        *,
-        sampling: Sampling = GREEDY,
-        keep_logits: bool = False,
-        on_token: Callable[[int], None] | None = None,
-    ) -> Generation: ...
+    def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None) -> Generation:
+        """This engine's `Runner` (the call and its arguments are typed there)."""
 
     def compiled_runner(self, kv_mode: str, prompt: torch.Tensor, new_tokens: int) -> Runner:
         """The generate function a `--compile` cell times, built (not yet traced) for these shapes."""

@@ -17,12 +17,13 @@ with dynamic shapes instead, which saves less but never recompiles per step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from kvbench import env_vars
 from kvbench.engines import Engine, Runner, compile_mode
 from kvbench.generate import GREEDY, Generation, Sampling, check_length, decode_loop, generate, new_cache
 from kvbench.kv_cache import StaticCache
@@ -43,8 +44,7 @@ def inductor_options(device: torch.device) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     # Compiled kernels and autotuning results on disk beside kvbench's other caches, so every cell
     # of a sweep after the first finds them (latency.compile_s says what it cost).
-    cache = Path(os.environ.get("KVBENCH_CACHE_DIR", Path.home() / ".cache" / "kvbench")) / "inductor"
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(env_vars.cache_dir() / "inductor"))
     import torch._inductor.config
 
     return torch._inductor.config.patch(CPU_INDUCTOR_OPTIONS)
@@ -65,7 +65,7 @@ class KvbenchEngine(Engine):
         if kv_mode == "static":
             return CompiledStaticDecoder(self.model, prompt.size(0), prompt.size(1) + new_tokens - 1)
         compiled = torch.compile(self.model, dynamic=True)  # growing caches: one graph for every length
-        return lambda *a, **kw: generate(compiled, *a, **kw)
+        return functools.partial(generate, compiled)
 
 
 class CompiledStaticDecoder:
