@@ -238,7 +238,7 @@ def markdown(m: pd.DataFrame, env: pd.DataFrame, paths: tuple[Path, Path], fail_
 
 
 def figure(m: pd.DataFrame, paths: tuple[Path, Path]):
-    """B/A per cell, a panel per kv mode (columns) and timing (rows): a bar per cell in its verdict's
+    """B/A per cell, a panel per kv mode (columns) and timing (rows): a point per cell in its verdict's
     colour, whiskers to the extreme ratios the two min-max ranges allow, a line at 1; a cell with no
     ratio (failed on a side, or in one run only) is a marker at 1 saying why. None: no ratio at all."""
     import seaborn as sns
@@ -261,9 +261,12 @@ def figure(m: pd.DataFrame, paths: tuple[Path, Path]):
     if long["ratio"].isna().all():
         return None
     order = list(dict.fromkeys(m["label"]))
-    bars = {"order": order, "hue_order": list(VERDICTS), "palette": VERDICTS, "dodge": False, "errorbar": None}
-    size = {"height": 3.0, "aspect": max(1.0, 0.35 * len(order)), "sharey": "row"}
-    g = sns.catplot(long, x="label", y="ratio", hue="verdict", col="kv_mode", row="timing", kind="bar", **bars, **size)
+    points = {"order": order, "hue_order": list(VERDICTS), "palette": VERDICTS, "dodge": False, "errorbar": None}
+    points |= {"linestyle": "none", "markers": "o", "height": 3.0, "aspect": max(1.0, 0.35 * len(order))}
+    g = sns.catplot(long, x="label", y="ratio", hue="verdict", col="kv_mode", row="timing", kind="point", **points)
+    ratios = long[["lo", "ratio", "hi"]].stack()
+    if ratios.max() / ratios[ratios > 0].min() > 4:  # ratios of ratios: a log axis reads 2x and 1/2x alike
+        g.set(yscale="log")
     for (timing, mode), ax in g.axes_dict.items():
         d = long[(long["timing"] == timing) & (long["kv_mode"] == mode)]
         x, ok = d["label"].map(order.index), d["ratio"].notna()
