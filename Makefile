@@ -45,8 +45,10 @@ run: setup
 gpu: setup  # the GPU sweeps: write-up 001's grid, model sizes, the peers side by side
 	$(BIN)/snakemake --profile workflow/profiles/gpu --config run='[$(or $(SWEEP),seed-grid,model-size,vs-peers)]' $(SNAKE_ARGS)
 
-gpu-check: setup  # one command proves a GPU node: GPU tests, the vs-peers sweep, the benchmark -> one archive
-	PATH=$(abspath $(BIN)):$$PATH scripts/gpu-check.sh
+# One command proves a GPU node within a short slot: setup, the peers benchmark, the GPU tests, the
+# vs-peers sweep, each under a time limit (9 minutes in all) -> one archive; run again to finish.
+gpu-check:
+	PYTHON=$(PYTHON) VENV=$(VENV) WHEELS=$(WHEELS) scripts/gpu-check.sh
 
 # Two workers, each taking whole files (--dist loadfile), so the tests of a file run in order on one;
 # the SLURM and container files share the one local cluster through lock files (tests/test_slurm.py).

@@ -158,6 +158,7 @@ def test_setup_keeps_the_images_numpy_even_when_a_wheel_wants_a_newer_one(tmp_pa
     assert not list(_site(tmp_path / "venv" / "bin" / "python").glob("numpy*")), "the image's numpy was replaced"
 
 
+@pytest.mark.slow
 def test_setup_names_a_missing_package_with_no_wheel_in_one_line(tmp_path, repo, image, offline):
     wheels = tmp_path / "wheels"
     for name, (version, requires) in WHEELS.items():
