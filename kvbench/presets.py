@@ -191,6 +191,19 @@ PRESETS: dict[str, GPTConfig | LlamaConfig] = {
         rope_scaling=llama3_scaling(32.0, 8192),
         tie_word_embeddings=True,
     ),
+    # 24 query heads: 1, 2, 3, 8 (its own) and 24 K/V heads all divide them (the gqa sweep)
+    "llama-3.2-3b": LlamaConfig(
+        block_size=131072,
+        vocab_size=128256,
+        n_layer=28,
+        n_head=24,
+        n_kv_head=8,
+        n_embd=3072,
+        intermediate_size=8192,
+        rope_theta=500000.0,
+        rope_scaling=llama3_scaling(32.0, 8192),
+        tie_word_embeddings=True,
+    ),
     "tinyllama-1.1b": LlamaConfig(
         block_size=2048,
         vocab_size=32000,
