@@ -39,7 +39,7 @@ gpu-wheels:
 run: setup
 	@$(BIN)/python -c 'import fcntl, os; os.makedirs(".snakemake", exist_ok=True); fcntl.flock(open(".snakemake/kvbench-run.lock", "a"), fcntl.LOCK_EX | fcntl.LOCK_NB)' 2>/dev/null \
 	  || { echo "make run: refused: another snakemake is running a sweep in $(CURDIR); wait for it (or stop it) and run again" >&2; exit 1; }
-	$(BIN)/snakemake --profile workflow/profiles/default $(if $(SWEEP),--config run='[$(SWEEP)]') $(SNAKE_ARGS)
+	$(BIN)/snakemake --profile workflow/profiles/default $(if $(SWEEP),--config run='[$(SWEEP)]') $(if $(VERBOSE),--quiet host --printshellcmds) $(SNAKE_ARGS)
 	@echo; for d in results/*/figures; do [ -d "$$d" ] && echo "figures: $$d/  tables: $${d%figures}tables/  bundle: $${d%figures}bundle.zip"; done
 
 gpu: setup  # the GPU sweeps: write-up 001's grid, model sizes, the peers side by side

@@ -1,7 +1,9 @@
 # kvbench: one job per cell -> JSON records -> CSV tables (pandas) -> figures (seaborn) -> bundle.zip
-#   snakemake                       # the sweeps in config/config.yaml's `run` (default: cpu)
-#   snakemake --config run='[tiny]' # another sweep
-# Profiles: workflow/profiles/default (local, used automatically), gpu, slurm.
+#   snakemake --profile workflow/profiles/default                        # config's `run` sweeps (make run)
+#   snakemake --profile workflow/profiles/default --config run='[tiny]'  # another sweep
+#   snakemake --profile workflow/profiles/default --report report.zip    # the report of what ran
+# Pass a profile (workflow/profiles/: default for this machine, gpu, slurm): Snakemake picks one up
+# by itself only beside a workflow/Snakefile, and this Snakefile sits at the top.
 
 from snakemake.utils import min_version
 
@@ -9,6 +11,11 @@ min_version("9.0")
 
 
 configfile: "config/config.yaml"
+
+
+# `snakemake --report report.zip`: this page, then each sweep's figures, tables, explanation,
+# attention GIF and bundle with the captions in workflow/report/.
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -25,6 +32,6 @@ rule all:
     input:
         # Records are targets too: Snakemake would otherwise treat a deleted record as a spent
         # intermediate of an up-to-date bundle and not measure it again.
-        [kvsweep.cell_path(s, c) for s in config.get("run", []) for c in sweep_cells(s)],
+        run_records,
         expand("results/{sweep}/bundle.zip", sweep=config.get("run", [])),
         COMPARE_TARGETS,

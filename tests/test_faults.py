@@ -1,4 +1,4 @@
-"""Faults a user will meet (issue 17): Ctrl-C mid-sweep, a disk that fills while a record is written, and two
+"""Faults a user will meet: Ctrl-C mid-sweep, a disk that fills while a record is written, and two
 sweeps started in the same directory. The real Snakemake and the real `kvbench cell`, in a copy of the workflow.
 Runs stop at the tables (`--until aggregate`): the faults are about cells and records, and the figures, GIF and
 bundle downstream only read the tables (tests/test_pipeline.py runs them).

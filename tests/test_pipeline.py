@@ -69,7 +69,7 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 
 def planned(workdir: Path) -> set[tuple[str, str]]:
     """(rule, first output) of every job a dry run would execute."""
-    out = snakemake(workdir, "-n")
+    out = snakemake(workdir, "-n", "--quiet", "host")  # the profile's verbose view: every job's block
     jobs, rule = set(), None
     for line in (out.stdout + out.stderr).splitlines():
         if m := re.match(r"^(?:local)?rule (\w+):", line.strip()):
@@ -118,9 +118,14 @@ def test_full_run_produces_records_tables_figures_and_a_verified_bundle(workdir)
         | downstream()
         | {("visualize", "results/t/kv_attention.gif")}
     )
-    snakemake(workdir)
+    out = snakemake(workdir)
     records = sorted((workdir / "results/t/cells").rglob("*.json"))
     assert len(records) == 4
+    # The default profile prints one line per finished cell and Snakemake's progress, not each job's block.
+    lines = (out.stdout + out.stderr).splitlines()
+    assert len([line for line in lines if line.startswith("kvbench cell kvbench tiny fp32 ")]) == 4
+    assert "10 of 10 steps (100%) done" in lines
+    assert not [line for line in lines if line.lstrip().startswith(("input:", "output:", "reason:"))]
     tables = workdir / "results/t/tables"
     for name in ("cells.csv", "per_step.csv", "speedup.csv", "summary.md", "sweep_kv_none.csv", "sweep_kv_static.csv"):
         assert (tables / name).stat().st_size > 0, name
@@ -142,6 +147,28 @@ def test_full_run_produces_records_tables_figures_and_a_verified_bundle(workdir)
     assert "extra/explanation.md" in names and "extra/kv_attention.gif" in names
     explanation = (workdir / "results/t/explanation.md").read_text()
     assert "2 × n_layer × batch × n_kv_head × tokens × head_dim × bytes" in explanation
+
+
+def plain_words(caption: str, n: int = 4) -> str:
+    """The first n consecutive words of a caption with no markup on them, as the report renders them."""
+    for line in caption.split("-#}")[-1].splitlines():  # after a Jinja comment, which is not rendered
+        words = line.split()
+        for i in range(len(words) - n + 1):
+            if all(w.isalpha() for w in words[i : i + n]):
+                return " ".join(words[i : i + n])
+    raise AssertionError(f"no {n} plain words in {caption[:200]!r}")
+
+
+def test_the_report_holds_every_output_with_its_caption(workdir):
+    snakemake(workdir, "--report", "report.zip")
+    with zipfile.ZipFile(workdir / "report.zip") as z:
+        names = z.namelist()
+        html = z.read("report/report.html").decode()
+    outputs = ("cells.csv", "summary.md", "decode_ms_per_token.png", "explanation.md", "kv_attention.gif")
+    for name in (*outputs, "bundle.zip"):
+        assert any(n.endswith("/" + name) for n in names), name
+    for caption in ("workflow", "tables", "figures", "explanation", "kv_attention", "bundle"):
+        assert plain_words((REPO / "workflow/report" / f"{caption}.rst").read_text()) in html, caption
 
 
 def test_nothing_changed_nothing_runs(workdir):

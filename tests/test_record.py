@@ -5,14 +5,11 @@ and refused by the aggregate (one line per file, with the remedy) if one is stil
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from fixtures import REPO, Sweep, grid_records, make_record
 
 from kvbench import record as kvrecord
@@ -85,43 +82,3 @@ def test_check_records_cli_is_one_line_per_file(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"kvbench check-records: damaged record {s.paths[0]} (not readable JSON")
-
-
-@pytest.mark.skipif(
-    shutil.which("kvbench") is None and not Path(sys.executable).with_name("kvbench").exists(),
-    reason="kvbench is not installed (pip install -e .)",
-)
-def test_snakemake_moves_a_damaged_record_aside_and_plans_its_cell_again(tmp_path: Path) -> None:
-    """The wiring, through the real Snakemake (a dry run: nothing is measured)."""
-    shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
-    for sub in ("workflow", "envs", "kvbench"):
-        shutil.copytree(REPO / sub, tmp_path / sub, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
-    sweep = {
-        "grid": {"model": ["tiny"], "kv_mode": ["static"], "batch": [1], "prompt_len": [8], "new_tokens": [4]},
-        "settings": {"device": "cpu", "warmup": 0, "iters": 1},
-    }
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "config.yaml").write_text(
-        yaml.safe_dump({"run": ["t"], "container": None, "sweeps": {"t": sweep}})
-    )
-    record = tmp_path / "results/t/cells/kvbench/tiny/fp32/static/b1-p8-n4-sdpa-kvall.json"
-    record.parent.mkdir(parents=True)
-    record.write_text('{"schema_version": 1, "status": "ok", "cel')  # truncated
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
-    p = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--cores", "1"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out[-2000:]
-    moved = tmp_path / "results/t/damaged/kvbench/tiny/fp32/static/b1-p8-n4-sdpa-kvall.json"
-    assert (
-        "kvbench check-records: damaged record results/t/cells/kvbench/tiny/fp32/static/b1-p8-n4-sdpa-kvall.json "
-        "(not readable JSON" in out
-    )
-    assert moved.is_file() and not record.exists()
-    assert "rule cell:" in out  # the cell is measured again on the real run

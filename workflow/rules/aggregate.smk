@@ -7,7 +7,13 @@ rule aggregate:
         records=cell_records,
         code=analysis_code("aggregate.py", "frame.py", "report.py", "templates/summary.md.j2"),
     output:
-        tables=directory("results/{sweep}/tables"),
+        tables=report(
+            directory("results/{sweep}/tables"),
+            patterns=["{name}.csv", "{name}.md"],
+            caption="../report/tables.rst",
+            category="{sweep}",
+            subcategory="tables",
+        ),
     log:
         "results/{sweep}/logs/aggregate.log",
     localrule: True

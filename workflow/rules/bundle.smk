@@ -11,7 +11,7 @@ rule bundle:
         config=CONFIG_FILE,
         code=analysis_code("bundle.py", "frame.py", "report.py", "templates/index.md.j2"),
     output:
-        bundle="results/{sweep}/bundle.zip",
+        bundle=report("results/{sweep}/bundle.zip", caption="../report/bundle.rst", category="{sweep}"),
     log:
         "results/{sweep}/logs/bundle.log",
     localrule: True

@@ -7,12 +7,14 @@ rule cell:
     output:
         record=kvsweep.CELL_PATTERN,
     log:
-        "results/{sweep}/logs/cells/{engine}/{model}/{dtype}/{kv_mode}/b{batch}-p{prompt_len}-n{new_tokens}-{attention}-kv{n_kv_head}.log",
+        kvsweep.CELL_LOG_PATTERN,
     wildcard_constraints:
         batch=r"\d+",
         prompt_len=r"\d+",
         new_tokens=r"\d+",
-        n_kv_head=r"all|\d+",
+        # '-t4' when the grid sets threads: its --threads, in the flags after the job's, is the one used
+        threads=r"(-t\d+)?",
+        n_kv_head=rf"{kvsweep.ALL_HEADS}|\d+",
     conda:
         "../../envs/kvbench.yaml"
     container:
@@ -24,5 +26,24 @@ rule cell:
         runtime=lambda wc: settings(wc).get("runtime", 60),
     params:
         flags=cell_flags,  # every setting that changes the result: a change reruns this cell only
+    # One line per finished cell, its log's last: the result, or what went wrong and where the log is.
     shell:
-        "kvbench cell {params.flags} --threads {threads} --out {output.record} 2> {log} && tail -n 1 {log}"
+        "kvbench cell --threads {threads} {params.flags} --out {output.record} 2> {log} && tail -n 1 {log} "
+        '|| {{ echo "kvbench cell failed: $(tail -n 1 {log}) (log: {log})" >&2; exit 1; }}'
+
+
+# Damaged records (kvbench/record.py) moved aside to results/<sweep>/damaged/ before the cells are
+# planned, so their cells count as missing and are measured again in the same run. Only in the DAG
+# when the sweep has damage (common.smk, `records`); the output lists what was moved, one per run.
+checkpoint set_aside:
+    output:
+        moved="results/{sweep}/damaged/moved-{stamp}.txt",
+    log:
+        "results/{sweep}/logs/set_aside-{stamp}.log",
+    wildcard_constraints:
+        stamp=r"\d{8}T\d{6}Z",
+    localrule: True
+    conda:
+        "../../envs/kvbench.yaml"
+    shell:
+        "kvbench check-records results/{wildcards.sweep}/cells 2> {log} && tee {output.moved} < {log}"

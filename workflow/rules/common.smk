@@ -1,10 +1,9 @@
 # Config validation and the sweep -> cell helpers every rule uses.
+import functools
 import os
 import sys
 import time
 from pathlib import Path
-
-from snakemake.utils import validate
 
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))  # kvbench importable even without `pip install -e .`
@@ -28,9 +27,10 @@ envvars:
     "KVBENCH_PROBE_SINCE",
 
 
-# A friendly one-line message first (sweep, key, allowed values), then Snakemake's own validation.
+# Validated once, against workflow/schemas/config.schema.yaml and what the schema cannot say (a
+# head count that divides the model's, a prompt that fits its block), failing on one line that
+# names the sweep, the key and what is allowed.
 kvsweep.check(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
-validate(config, "../schemas/config.schema.yaml")
 
 SWEEPS = config["sweeps"]
 PACKAGE = Path(kvsweep.__file__).parent  # the kvbench the jobs run: this checkout's, or the installed one
@@ -42,11 +42,8 @@ MEASUREMENT_CODE = sorted(
 ) + [str(PACKAGE / "schemas" / "record.schema.json")]
 CONFIG_FILE = workflow.configfiles[0] if workflow.configfiles else "config/config.yaml"
 
-# A damaged record (truncated, not a record, another schema_version) is moved aside to
-# results/<sweep>/damaged/ before the DAG is built, so its cell counts as missing and runs again.
-for _sweep in config.get("run", []):
-    for _line in kvrecord.quarantine(Path("results") / _sweep / "cells"):
-        print(f"kvbench check-records: {_line}", file=sys.stderr)
+# Names this run's list of records moved aside (workflow/rules/cells.smk, set_aside).
+RUN_STAMP = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 def analysis_code(*names):
@@ -58,8 +55,36 @@ def sweep_cells(sweep):
     return kvsweep.cells(SWEEPS[sweep])
 
 
+@functools.cache
+def damaged_records(sweep):
+    """The sweep's damaged records (truncated, not a record, another schema_version), found when the
+    DAG is built. Reading only: a dry run lists them, and the set_aside job of a real run moves them."""
+    cells = Path("results") / sweep / "cells"
+    found = kvrecord.damaged(cells)
+    if workflow.dryrun:
+        for path, reason in found.items():
+            print(
+                f"kvbench: damaged record {path} ({reason}): a run moves it to {kvrecord.aside(cells, path)} "
+                "and measures its cell again",
+                file=sys.stderr,
+            )
+    return found
+
+
+def records(sweep):
+    """The sweep's records: when some are damaged, the set_aside job moves them first and Snakemake
+    then plans their cells again, in the same run."""
+    if damaged_records(sweep):
+        checkpoints.set_aside.get(sweep=sweep, stamp=RUN_STAMP)
+    return [kvsweep.cell_path(sweep, c) for c in sweep_cells(sweep)]
+
+
 def cell_records(wildcards):
-    return [kvsweep.cell_path(wildcards.sweep, c) for c in sweep_cells(wildcards.sweep)]
+    return records(wildcards.sweep)
+
+
+def run_records(wildcards):
+    return [path for sweep in config.get("run", []) for path in records(sweep)]
 
 
 def settings(wildcards):

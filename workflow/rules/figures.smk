@@ -14,6 +14,7 @@ rule figures:
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="{sweep}",
+            subcategory="figures",
         ),
     log:
         "results/{sweep}/logs/figures.log",
@@ -33,7 +34,7 @@ rule visualize:
             PACKAGE / "kv_cache.py",
         ],
     output:
-        gif="results/{sweep}/kv_attention.gif",
+        gif=report("results/{sweep}/kv_attention.gif", caption="../report/kv_attention.rst", category="{sweep}"),
     log:
         "results/{sweep}/logs/visualize.log",
     localrule: True  # seconds of CPU work: not worth a cluster job
