@@ -52,6 +52,13 @@ def expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.
     return k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
 
 
+def grouped(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Fewer K/V heads than query heads: SDPA then reads each K/V head for its whole group of query
+    heads itself (enable_gqa), where copying K/V out to every query head costs a copy of the cache per
+    layer and step (measured: the largest cost after the matrix products in a SmolLM2 CPU decode step)."""
+    return k.size(1) != q.size(1)
+
+
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Explicit softmax attention, as write-up 003 used to keep fused kernels out of the comparison."""
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
@@ -63,24 +70,23 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
 
 def attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, impl: str) -> torch.Tensor:
     """Attention over every key with an explicit (T_q, T_k) boolean mask (the static-shape step)."""
-    k, v = expand_kv(q, k, v)
     if impl == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return math_attention(q, k, v, mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=grouped(q, k))
+    return math_attention(q, *expand_kv(q, k, v), mask)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_len: int, impl: str) -> torch.Tensor:
     """Causal attention of T new queries over past_len + T keys."""
     t_q, t_k = q.size(2), k.size(2)
-    k, v = expand_kv(q, k, v)
     if impl == "sdpa":
+        gqa = grouped(q, k)
         # SDPA's is_causal aligns the mask top-left, which is wrong once keys outnumber queries
         # (a cached decode step would see only key 0), so it is used only without a past.
         if t_k == t_q:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         if t_q == 1:  # one new token attends to everything before it: no mask at all
-            return F.scaled_dot_product_attention(q, k, v)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(t_q, t_k, q.device))
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(t_q, t_k, q.device), enable_gqa=gqa)
     if impl == "math":
-        return math_attention(q, k, v, causal_mask(t_q, t_k, q.device) if t_q > 1 else None)
+        return math_attention(q, *expand_kv(q, k, v), causal_mask(t_q, t_k, q.device) if t_q > 1 else None)
     raise ValueError(f"attention: {impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
