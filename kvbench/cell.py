@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from kvbench import checkpoint, engines, memory, roofline
-from kvbench.devices import DTYPES, dtype_unsupported_reason
+from kvbench.devices import DTYPES, dtype_unsupported_reason, threads_unsupported_reason
 from kvbench.engines import Runner
 from kvbench.environment import collect as collect_environment
 from kvbench.model import GPT
@@ -212,7 +212,7 @@ def run_cell(spec: CellSpec, import_s: float | None = None) -> dict:
         torch.set_num_threads(spec.threads)
     env = collect_environment(device)
     record = functools.partial(assemble, spec.as_record_cell(device), created, env, phases_s)
-    reason = dtype_unsupported_reason(device, DTYPES[spec.dtype])
+    reason = dtype_unsupported_reason(device, DTYPES[spec.dtype]) or threads_unsupported_reason(spec.threads)
     if reason is not None:
         return record(status="unsupported", error=reason)
     built = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -36,6 +38,14 @@ def dtype_unsupported_reason(device: torch.device, dtype: torch.dtype) -> str | 
         torch.nn.functional.layer_norm(x @ x.transpose(-1, -2), (4,))
     except (RuntimeError, NotImplementedError) as e:
         return f"{dtype} on {device.type}: {str(e).splitlines()[0]}"
+    return None
+
+
+def threads_unsupported_reason(threads: int | None) -> str | None:
+    """Why a cell cannot have `threads` CPU threads of its own (more than this process's cores), or None."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if threads is not None and threads > cores:
+        return f"threads: {threads} exceeds the {cores} CPU cores this process may run on (threads would share cores)"
     return None
 
 

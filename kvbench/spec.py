@@ -137,6 +137,7 @@ class CellSpec:
             "compile": self.compile,
             "checkpoint": self.checkpoint,
             "check_steps": min(self.check_steps, self.new_tokens),
+            "threads": self.threads,
         }
 
 

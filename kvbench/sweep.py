@@ -26,6 +26,7 @@ AXES: dict[str, object] = {
     "new_tokens": [32],
     "attention": ["sdpa"],
     "n_kv_head": [ALL_HEADS],
+    "threads": [None],  # torch's CPU threads (and a peer engine's own); None: as many as the job holds
 }
 # What every cell of a sweep shares (its `settings:`), with the defaults a sweep may leave out.
 SETTINGS: dict[str, object] = {
@@ -42,8 +43,10 @@ SETTINGS: dict[str, object] = {
 JOB_SETTINGS = ("mem_mb", "runtime")
 CELL_PATTERN = (
     "results/{sweep}/cells/{engine}/{model}/{dtype}/{kv_mode}/"
-    "b{batch}-p{prompt_len}-n{new_tokens}-{attention}-kv{n_kv_head}.json"
+    "b{batch}-p{prompt_len}-n{new_tokens}-{attention}-kv{n_kv_head}{threads}.json"
 )
+# A path names its threads only when the grid sets them (…-kvall-t4.json): other paths stay as they were.
+THREADS_PART = "-t"
 # Each cell's stderr, beside its record's path: results/<sweep>/logs/cells/.../<cell>.log
 CELL_LOG_PATTERN = CELL_PATTERN.replace("/cells/", "/logs/cells/", 1).removesuffix(".json") + ".log"
 
@@ -96,6 +99,7 @@ def cells(sweep: dict) -> list[dict]:
     """Every cell of a sweep, in a stable order. An engine crosses only the kv modes it runs (ct2 has one
     cache, its own), so one grid holds every engine side by side."""
     axes = sweep_axes(sweep)
+    axes["threads"] = ["" if t is None else f"{THREADS_PART}{t}" for t in axes["threads"]]  # as a path says them
     grid = (dict(zip(axes, values)) for values in itertools.product(*axes.values()))
     return [c for c in grid if c["engine"] not in ENGINE_KV_MODES or c["kv_mode"] in ENGINE_KV_MODES[c["engine"]]]
 
@@ -140,6 +144,11 @@ def check(config: dict, schema_path: Path) -> None:
                 )
 
 
+def thread_count(threads: int | str | None) -> int | None:
+    """A cell's threads as its path says them ('-t4'; '': as many as the job holds) as a count."""
+    return None if threads in (None, "") else int(str(threads).removeprefix(THREADS_PART))
+
+
 def cell_path(sweep_name: str, cell: dict) -> str:
     return CELL_PATTERN.format(sweep=sweep_name, **cell)
 
@@ -148,10 +157,12 @@ def cell_flags(cell: dict, settings: dict) -> str:
     """The `kvbench cell` flags of one cell: every setting that changes its result."""
     kv_heads = kv_head_count(cell["n_kv_head"])
     merged = {
-        **{k: v for k, v in cell.items() if k != "n_kv_head"},
+        **{k: v for k, v in cell.items() if k not in ("n_kv_head", "threads")},
         **({} if kv_heads is None else {"n_kv_head": kv_heads}),  # all heads: no flag, the model's own count
         **{k: v for k, v in settings.items() if v is not None and k not in (*JOB_SETTINGS, "compile")},
     }
+    if (threads := thread_count(cell.get("threads"))) is not None:  # the grid's over the settings'
+        merged["threads"] = threads
     flags = [f"--{k.replace('_', '-')} {merged[k]}" for k in sorted(merged)]
     if compiled(cell, settings):  # absent when off, so a sweep without `compile` keeps its flags (no rerun)
         flags.append("--compile")

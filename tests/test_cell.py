@@ -232,6 +232,24 @@ def test_int8_and_gqa_cells_record_their_cache_and_logit_error(tmp_path, capsys)
     assert rec["check"]["max_logit_diff"] > 0 and rec["check"]["reference_steps"] == 6
 
 
+def test_a_threads_cell_records_and_uses_its_count_and_more_than_the_cores_is_unsupported(tmp_path, capsys):
+    import torch
+
+    before, cores = torch.get_num_threads(), len(os.sched_getaffinity(0))
+    try:
+        out = tmp_path / "t1.json"
+        assert run_cli([*FAST, "--threads", "1", "--out", str(out)], capsys)[0] == 0
+        rec = json.loads(out.read_text())
+        assert rec["status"] == "ok" and rec["cell"]["threads"] == 1 and rec["environment"]["torch_threads"] == 1
+        out = tmp_path / "many.json"
+        assert run_cli([*FAST, "--threads", str(cores + 1), "--out", str(out)], capsys)[0] == 0
+        rec = json.loads(out.read_text())
+        assert rec["status"] == "unsupported" and rec["cell"]["threads"] == cores + 1 and rec["latency"] is None
+        assert rec["error"].startswith(f"threads: {cores + 1} exceeds the {cores} CPU cores")
+    finally:
+        torch.set_num_threads(before)  # the cells ran in this process
+
+
 @pytest.mark.slow
 def test_compiled_decode_gives_the_eager_tokens_and_records_compile_time_apart(tmp_path, capsys):
     out = tmp_path / "compiled.json"

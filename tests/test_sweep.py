@@ -104,6 +104,20 @@ def test_a_cells_log_sits_under_logs_with_its_records_path():
     assert log == "results/t/logs/cells/kvbench/tiny/fp32/static/b1-p8-n4-sdpa-kvall.log"
 
 
+def test_threads_in_the_grid_name_each_cells_path_and_flag_over_the_settings(schema):
+    threads = cells({"grid": {**TINY, "kv_mode": ["static"], "threads": [1, 4]}})
+    base = "results/t/cells/kvbench/tiny/fp32/static/b1-p8-n4-sdpa-kvall"
+    assert [cell_path("t", c) for c in threads] == [f"{base}-t1.json", f"{base}-t4.json"]
+    assert CELL_LOG_PATTERN.format(sweep="t", **threads[1]).endswith("/static/b1-p8-n4-sdpa-kvall-t4.log")
+    flags = cell_flags(threads[1], sweep_settings({"settings": {"threads": 2}})).split(" --")
+    assert "threads 4" in flags and "threads 2" not in flags  # the grid's count, not the sweep's setting
+    assert cell_flags(threads[0], {}) == cell_flags({**threads[0], "threads": 1}, {})  # a path's '-t1' or the grid's 1
+    unset = cells({"grid": {**TINY, "kv_mode": ["static"]}})[0]  # no threads axis: the path and flags as before
+    assert cell_path("t", unset) == f"{base}.json" and "--threads" not in cell_flags(unset, {})
+    with pytest.raises(SweepError, match="grid.threads.0: 0 is less than the minimum of 1"):
+        check(one_sweep({**TINY, "threads": [0]}), schema)
+
+
 def test_sweep_compile_setting_compiles_the_listed_modes_only():
     cell = {"engine": "kvbench", "model": "tiny", "kv_mode": "static", "n_kv_head": ALL_HEADS}
     some = sweep_settings({"settings": {"compile": ["static"]}})
