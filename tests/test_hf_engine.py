@@ -44,7 +44,8 @@ def llama_model(variant: str):
 
     over = dict(LLAMA_VARIANTS[variant][0])
     if over.get("rope_scaling"):
-        over["rope_scaling"] = llama3_scaling(8.0, 8192)  # Llama 3's published original context
+        # Llama 3's published original context, inside a longer one (transformers warns otherwise)
+        over.update(rope_scaling=llama3_scaling(8.0, 8192), block_size=16384)
     model = build_random(replace(preset("tiny-llama"), **over), "cpu", torch.float32, seed=0, for_decoding=True)
     with torch.no_grad():
         for name, p in model.named_parameters():
