@@ -1,14 +1,16 @@
 """Benchmark: kvbench's decode against its peers on the same weights, in one run, with the floor beside them.
 
 Each variant is one `kvbench cell` process (same measurement code, same weights, same prompt):
-kvbench's static cache eager and compiled, transformers' GPT-2 with its default DynamicCache, its
-StaticCache and its StaticCache compiled, and CTranslate2 (its own growing cache). The table gives
+kvbench's static cache eager and compiled, transformers' own model of the family (GPT2LMHeadModel,
+LlamaForCausalLM, Qwen2ForCausalLM) with its default DynamicCache, its StaticCache and its StaticCache
+compiled, and CTranslate2 (its own growing cache). `--model` names any preset, GPT-2 or Llama family. The table gives
 decode ms/token (median over the cell's iterations, min-max), the ratio to CTranslate2 and the
 fraction of the floor, and a row for the floor itself: the cell's decode-step bytes (weights + KV
 read) over the best read bandwidth the cells measured (`analytic.bandwidth_source` says which). A benchmark,
 not a test: it prints, it does not pass or fail.
 
     python benchmarks/decode_vs_peers.py --device cpu --threads 2 --prompt-len 128 512   # CPU targets
+    python benchmarks/decode_vs_peers.py --model smollm2-135m --device cpu --threads 2  # Llama family, CPU
     python benchmarks/decode_vs_peers.py --model gpt2-xl --dtype bf16 --device cuda      # GPU targets
 """
 
@@ -122,7 +124,7 @@ def table(args: argparse.Namespace, prompt_len: int, results: dict[str, dict], o
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="gpt2")
+    p.add_argument("--model", default="gpt2", help="a preset: gpt2, ..., smollm2-135m, llama-3.1-8b (kvbench.presets)")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=1)
