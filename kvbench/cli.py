@@ -146,7 +146,24 @@ DELEGATED = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; an OSError anywhere in it is one line naming the path, exit code 1, no traceback."""
     argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and (argv[0] in DELEGATED or argv[0] == "cell") else None
+    try:
+        return run_command(argv)
+    except OSError as e:
+        print(f"kvbench{' ' + command if command else ''}: error: {os_error_line(e)}", file=sys.stderr)
+        return 1
+
+
+def os_error_line(e: OSError) -> str:
+    """The path(s) an OSError names and what the system said, on one line."""
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    what = e.strerror or str(e)
+    return f"{paths}: {what}" if paths else what
+
+
+def run_command(argv: list[str]) -> int:
     if argv and argv[0] in DELEGATED:
         import importlib
 

@@ -51,8 +51,7 @@ def probe_since() -> float | None:
         since = math.nan
     if not math.isfinite(since) or since < 0:
         raise SettingError(
-            f"{PROBE_SINCE}: {value!r} is not a time in epoch seconds (a number >= 0, as `date +%s` prints), "
-            f"nor unset"
+            f"{PROBE_SINCE}: {value!r} is not a time in epoch seconds (a number >= 0, as `date +%s` prints), nor unset"
         )
     return since
 
@@ -63,6 +62,10 @@ def container_image() -> str | None:
 
 def check_cache_dir(path: Path) -> None:
     """Prove a file can be created in `path` (made if missing): `os.access` says yes to /proc as root."""
+    if path.exists() and not path.is_dir():
+        raise SettingError(
+            f"{CACHE_DIR}: {str(path)!r} is not a directory; set it to one, or unset it for ~/.cache/kvbench"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path)

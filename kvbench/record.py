@@ -57,10 +57,16 @@ def now_utc() -> str:
 
 
 def write_atomic_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, rename: readers (and a killed job) see all or nothing."""
+    """Write to a temp file beside `path`, fsync, rename: readers (and a killed job) see all or nothing.
+
+    An OSError names `path` (a failed write() names no file), so every command can say where it failed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -68,6 +74,9 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

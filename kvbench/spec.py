@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from kvbench import checkpoint, engines
+from kvbench import checkpoint, engines, env_vars
 from kvbench.devices import DTYPES, resolve_device
 from kvbench.kv_cache import KV_MODES
 from kvbench.model import ATTENTION_IMPLS, PRESETS, GPTConfig, preset
@@ -22,6 +22,16 @@ from kvbench.presets import ENGINES
 
 class UsageError(ValueError):
     """Bad input: reported as one line, exit code 2, before any heavy work."""
+
+
+def _choose(field: str, value, allowed) -> None:
+    if value not in allowed:
+        raise UsageError(f"{field}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def _at_least(field: str, value: int, low: int) -> None:
+    if not isinstance(value, int) or value < low:
+        raise UsageError(f"{field}: {value!r} must be an integer >= {low}")
 
 
 @dataclass
@@ -38,7 +48,7 @@ class CellSpec:
     warmup: int = 1
     iters: int = 3
     check_steps: int = 16
-    n_kv_head: int | None = None
+    n_kv_head: int | None = None  # K/V heads (grouped-query attention); None: all heads, one K/V per query head
     block_size: int | None = None
     checkpoint: str | None = None
     prompt_file: str | None = None
@@ -49,57 +59,21 @@ class CellSpec:
     compile: bool = False
 
     def check(self) -> tuple[GPTConfig, torch.device]:
-        """Validate every field; return the model config and device. Raises UsageError."""
+        """Validate every field and every environment setting; return the model config and device.
 
-        def choose(field: str, value, allowed) -> None:
-            if value not in allowed:
-                raise UsageError(f"{field}: {value!r} is not one of {', '.join(map(str, allowed))}")
-
-        def at_least(field: str, value: int, low: int) -> None:
-            if not isinstance(value, int) or value < low:
-                raise UsageError(f"{field}: {value!r} must be an integer >= {low}")
-
-        if self.checkpoint is None:
-            choose("model", self.model, tuple(PRESETS))
-        choose("kv_mode", self.kv_mode, KV_MODES)
-        choose("dtype", self.dtype, tuple(DTYPES))
-        choose("attention", self.attention, ATTENTION_IMPLS)
-        choose("engine", self.engine, ENGINES)
-        try:  # what this engine runs (kvbench/engines/): kv modes, attention, compile, its package
-            engines.check(
-                self.engine,
-                kv_mode=self.kv_mode,
-                n_kv_head=self.n_kv_head,
-                attention=self.attention,
-                compile=self.compile,
-            )
-        except ValueError as e:
+        Raises UsageError, before anything is built.
+        """
+        try:
+            env_vars.check()
+        except env_vars.SettingError as e:
             raise UsageError(str(e)) from None
-        at_least("batch", self.batch, 1)
-        at_least("prompt_len", self.prompt_len, 1)
-        at_least("new_tokens", self.new_tokens, 2)  # one prefill token + at least one decode step
-        at_least("warmup", self.warmup, 0)
-        at_least("iters", self.iters, 1)
-        at_least("check_steps", self.check_steps, 0)
-        for field in ("threads", "block_size", "n_kv_head"):
-            if getattr(self, field) is not None:
-                at_least(field, getattr(self, field), 1)
+        self.check_choices()
+        self.check_counts()
         try:
             device = resolve_device(self.device)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        if self.checkpoint is not None:
-            if self.n_kv_head is not None or self.block_size is not None:
-                raise UsageError("n_kv_head, block_size: only for random weights (a checkpoint fixes both)")
-            try:
-                cfg = checkpoint.read_config(self.checkpoint)
-            except checkpoint.CheckpointError as e:
-                raise UsageError(str(e)) from None
-        else:
-            try:
-                cfg = preset(self.model, n_kv_head=self.n_kv_head, block_size=self.block_size)
-            except ValueError as e:
-                raise UsageError(str(e)) from None
+        cfg = self.config()
         if self.prompt_len + self.new_tokens > cfg.block_size:
             raise UsageError(
                 f"prompt_len + new_tokens: {self.prompt_len} + {self.new_tokens} = "
@@ -116,6 +90,50 @@ class CellSpec:
         if self.out is not None:
             check_writable(Path(self.out))
         return cfg, device
+
+    def check_choices(self) -> None:
+        """The named choices: model, kv_mode, dtype, attention, engine, and what the engine runs."""
+        if self.checkpoint is None:
+            _choose("model", self.model, tuple(PRESETS))
+        _choose("kv_mode", self.kv_mode, KV_MODES)
+        _choose("dtype", self.dtype, tuple(DTYPES))
+        _choose("attention", self.attention, ATTENTION_IMPLS)
+        _choose("engine", self.engine, ENGINES)
+        try:  # what this engine runs (kvbench/engines/): kv modes, attention, compile, its package
+            engines.check(
+                self.engine,
+                kv_mode=self.kv_mode,
+                n_kv_head=self.n_kv_head,
+                attention=self.attention,
+                compile=self.compile,
+            )
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+    def check_counts(self) -> None:
+        _at_least("batch", self.batch, 1)
+        _at_least("prompt_len", self.prompt_len, 1)
+        _at_least("new_tokens", self.new_tokens, 2)  # one prefill token + at least one decode step
+        _at_least("warmup", self.warmup, 0)
+        _at_least("iters", self.iters, 1)
+        _at_least("check_steps", self.check_steps, 0)
+        for field in ("threads", "block_size", "n_kv_head"):
+            if getattr(self, field) is not None:
+                _at_least(field, getattr(self, field), 1)
+
+    def config(self) -> GPTConfig:
+        """The model's shape: the checkpoint's own, or the preset's with this cell's overrides."""
+        if self.checkpoint is not None:
+            if self.n_kv_head is not None or self.block_size is not None:
+                raise UsageError("n_kv_head, block_size: only for random weights (a checkpoint fixes both)")
+            try:
+                return checkpoint.read_config(self.checkpoint)
+            except checkpoint.CheckpointError as e:
+                raise UsageError(str(e)) from None
+        try:
+            return preset(self.model, n_kv_head=self.n_kv_head, block_size=self.block_size)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
 
     def as_record_cell(self, device: torch.device) -> dict:
         return {

@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from kvbench import checkpoint
     from kvbench.analysis.attention_gif import write_gif
-    from kvbench.kv_cache import kv_cache_bytes
     from kvbench.model import build_random
+    from kvbench.presets import kv_cache_bytes
     from kvbench.spec import make_prompt
 
     model = (

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from kvbench import disk_cache, env_vars
 from kvbench.engines import Engine
 from kvbench.generate import GREEDY, Generation, Sampling
 from kvbench.models import Model
@@ -52,7 +53,7 @@ def import_ctranslate2():
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("KVBENCH_CACHE_DIR", Path.home() / ".cache" / "kvbench")) / "ct2"
+    return env_vars.cache_dir() / "ct2"
 
 
 def weights_hash(model: Model, compute_type: str, ct2_version: str) -> str:
@@ -90,6 +91,7 @@ def convert(model: Model, compute_type: str) -> Path:
     from kvbench.engines.hf import to_hf
 
     target = cache_root() / weights_hash(model, compute_type, ctranslate2.__version__)
+    target = disk_cache.verified(target, "CTranslate2 conversion")  # a damaged one is moved aside
     if (target / "model.bin").is_file():
         return target
     hf = to_hf(model).to(device="cpu", dtype=torch.float32)  # the converter reads CPU tensors
@@ -108,6 +110,7 @@ def convert(model: Model, compute_type: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".convert-") as tmp:
         hf.config.save_pretrained(tmp)  # the converter reads the architecture from config.json
         out = FromMemory(tmp).convert(os.path.join(tmp, "ct2"), quantization=compute_type)
+        disk_cache.seal(Path(out))
         try:
             os.rename(out, target)  # atomic: a concurrent cell converting the same weights loses the race harmlessly
         except OSError:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from kvbench import env_vars
+from kvbench import disk_cache
 from kvbench.engines import Engine, Runner, compile_mode
 from kvbench.generate import GREEDY, Generation, Sampling, check_length, decode_loop, generate, new_cache
 from kvbench.kv_cache import StaticCache
@@ -43,8 +43,11 @@ def inductor_options(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type != "cpu":
         return contextlib.nullcontext()
     # Compiled kernels and autotuning results on disk beside kvbench's other caches, so every cell
-    # of a sweep after the first finds them (latency.compile_s says what it cost).
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(env_vars.cache_dir() / "inductor"))
+    # of a sweep after the first finds them (latency.compile_s says what it cost); checked before
+    # reuse, since a damaged kernel there would fail every later compiled cell. A folder the user
+    # chose is theirs to keep.
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(disk_cache.verified(disk_cache.inductor_dir(), "inductor"))
     import torch._inductor.config
 
     return torch._inductor.config.patch(CPU_INDUCTOR_OPTIONS)
