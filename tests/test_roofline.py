@@ -104,3 +104,37 @@ def test_spec_bandwidth_table_prefers_the_specific_part():
     assert roofline.spec_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
     assert roofline.spec_bandwidth("NVIDIA H200") == 4.8e12
     assert roofline.spec_bandwidth("cpu") is None
+
+
+def test_a_damaged_probe_cache_is_named_measured_again_and_rewritten(tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(env_vars.PROBE_SINCE, "0")  # any sound cache would be reused
+    monkeypatch.setattr(roofline, "probe", _fake(5e10))
+    roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
+    (path,) = tmp_path.glob("probe-*.json")
+    for damage in (
+        "{",
+        '{"read_bandwidth_bytes_per_s": "fast"}',
+        json.dumps({**json.loads(path.read_text()), "peak_flops_per_s": -1}),
+    ):
+        path.write_text(damage)
+        capsys.readouterr()
+        limits = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
+        assert limits["probe_reused"] is False and limits["read_bandwidth_bytes_per_s"] == 5e10
+        err = capsys.readouterr().err
+        assert err.startswith(f"kvbench: probe cache {path} ") and "measuring the device again" in err, err
+        assert json.loads(path.read_text())["read_bandwidth_bytes_per_s"] == 5e10  # rebuilt
+    assert roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)["probe_reused"] is True
+
+
+def test_a_probe_cache_that_cannot_be_written_is_named_and_the_cell_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(roofline, "probe", _fake(5e10))
+    path = roofline._cache_path(torch.device("cpu"), "cpu", torch.float32)
+    path.mkdir(parents=True)  # a folder where the file goes: neither readable as JSON nor replaceable
+    limits = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
+    assert limits["read_bandwidth_bytes_per_s"] == 5e10
+    err = capsys.readouterr().err
+    assert f"kvbench: probe cache {path} cannot be written (" in err

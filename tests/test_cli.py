@@ -1,0 +1,45 @@
+"""`kvbench <command>`: an OSError in any command is one line naming the path, exit code 1, no traceback."""
+
+import errno
+import importlib
+import resource
+import subprocess
+
+import pytest
+
+from kvbench import cli
+
+
+def test_an_os_error_is_one_line_naming_its_paths():
+    assert cli.os_error_line(FileNotFoundError(errno.ENOENT, "No such file or directory", "/r/t.csv")) == (
+        "/r/t.csv: No such file or directory"
+    )
+    moved = OSError(errno.EXDEV, "Invalid cross-device link", "/a/r.json", None, "/b/r.json")
+    assert cli.os_error_line(moved) == "/a/r.json -> /b/r.json: Invalid cross-device link"
+    assert cli.os_error_line(OSError("the cache at /c is damaged")) == "the cache at /c is damaged"
+
+
+@pytest.mark.parametrize("command", sorted(cli.DELEGATED))
+def test_every_delegated_command_turns_an_os_error_into_one_line(command, monkeypatch, capsys):
+    module = importlib.import_module(cli.DELEGATED[command][0])
+
+    def fail(argv):
+        raise PermissionError(errno.EACCES, "Permission denied", "/results/t/tables/cells.csv")
+
+    monkeypatch.setattr(module, "main", fail)
+    assert cli.main([command, "--whatever"]) == 1
+    assert capsys.readouterr().err == f"kvbench {command}: error: /results/t/tables/cells.csv: Permission denied\n"
+
+
+def test_a_file_size_limit_hit_while_writing_a_gif_is_one_line(tmp_path, kvbench_exe):
+    """A real write failure (RLIMIT_FSIZE, as `ulimit -f` sets it): Python ignores SIGXFSZ, write() fails."""
+    out = tmp_path / "att.gif"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    argv = [*kvbench_exe, "visualize", "--model", "tiny", "--new-tokens", "8", "--out", str(out)]
+    p = subprocess.run(argv, preexec_fn=limit, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr == f"kvbench visualize: error: {out}: File too large\n"
+    assert list(tmp_path.iterdir()) == []  # the writer took its temp file away
