@@ -55,6 +55,11 @@ gpu-check:
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+# The GPU node's twin on this CPU (tests/test_twin.py): its versions in a venv of their own, the
+# offline setup from `make gpu-wheels`, then the tests that need no GPU, SLURM or container on it.
+test-twin: setup
+	KVBENCH_TWIN=1 $(BIN)/python -m pytest -q -rA -p no:cacheprovider tests/test_twin.py
+
 test-fast: setup  # for developing: everything but the slow tests
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 

@@ -145,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"left out, the node's image has them: {', '.join(skipped)}")
     if not take_ct2:
         print(
-            f"left out: {ct2_note}, over the budget: no ct2 cells on the"
-            " node (the benchmark's ct2 row and ratio column, vs-peers' ct2 cells fail as missing ctranslate2);"
-            " --with-ct2 (make gpu-wheels CT2=1) takes it anyway"
+            f"left out: {ct2_note}, over the budget. It costs the ct2 cells on the node: the benchmark's"
+            " CTranslate2 row and its ratio column stay empty and gpu-check's vs-peers sweep runs kvbench"
+            " and hf only; make gpu-wheels CT2=1 takes it anyway"
         )
     total = size(files)
     print(f"gpu-wheels: {len(files)} wheels, {total / MIB:.1f} MiB in {args.dest} (budget {args.budget_mib:g} MiB)")

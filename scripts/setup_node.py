@@ -1,8 +1,8 @@
 """`make setup` on a GPU node: a venv over the image's own packages, plus only what the image lacks.
 
-Run by the node's Python (the one holding its CUDA torch). The venv sees that Python's packages
-(also when that Python is itself a venv's, as on images that keep PyTorch in /opt/.../.venv: a
-.pth file names its site-packages). Every package pyproject.toml asks for is kept from the image
+Run by the node's Python (the one holding its CUDA torch). The venv sees the packages that Python sees
+(also when it is itself a venv's, as on images that keep PyTorch in /opt/.../.venv: a .pth file
+adds its site-packages). Every package pyproject.toml asks for is kept from the image
 when its version is in pyproject's range (pinned so no dependency can upgrade it: a second numpy
 under a CUDA torch is how such images break); the others are installed from WHEELS (no index) or
 from the index when no WHEELS is given. A package missing with no wheel is one line naming it.
@@ -20,7 +20,6 @@ import re
 import site
 import subprocess
 import sys
-import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -63,9 +62,10 @@ def has_wheel(wheels: Path, name: str) -> bool:
 
 
 def make_venv(venv: Path) -> Path:
-    """The venv, seeing this Python's site-packages (a venv's too) after its own."""
-    # No pip (nor, on 3.11, setuptools) of its own: the image's are newer and build kvbench.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    """A venv that sees this Python's packages, as this Python sees them, after its own."""
+    # No pip (nor, on 3.11, setuptools) of its own: the image's are newer and build kvbench. Not
+    # --system-site-packages: where this Python is a venv's, the base's packages are not the image's.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     vpy = venv / "bin" / "python"
     purelib = subprocess.run(
         [str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -73,9 +73,12 @@ def make_venv(venv: Path) -> Path:
         text=True,
         check=True,
     ).stdout.strip()
-    ours = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
-    dirs = [d for d in dict.fromkeys(ours) if os.path.isdir(d)]
-    (Path(purelib) / "_kvbench_node_site.pth").write_text("".join(f"{d}\n" for d in dirs))
+    seen = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    dirs = [d for d in dict.fromkeys(seen) if os.path.isdir(d)]
+    # addsitedir, not a bare path: the image's own .pth files (namespace packages, editables) count too.
+    (Path(purelib) / "_kvbench_image_site.pth").write_text(
+        "".join(f"import site; site.addsitedir({d!r})\n" for d in dirs)
+    )
     if subprocess.run([str(vpy), "-m", "pip", "--version"], capture_output=True).returncode != 0:
         subprocess.run([str(vpy), "-m", "ensurepip", "-q"], check=True)
     return vpy
