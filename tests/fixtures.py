@@ -201,6 +201,7 @@ def make_record(
 def cell_path(root: Path, rec: dict[str, Any]) -> Path:
     c = rec["cell"]
     kv = "" if c["n_kv_head"] is None else f"-kv{c['n_kv_head']}"
+    kv += "" if c.get("threads") is None else f"-t{c['threads']}"
     engine = () if c["engine"] == "kvbench" else (c["engine"],)
     return (
         root.joinpath("cells", *engine)
@@ -306,4 +307,18 @@ def engine_records() -> list[dict[str, Any]]:
                     )
                     rec["memory"].update(kv_cache_bytes_measured=None, torch_peak_allocated_bytes=None)
                 recs.append(rec)
+    return recs
+
+
+# A threads sweep (threads-cpu): none and static at 1, 2 and 4 CPU threads, otherwise one cell.
+THREADS = (1, 2, 4)
+
+
+def threads_records() -> list[dict[str, Any]]:
+    recs = []
+    for threads in THREADS:
+        for mode in ("none", "static"):
+            rec = make_record(mode, 1, PROMPTS[0])
+            rec["cell"]["threads"] = rec["environment"]["torch_threads"] = threads
+            recs.append(rec)
     return recs

@@ -34,10 +34,12 @@ from fixtures import (
     grid_records,
     kv_bytes_for,
     make_record,
+    threads_records,
     write_records,
 )
 
 from kvbench.analysis import aggregate as agg
+from kvbench.analysis import frame as fr
 
 AXIS_TABLES = ("speedup_by_model.csv", "speedup_by_length.csv", "kv_variants.csv")
 
@@ -290,6 +292,15 @@ def test_a_sweep_whose_grid_has_no_cell_is_one_line(tmp_path: Path, capsys: pyte
     assert agg.main(["--sweep", "x", "--config", str(config), "--out", str(tmp_path / "t")]) == 1
     err = capsys.readouterr().err
     assert err == f"aggregate: error: no *.json records: sweep x's grid in {config} names none\n"
+
+
+def test_a_threads_sweep_aggregates_with_the_threads_as_its_axis(tmp_path: Path) -> None:
+    s = Sweep(tmp_path, threads_records())
+    agg.aggregate(s.paths, s.tables)  # cells apart only in their threads are not twins
+    cells = s.csv("cells.csv")
+    assert sorted(cells["cell.threads"]) == [1, 1, 2, 2, 4, 4]
+    assert fr.x_axis(fr.read_cells(s.tables / "cells.csv")) == "cell.threads"
+    assert s.csv("speedup.csv")["cell.threads"].tolist() == [1, 2, 4]  # each cache beside its none at equal threads
 
 
 def test_axis_tables_absent_when_their_axis_does_not_vary(sweep: Sweep) -> None:

@@ -20,6 +20,7 @@ from fixtures import (
     by_coords,
     engine_records,
     grid_records,
+    threads_records,
 )
 
 from kvbench.analysis import aggregate as agg
@@ -190,6 +191,16 @@ def test_a_model_sweep_is_drawn_against_model_size_in_size_order(axis_sweep: Swe
     ax = figure.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["gpt2\n124M params", "gpt2-medium\n355M params"]
     assert ax.get_xlabel() == "model (by parameter count)"
+
+
+def test_a_threads_sweep_is_drawn_against_its_threads(tmp_path: Path) -> None:
+    s = Sweep(tmp_path, threads_records())
+    agg.aggregate(s.paths, s.tables)
+    with matplotlib.rc_context(fig.RC):
+        figure = fig.draw("decode_ms_per_token", frame(s))
+    ax = figure.axes[0]
+    assert ax.get_xlabel() == "CPU threads"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
 
 
 def test_speedup_vs_model_orders_models_by_size_and_marks_the_oom(axis_sweep: Sweep) -> None:

@@ -34,6 +34,7 @@ XLABELS = {
     "new_tokens": "new tokens generated",
     "model": "model (by parameter count)",
     "batch": "batch",
+    "threads": "CPU threads",
 }
 # Panel rows name the settings that vary in this order (the engine first: the vs-peers sweeps).
 FACET_KEYS = ("engine", "model", "dtype", "attention", "n_kv_head", "batch", "prompt_len", "new_tokens")

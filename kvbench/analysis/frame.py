@@ -26,7 +26,7 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # Cell keys in the order a person reads a cell; the first ones are the grid coordinates.
 CELL_KEYS = tuple(
     "model dtype attention kv_mode batch prompt_len new_tokens device prompt_source seed warmup iters engine "
-    "n_kv_head compile checkpoint check_steps".split()
+    "n_kv_head compile checkpoint check_steps threads".split()
 )
 CELL = tuple(f"cell.{k}" for k in CELL_KEYS)
 SCHEMA = kvrecord.schema()
@@ -195,8 +195,9 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
 
 def x_axis(df: pd.DataFrame) -> str | None:
     """What a sweep varies, as a figure's x: the prompt, else the generation length, else the model
-    (by size), else the batch; None when nothing varies (no figure has anything to compare)."""
-    varied = [c for c in ("cell.prompt_len", "cell.new_tokens", "cell.model", "cell.batch") if df[c].nunique() > 1]
+    (by size), else the batch, else the CPU threads; None when nothing varies (no figure has anything to compare)."""
+    axes = ("cell.prompt_len", "cell.new_tokens", "cell.model", "cell.batch", "cell.threads")
+    varied = [c for c in axes if df[c].nunique() > 1]
     return varied[0] if varied else None
 
 
