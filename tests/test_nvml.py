@@ -1,6 +1,7 @@
 """NVML plumbing. This machine has no NVIDIA GPU or driver, so these tests replace the pynvml
 module with a small fake (a mock, and only of what cannot exist here); real pynvml runs on GPUs."""
 
+import time
 import types
 
 import pytest
@@ -87,3 +88,20 @@ def test_without_pynvml_everything_is_none(monkeypatch):
     monkeypatch.setattr(nvml, "pynvml", None)
     assert nvml.handle_for(torch.device("cuda:0")) is None
     assert nvml.driver_version() is None and nvml.clocks(None) is None and nvml.energy_mj(None) is None
+
+
+def test_decode_energy_reads_the_counter_and_falls_back_to_power_samples(fake):
+    cpu = torch.device("cpu")  # nothing to synchronise here
+    with nvml.Sampler("h", interval_s=0.001) as sampler:
+        energy = nvml.DecodeEnergy("h", sampler)
+        energy.start(cpu)
+        fake.energy += 4500  # millijoules spent by the decode
+        assert energy.joules() == pytest.approx(4.5) and energy.method == "nvml_energy_counter"
+    fake.nvmlDeviceGetTotalEnergyConsumption = lambda h: (_ for _ in ()).throw(RuntimeError("not supported"))
+    energy = nvml.DecodeEnergy("h", sampler)
+    energy.start(cpu)
+    sampler.power = [(energy.start_s, 100.0), (energy.start_s + 0.01, 300.0)]  # watts, sampled in the decode
+    time.sleep(0.02)
+    assert energy.method == "nvml_power_samples"
+    assert energy.joules() == pytest.approx(0.01 * (100.0 + 300.0) / 2)
+    assert nvml.DecodeEnergy(None, sampler).joules() is None  # no GPU: no energy

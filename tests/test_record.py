@@ -1,10 +1,11 @@
-"""Damaged records (issue 17): truncated JSON, valid JSON that is not a record, another schema
-version. Never a traceback: named in one line, moved aside so Snakemake measures the cell again,
-and refused by the aggregate (one line per file, with the remedy) if one is still there."""
+"""Records on disk: written atomically (all or nothing), and damaged ones (truncated JSON, valid JSON
+that is not a record, another schema version) never a traceback: named in one line, moved aside so
+Snakemake measures the cell again, and refused by the aggregate (one line per file, with the remedy)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,26 @@ def test_check_records_cli_is_one_line_per_file(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"kvbench check-records: damaged record {s.paths[0]} (not readable JSON")
+
+
+def test_atomic_write_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
+    out = tmp_path / "r.json"
+    rec = json.loads((tmp_path / "x").with_suffix(".json").write_text("{}") and "{}")
+    with pytest.raises(ValueError, match="record"):
+        kvrecord.write_atomic(out, rec)  # not schema-valid: refused before anything is written
+    assert list(tmp_path.iterdir()) == [tmp_path / "x.json"]
+
+
+def test_atomic_write_interrupted_mid_write(tmp_path, monkeypatch):
+    good = tmp_path / "good.json"
+    kvrecord.write_atomic(good, make_record("static", 1, 8))
+    rec = json.loads(good.read_text())
+    target = tmp_path / "target.json"
+
+    def boom(fd):
+        raise KeyboardInterrupt  # as if the job were interrupted while flushing
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(KeyboardInterrupt):
+        kvrecord.write_atomic(target, rec)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.json"]

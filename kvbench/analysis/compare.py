@@ -320,21 +320,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = (args.a, args.b)
     try:
+        if args.fail_above is not None and not args.fail_above > 0:
+            raise CompareError(f"--fail-above: {args.fail_above:g} is not a ratio above 0 (e.g. 1.10)")
         frames = [load(p) for p in paths]
         m = joined(*frames, paths)
         if not (m["_merge"] == "both").any():
             raise CompareError(f"{args.b}: no cell with the same settings as in {args.a}: nothing to compare")
         text = markdown(m, environments(*frames), paths, args.fail_above)
+        if args.out is not None:
+            write(m, text, args.out, paths)
     except kvrecord.RecordError as exc:
         print("\n".join(f"compare: refused: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return 2
-    except (CompareError, FileNotFoundError, ValueError) as exc:
+    except OSError as exc:  # e.g. --out not writable: the path and what the system said
+        print(
+            f"compare: error: {exc.filename}: {exc.strerror}" if exc.filename else f"compare: error: {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    except (CompareError, ValueError) as exc:
         print(f"compare: error: {exc}", file=sys.stderr)
         return 2
     if args.out is None:
         print(text, end="")
     else:
-        write(m, text, args.out, paths)
         print(f"compare: {int((m['_merge'] == 'both').sum())} cells -> {args.out}", file=sys.stderr)
     failing = failures(m, args.fail_above) if args.fail_above is not None else []
     for line in failing:
