@@ -46,12 +46,13 @@ def llama_to_hf(model):
     w = model.model.embed_tokens.weight
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(cfg)
-    hf = hf.to(dtype=w.dtype).to_empty(device=w.device)
-    missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
+    # assign: transformers' parameters become hf_state_dict's fresh tensors (one copy of the weights
+    # beside ours, not two, which matters for an 8B model on a GPU).
+    missing, unexpected = hf.to(dtype=w.dtype).load_state_dict(hf_state_dict(model), strict=False, assign=True)
     if unexpected or missing:
         raise ValueError(f"engine hf: weights do not map: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    # The rotary frequencies are a buffer derived from the config, not a weight: to_empty left it
-    # unwritten, so it is computed again (in fp32 whatever the weights' dtype, as transformers does).
+    # The rotary frequencies are a buffer derived from the config, not a weight: computed here (in
+    # fp32 whatever the weights' dtype, as transformers does) on the weights' device.
     hf.model.rotary_emb = type(hf.model.rotary_emb)(hf.config).to(w.device)
     hf.tie_weights()
     return hf.eval()
