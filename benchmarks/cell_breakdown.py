@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from kvbench import env_vars
+
 PHASES = ("import", "build", "check", "warmup", "timed", "probe")
 
 
@@ -43,6 +45,22 @@ def wall(cmd: list[str], env: dict) -> float:
 
 def summary(values: list[float]) -> str:
     return f"{statistics.median(values):6.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def cell_command(args: argparse.Namespace, out: Path) -> list[str]:
+    """The `kvbench cell` a round runs: eager, on the CPU, one warm-up and two timed generations."""
+    flags = {
+        "--model": args.model,
+        "--kv-mode": args.kv_mode,
+        "--prompt-len": args.prompt_len,
+        "--new-tokens": args.new_tokens,
+        "--device": "cpu",
+        "--warmup": 1,
+        "--iters": 2,
+        "--out": out,
+        **({"--threads": args.threads} if args.threads else {}),
+    }
+    return [sys.executable, "-m", "kvbench.cli", "cell", *(str(x) for kv in flags.items() for x in kv)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,32 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         # A run of its own: its own probe cache, and a start time, as Snakemake gives its cells.
-        env = {**os.environ, "KVBENCH_CACHE_DIR": tmp, "KVBENCH_PROBE_SINCE": str(time.time())}
+        env = {**os.environ, env_vars.CACHE_DIR: tmp, env_vars.PROBE_SINCE: str(time.time())}
         out = Path(tmp) / "cell.json"
-        cell = [
-            sys.executable,
-            "-m",
-            "kvbench.cli",
-            "cell",
-            "--model",
-            args.model,
-            "--kv-mode",
-            args.kv_mode,
-            "--prompt-len",
-            str(args.prompt_len),
-            "--new-tokens",
-            str(args.new_tokens),
-            "--device",
-            "cpu",
-            "--warmup",
-            "1",
-            "--iters",
-            "2",
-            "--out",
-            str(out),
-        ]
-        if args.threads:
-            cell += ["--threads", str(args.threads)]
+        cell = cell_command(args, out)
         rows: dict[str, list[dict]] = {"first cell (probe measured)": [], "later cells (probe reused)": []}
         torch_walls: list[float] = []
         for r in range(args.rounds + 1):  # round 0: the run's first cell, which measures the probe

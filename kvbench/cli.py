@@ -57,6 +57,11 @@ def add_cell_parser(sub) -> None:
     p.add_argument(
         "--check-steps", type=int, default=d.check_steps, help="tokens compared against the 'none' mode (0 = no check)"
     )
+    add_engine_and_output_arguments(p, d)
+
+
+def add_engine_and_output_arguments(p: argparse.ArgumentParser, d) -> None:
+    """`kvbench cell`'s engine, model-shape overrides, prompt source, threads and --out (defaults from `d`)."""
     p.add_argument(
         "--engine",
         default=d.engine,
@@ -70,7 +75,12 @@ def add_cell_parser(sub) -> None:
         default=d.compile,
         help="torch.compile the model (dynamic shapes); compile time is recorded apart as latency.compile_s",
     )
-    p.add_argument("--n-kv-head", type=int, default=None, help="grouped-query attention: K/V heads (random weights)")
+    p.add_argument(
+        "--n-kv-head",
+        type=int,
+        default=None,
+        help="grouped-query attention: K/V heads (random weights; default: all heads)",
+    )
     p.add_argument(
         "--block-size",
         type=int,
@@ -87,8 +97,9 @@ def cmd_cell(args: argparse.Namespace, import_s: float | None = None) -> int:
     import json
     from pathlib import Path
 
-    from kvbench.cell import CellSpec, UsageError, run_cell
+    from kvbench.cell import run_cell
     from kvbench.record import write_atomic
+    from kvbench.spec import CellSpec, UsageError
 
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
     if fields["model"] is None:
