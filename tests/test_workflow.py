@@ -76,6 +76,7 @@ def test_a_run_moves_damaged_records_aside_and_measures_their_cells_again(workdi
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout + again.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the failure is a cuda sweep on a machine without CUDA")
 def test_a_failed_cell_prints_its_error_and_its_log_on_one_line(tmp_path):
     copy_workflow(tmp_path)
