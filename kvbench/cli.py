@@ -122,7 +122,7 @@ def cmd_cell(args: argparse.Namespace, import_s: float | None = None) -> int:
     c = record["cell"]
     summary = (
         f"kvbench cell {c['engine']} {c['model']} {c['dtype']} {c['kv_mode']}{' compiled' if c['compile'] else ''} "
-        f"b{c['batch']} p{c['prompt_len']} n{c['new_tokens']}: {status}"
+        f"b{c['batch']} p{c['prompt_len']} n{c['new_tokens']}{f' t{t}' if (t := c.get('threads')) else ''}: {status}"
     )
     if status == "ok":
         lat = record["latency"]
