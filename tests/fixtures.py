@@ -5,6 +5,7 @@ pipeline lays them out."""
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ def make_record(
     n_kv_head: int | None = None,
     mismatch_step: int | None = None,
     engine: str = "kvbench",
+    family: str | None = None,
 ) -> dict[str, Any]:
     """One record exactly as record.schema.json describes it (non-ok: null sections)."""
     n_layer, n_head, n_embd, n_params, scale = MODELS[model]
@@ -148,6 +150,8 @@ def make_record(
         "vocab_size": 512,
         "n_params": n_params - (0 if n_kv_head is None else 1000 * n_kv_head),
     }
+    if family is not None:  # optional in the schema: records of either kind must read alike
+        rec["model_info"]["family"] = family
     rec["latency"] = {
         "prefill_ms": stats(prefill),
         "decode_ms_per_token": stats(decode),
@@ -322,3 +326,16 @@ def threads_records() -> list[dict[str, Any]]:
             rec["cell"]["threads"] = rec["environment"]["torch_threads"] = threads
             recs.append(rec)
     return recs
+
+
+def rewrite_zip(src: Path, dst: Path, change: dict[str, bytes | None], add: dict[str, bytes] | None = None) -> None:
+    """Copy a zip, replacing (bytes) or dropping (None) members: a tampered bundle."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            if info.filename in change:
+                if change[info.filename] is not None:
+                    zout.writestr(info, change[info.filename])
+            else:
+                zout.writestr(info, zin.read(info))
+        for name, data in (add or {}).items():
+            zout.writestr(name, data)

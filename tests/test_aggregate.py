@@ -22,7 +22,6 @@ from fixtures import (
     INT8_MISMATCH,
     MODELS,
     MODES,
-    NEW_TOKENS,
     OOM_CELL,
     PROMPTS,
     SWEEP,
@@ -35,7 +34,6 @@ from fixtures import (
     kv_bytes_for,
     make_record,
     threads_records,
-    write_records,
 )
 
 from kvbench.analysis import aggregate as agg
@@ -120,52 +118,6 @@ def test_cells_csv_has_one_flat_row_per_record_including_oom(sweep: Sweep) -> No
     assert pd.isna(oom["latency.prefill_ms.median"])
     assert oom["memory.torch_peak_allocated_bytes"] == 79 * 2**30
     assert "out of memory" in oom["error"]
-
-
-def test_cells_csv_keeps_integers_integral(sweep: Sweep) -> None:
-    text = pd.read_csv(sweep.tables / "cells.csv", dtype=str, keep_default_na=False)
-    assert set(text["model_info.n_layer"]) == {"2", ""}  # "" for the oom row, never "2.0"
-    assert set(text["latency.decode_steps"]) == {str(NEW_TOKENS - 1), ""}
-    assert "e+" not in "".join(text["memory.torch_peak_allocated_bytes"])
-
-
-def test_per_step_has_a_row_per_decode_step_with_cache_bytes(sweep: Sweep) -> None:
-    per_step = sweep.csv("per_step.csv")
-    ok = [r for r in sweep.records if r["status"] == "ok"]
-    assert len(per_step) == len(ok) * (NEW_TOKENS - 1)
-    assert {
-        "cell.kv_mode",
-        "cell.batch",
-        "cell.prompt_len",
-        "step",
-        "context_tokens",
-        "decode_ms",
-        "kv_cache_bytes",
-        "kv_cache_mib",
-    } <= set(per_step.columns)
-    recs = by_coords(sweep.records)
-    oom_rows = per_step[
-        (per_step["cell.kv_mode"] == OOM_CELL[0])
-        & (per_step["cell.batch"] == OOM_CELL[1])
-        & (per_step["cell.prompt_len"] == OOM_CELL[2])
-    ]
-    assert oom_rows.empty
-    for _, row in per_step.iterrows():
-        rec = recs[(row["cell.kv_mode"], row["cell.batch"], row["cell.prompt_len"])]
-        p, step = rec["cell"]["prompt_len"], int(row["step"])
-        assert row["context_tokens"] == p + step
-        assert row["decode_ms"] == rec["latency"]["per_step_decode_ms"][step - 1]
-        formula = rec["memory"]["kv_cache_bytes_formula"]
-        if formula is None:  # the none mode keeps no cache
-            assert pd.isna(row["kv_cache_bytes"])
-            continue
-        per_token = formula / (p + NEW_TOKENS - 1)
-        assert row["kv_cache_bytes"] == per_token * (p + step)
-        assert row["kv_cache_mib"] == row["kv_cache_bytes"] / 2**20
-    last = per_step[(per_step["cell.kv_mode"] == "static") & (per_step["step"] == NEW_TOKENS - 1)]
-    for _, row in last.iterrows():  # the last step holds exactly what the formula counts
-        rec = recs[("static", row["cell.batch"], row["cell.prompt_len"])]
-        assert row["kv_cache_bytes"] == rec["memory"]["kv_cache_bytes_formula"]
 
 
 def test_speedup_is_exactly_none_over_mode(sweep: Sweep) -> None:
@@ -274,15 +226,6 @@ def test_aggregate_is_byte_identical_whatever_the_input_order_or_place(sweep: Sw
     agg.aggregate(list(reversed(sweep.paths)), out2)
     for name in names:
         assert (out2 / name).read_bytes() == (sweep.tables / name).read_bytes(), name
-
-
-def test_aggregate_rejects_two_records_of_one_cell(tmp_path: Path) -> None:
-    paths = write_records(tmp_path, [make_record("static", 1, 8)])
-    twin = paths[0].with_name("copy.json")
-    shutil.copy(paths[0], twin)
-    with pytest.raises(ValueError, match="two records for one cell"):
-        agg.aggregate(paths + [twin], tmp_path / "tables")
-    assert agg.main(["--records", str(tmp_path / "missing"), "--out", str(tmp_path / "t")]) == 1
 
 
 def test_a_sweep_whose_grid_has_no_cell_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

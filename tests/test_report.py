@@ -3,8 +3,6 @@ numbers (asserted here), the template lays them out."""
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import pytest
 from fixtures import OOM_CELL, SWEEP, Sweep, grid_records, make_record
@@ -62,14 +60,16 @@ def test_a_kv_mode_with_no_finished_cell_keeps_its_row(tmp_path) -> None:
 @pytest.mark.parametrize(
     "fn,value,text",
     [
-        (rp.lab, 16.0, "16"),
-        (rp.lab, math.nan, "none"),
+        (rp.setting, 16, "16"),
+        (rp.setting, pd.NA, "none"),
+        (rp.setting, "sdpa", "sdpa"),
         (rp.num, 1234.5, "1,234"),
         (rp.num, 12.34, "12.3"),
         (rp.num, 0.01234, "0.0123"),
         (rp.x, 2.5, "2.50×"),
         (rp.x, None, "–"),
-        (rp.heads, math.nan, "all"),
+        (rp.heads, pd.NA, "all"),
+        (rp.heads, 4, "4"),
         (rp.mib, 3 * 2**20, "3.00 MiB"),
     ],
 )

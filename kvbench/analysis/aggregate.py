@@ -13,15 +13,14 @@ equals none_ms / mode_ms exactly.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from kvbench import record as kvrecord
+from kvbench.analysis import command, report
 from kvbench.analysis import frame as fr
-from kvbench.analysis import report
 
 CSV_OPTS = {"index": False, "lineterminator": "\n", "na_rep": ""}
 # Each table's columns, named as in `readable` (settings without "cell.", measurements plainly).
@@ -45,8 +44,8 @@ KV_VARIANT_COLUMNS = tuple(
     "matches_reference".split()
 )
 # Row orders of the axis tables: the axis last, so each row group reads along it.
-SETTINGS = ["engine", "dtype", "attention", "n_kv_head", "batch", "prompt_len"]
-AXIS_ORDER = {"model": [*SETTINGS, "new_tokens", "model"], "new_tokens": ["model", *SETTINGS, "kv_mode", "new_tokens"]}
+ROW_KEYS = ["engine", "dtype", "attention", "n_kv_head", "batch", "prompt_len"]
+AXIS_ORDER = {"model": [*ROW_KEYS, "new_tokens", "model"], "new_tokens": ["model", *ROW_KEYS, "kv_mode", "new_tokens"]}
 
 
 def readable(frame: pd.DataFrame) -> pd.DataFrame:
@@ -62,7 +61,6 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
         peak_memory_mib=frame["peak_bytes"] / fr.MIB,
         peak_memory_source=frame["peak_source"],
         kv_cache_mib=frame["memory.kv_cache_bytes_formula"].astype(float) / fr.MIB,
-        **{k: frame[k].astype("Int64") for k in ("n_params", "n_layer", "n_head")},
         **{k: frame[f"memory.{k}"] for k in ("kv_cache_bytes_formula", "kv_cache_bytes_measured", "weights_bytes")},
         **{k: frame.get(f"check.{k}") for k in ("max_logit_diff", "first_mismatch_step", "matches_reference")},
     )
@@ -103,11 +101,11 @@ def kv_variants_table(df: pd.DataFrame) -> pd.DataFrame | None:
     logit error against `none` each costs. None when the sweep has no static-int8 cell and no n_kv_head."""
     if not ((df["cell.kv_mode"] == "static-int8") | df["cell.n_kv_head"].notna()).any():
         return None
-    p = fr.pairs(df)[["ident", "none_decode_ms", "decode_speedup"]]
-    t = readable(df.merge(p, on="ident", how="left")).rename(columns={"none_decode_ms": "none_decode_ms_per_token"})
+    p = fr.pairs(df)[["record", "none_decode_ms", "decode_speedup"]]
+    t = readable(df.merge(p, on="record", how="left")).rename(columns={"none_decode_ms": "none_decode_ms_per_token"})
     order = ["engine", "model", "dtype", "attention", "batch", "prompt_len", "new_tokens", "n_kv_head"]
     t = t.sort_values(order, kind="stable", na_position="first")
-    return t.assign(n_kv_head=t["kv_heads"].astype("Int64"))[list(KV_VARIANT_COLUMNS)].reset_index(drop=True)
+    return t.assign(n_kv_head=t["kv_heads"])[list(KV_VARIANT_COLUMNS)].reset_index(drop=True)
 
 
 # Written only when the sweep varies their axis; otherwise an older copy is removed.
@@ -165,20 +163,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.records) == bool(args.sweep and args.config):
         parser.error("give either --records or --sweep with --config")
-    try:
+
+    def action() -> str:
         files = kvrecord.find(args.records) if args.records else sweep_records(args.config, args.sweep)
         if not files:
             where = " ".join(map(str, args.records)) if args.records else f"sweep {args.sweep}'s grid in {args.config}"
             raise ValueError(f"no *.json records: {where} names none")
         aggregate(files, args.out)
-    except kvrecord.RecordError as exc:  # one line per damaged file, each with the remedy
-        print("\n".join(f"aggregate: refused: {line}" for line in str(exc).splitlines()), file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"aggregate: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"aggregate: {len(files)} records -> {args.out}")
-    return 0
+        return f"aggregate: {len(files)} records -> {args.out}"
+
+    return command.run("aggregate", action)
 
 
 if __name__ == "__main__":

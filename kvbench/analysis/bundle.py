@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from kvbench import record as kvrecord
+from kvbench.analysis import command
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
-from kvbench.record import write_atomic_bytes
 
 MANIFEST = "MANIFEST.sha256"
 INDEX = "index.md"
@@ -111,7 +112,7 @@ def build_bundle(
             info.create_system = 3  # unix, so external_attr means a mode everywhere
             info.external_attr = 0o100644 << 16  # regular file, rw-r--r--
             zf.writestr(info, entries[name], zipfile.ZIP_DEFLATED, compresslevel=9)
-    write_atomic_bytes(Path(out_zip), buf.getvalue())
+    kvrecord.write_atomic_bytes(Path(out_zip), buf.getvalue())
 
 
 def verify_bundle(bundle_zip: Path) -> list[str]:
@@ -159,11 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verify is None and args.sweep_dir is None:
         parser.error("--sweep-dir is required unless --verify is given")
     target = args.verify or args.out or args.sweep_dir / "bundle.zip"
-    try:
-        if args.verify is None:
-            build_bundle(args.sweep_dir, target, args.config, args.extra, sweep=args.sweep)
-    except (ValueError, OSError) as exc:
-        print(f"bundle: error: {exc}", file=sys.stderr)
+    if args.verify is None and command.run(
+        "bundle", lambda: build_bundle(args.sweep_dir, target, args.config, args.extra, sweep=args.sweep)
+    ):
         return 1
     problems = verify_bundle(target)
     for p in problems:

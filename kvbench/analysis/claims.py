@@ -38,7 +38,7 @@ def _modes(values: dict[str, list[float]]) -> str:
 
 
 def speedup(df, sp, dev, claim):
-    at = sp[sp[f"cell.{claim.setting}"].map(rp.lab) == claim.value]
+    at = sp[sp[f"cell.{claim.setting}"].astype(str) == claim.value]
     total, decode = _per_mode(at, "total_speedup"), _per_mode(at, "decode_speedup")
     if not total:
         return f"no pair at {claim.setting} = {claim.value}"
@@ -105,10 +105,10 @@ def prompt_growth(df, sp, dev, claim):
     ok = df[df["ok"]]
     dec = ok["latency.decode_ms_per_token.median"].astype(float)
     # cells equal in every setting but the prompt: decode ms at the longest prompt / at the shortest
-    same = [ok["cell.kv_mode"], pd.Series(fr.ident(ok[list(fr.CELL)], ("kv_mode", "prompt_len")), index=ok.index)]
+    same = ["cell.kv_mode", *(c for c in fr.SAME if c != "cell.prompt_len")]
     growth: dict[str, list[float]] = {}
     ends = set()
-    for (mode, _), g in ok.groupby(same, observed=True, sort=True):
+    for (mode, *_), g in ok.groupby(same, observed=True, dropna=False):
         if len(g) > 1:
             lo, hi = g["cell.prompt_len"].idxmin(), g["cell.prompt_len"].idxmax()
             growth.setdefault(str(mode), []).append(dec[hi] / dec[lo])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,10 +18,10 @@ import pandas as pd
 
 from kvbench import record as kvrecord
 from kvbench.analysis import aggregate as agg
-from kvbench.analysis import claims
+from kvbench.analysis import claims, command
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
-from kvbench.presets import INT8_SCALE_BYTES
+from kvbench.presets import DTYPE_BYTES, INT8_SCALE_BYTES
 
 TABLES = ("cells.csv", "speedup.csv", "speedup_by_model.csv", "speedup_by_length.csv", "kv_variants.csv")
 PEAK_NAMES = {"torch_peak_allocated": "torch peak allocated", "rss_peak": "process RSS peak"}
@@ -40,20 +39,23 @@ def grouped(t: pd.DataFrame, df: pd.DataFrame, extra: list[str], shown: list[str
     out = t.assign(n_kv_head=rp.sort_heads(t["cell.n_kv_head"])).groupby(keys, observed=True).agg(**columns)
     out = out.reset_index().rename(columns=lambda c: c.removeprefix("cell."))
     out["n_kv_head"] = out["n_kv_head"].map(rp.heads)
-    return by_engine(out[[*shown, *columns]].map(rp.lab), df)  # rp.lab: numbers as the settings spell them
+    return by_engine(out[[*shown, *columns]], df)
 
 
 def formula_text(r: pd.Series) -> str:
     """The KV-cache product written out for one cell (its value comes from kv_cache_bytes)."""
-    hd = rp.lab(r["head_dim"])
-    last = f"({hd} + {INT8_SCALE_BYTES})" if r["cell.kv_mode"] == "static-int8" else f"{hd} × {rp.lab(r['elem_bytes'])}"
-    return " × ".join(["2", *(rp.lab(r[k]) for k in ("n_layer", "cell.batch", "kv_heads", "tokens")), last])
+    hd = r["head_dim"]
+    last = f"({hd} + {INT8_SCALE_BYTES})" if r["cell.kv_mode"] == "static-int8" else f"{hd} × {r['elem_bytes']}"
+    return " × ".join(["2", *(str(r[k]) for k in ("n_layer", "cell.batch", "kv_heads", "tokens")), last])
 
 
 def desc(df: pd.DataFrame, model: str) -> str:
+    """A model as the header names it: its family where its records say it, its size and depth."""
     rows = df[df["cell.model"] == model]
-    parts = [f"{rows['n_params'].max() / 1e6:.0f}M params"] if rows["n_params"].max() > 0 else []
-    parts += [f"{int(rows['n_layer'].max())} layers"] if rows["n_layer"].max() > 0 else []
+    params, layers = rp.f(rows["n_params"].max()), rows["n_layer"].max()
+    parts = [str(family) for family in rows["family"].dropna().unique()]
+    parts += [f"{params / 1e6:.0f}M params"] if params else []
+    parts += [f"{layers} layers"] if rp.f(layers) else []
     return f"{model} ({', '.join(parts)})" if parts else model
 
 
@@ -61,7 +63,7 @@ def header(df: pd.DataFrame, present: list[str]) -> dict:
     settings = {"models": [desc(df, m) for m in rp.values(df, "model")], "engines": rp.values(df, "engine")}
     settings["kv modes"] = [str(m) for m in df["cell.kv_mode"].cat.categories]
     settings |= {k: rp.values(df, k) for k in ("dtype", "attention", "batch", "prompt_len", "new_tokens")}
-    settings["K/V heads"] = sorted({rp.lab(v) for v in df["kv_heads"].dropna()}, key=rp.natural)
+    settings["K/V heads"] = [str(v) for v in df["kv_heads"].dropna().drop_duplicates().sort_values()]
     h = {"present": present, "n": len(df), "statuses": rp.status_counts(df), "devices": rp.devices(df)}
     return h | {"settings": settings}
 
@@ -81,10 +83,10 @@ def cache_size(df: pd.DataFrame) -> dict:
     per_token = big["kv_formula"] / size[big.index]  # the formula is linear in batch and tokens
     cross = weights / per_token
     ids = {c.removeprefix("cell."): big[c] for c in ("cell.model", "cell.kv_mode", "cell.dtype", "cell.engine")}
-    ids["K/V heads"] = big["kv_heads"].map(rp.lab)
+    ids["K/V heads"] = big["kv_heads"]
     largest = ids | {
-        "batch": big["cell.batch"].map(rp.lab),
-        "tokens": big["tokens"].map(rp.lab),
+        "batch": big["cell.batch"],
+        "tokens": big["tokens"],
         "formula": [f"`{formula_text(r)}`" for _, r in big.iterrows()],
         "= bytes": big["kv_formula"].map(rp.nbytes),
         "record: formula": big["memory.kv_cache_bytes_formula"].map(rp.nbytes),
@@ -98,7 +100,7 @@ def cache_size(df: pd.DataFrame) -> dict:
         "weights": weights.map(rp.nbytes),
         "batch × tokens where cache = weights": cross.map("{:,.0f}".format),
         "full context (block size): from": [
-            f"{rp.lab(b)}: batch ≥ {math.ceil(c / b):,}" if b > 0 else "–" for b, c in zip(block, cross)
+            f"{b}: batch ≥ {math.ceil(c / b):,}" if b > 0 else "–" for b, c in zip(block, cross)
         ],
     }
     pairs = zip(differ["record"], differ["memory.kv_cache_bytes_formula"], differ["memory.kv_cache_bytes_measured"])
@@ -120,9 +122,9 @@ def wide(t: pd.DataFrame, rows: list[str], x: str, head: str) -> pd.DataFrame:
     w = t.assign(**{r: rp.sort_heads(t[r]) for r in heads}).pivot_table(
         index=rows, columns=x, values="cell", aggfunc="first", observed=True, sort=True
     )
-    w = w.rename(columns=lambda c: f"{head}{rp.lab(c)}").fillna("–").reset_index()
+    w = w.rename(columns=lambda c: f"{head}{c}").fillna("–").reset_index()
     w[heads] = w[heads].map(rp.heads)
-    return w.rename(columns=lambda c: c.removeprefix("cell.")).map(rp.lab)
+    return w.rename(columns=lambda c: c.removeprefix("cell."))
 
 
 def along(df: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, str] | None:
@@ -139,7 +141,7 @@ def along(df: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, str] | None:
             for a, b, s, n in zip(t["total_speedup"], t["decode_speedup"], t["status"], t["none_status"])
         ],
     )
-    others = [c for c in ("engine", "model", *agg.SETTINGS[1:], "new_tokens") if c != axis and t[c].nunique() > 1]
+    others = [c for c in ("engine", "model", *agg.ROW_KEYS[1:], "new_tokens") if c != axis and t[c].nunique() > 1]
     rows = ["kv_mode", *others]
     # along the axis: the table is sorted with the axis last (aggregate.AXIS_ORDER), and shows a row's first cell
     firsts = t.drop_duplicates([*rows, axis])
@@ -183,7 +185,7 @@ def not_helping(df: pd.DataFrame, sp: pd.DataFrame) -> dict:
     short = grouped(tot, df, ["cell.new_tokens"], ["kv_mode", "model", "engine", "n_kv_head", "new_tokens"], short)
     lost = sp[(sp["decode_speedup"] < 1) | (sp["total_speedup"] < 1)].sort_values("record")
     ok = df[df["ok"]]
-    both = ok[ok["cell.kv_mode"] == "concat"].merge(ok[ok["cell.kv_mode"] == "static"], on="key", suffixes=("", "_s"))
+    both = ok[ok["cell.kv_mode"] == "concat"].merge(ok[ok["cell.kv_mode"] == "static"], on=fr.SAME, suffixes=("", "_s"))
     d = "latency.decode_ms_per_token.median"
     return {
         "prefill": pre.groupby("cell.kv_mode", observed=True)["prefill_speedup"].agg(rp.spread).to_dict(),
@@ -218,7 +220,7 @@ def memory_cost(df: pd.DataFrame) -> dict:
 
 def beyond_weights(df: pd.DataFrame) -> dict:
     """What peak_memory.png shows: peak bytes beyond the weights per kv mode along the figure's x,
-    with the cache's formula bytes beside each (issue 17)."""
+    with the cache's formula bytes beside each."""
     ok = df[df["ok"] & df["beyond_bytes"].notna()]
     if not len(ok):
         return {"beyond": None}
@@ -266,20 +268,20 @@ def variants(df: pd.DataFrame) -> pd.DataFrame | None:
     full = v[(v["kv_mode"] == "static") & (v["status"] == "ok") & (v["n_kv_head"] == v["n_head"])]
     v = v.merge(full[coord + ["held"]].rename(columns={"held": "ref"}), on=coord, how="left")
     head_dim = df.groupby("cell.model", observed=True)["head_dim"].max()
-    keys = ["engine", "model", "dtype", -v["n_kv_head"].astype(float), "kv_mode", "n_head"]  # most K/V heads first
+    keys = ["engine", "model", "dtype", -v["n_kv_head"], "kv_mode", "n_head"]  # most K/V heads first
     rows = [variant(g, *k, head_dim.get(k[1])) for k, g in v.groupby(keys, observed=True, sort=True)]
     return by_engine(pd.DataFrame(rows), df)
 
 
 def variant(g: pd.DataFrame, engine, model, dtype, kv, mode, heads, hd) -> dict:
     """A row of section 5: one kv mode at one K/V head count, over its cells."""
-    ok, kv, elem = g[g["status"] == "ok"], int(-kv), fr.DTYPE_BYTES.get(str(dtype))
+    ok, kv, elem = g[g["status"] == "ok"], -kv, DTYPE_BYTES.get(str(dtype))
     expect = "no cache" if mode == "none" else f"{kv}/{heads} = {kv / heads:.3g}"
     if mode == "static-int8":
         ratio = kv / heads * (hd + INT8_SCALE_BYTES) / (hd * elem) if elem and rp.f(hd) else None
-        expect = "–" if ratio is None else f"{kv}/{heads} × ({rp.lab(hd)} + 4) / ({rp.lab(hd)} × {elem}) = {ratio:.3g}"
+        expect = "–" if ratio is None else f"{kv}/{heads} × ({hd} + 4) / ({hd} × {elem}) = {ratio:.3g}"
     match = ok["matches_reference"].astype(str)
-    first = sorted({rp.lab(s) for s in ok["first_mismatch_step"].dropna()}, key=rp.natural)
+    first = [str(s) for s in ok["first_mismatch_step"].dropna().drop_duplicates().sort_values()]
     tokens = f"{(match == 'True').sum()} of {len(ok)}"
     tokens += f"; differ from step {', '.join(first)}" if (match == "False").any() and first else ""
     bytes_ratio = "–" if mode == "none" else rp.spread(ok["held"] / ok["ref"], "{:.3g}".format, "cells")
@@ -324,13 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tables", required=True, type=Path, help="the sweep's tables directory (cells.csv, ...)")
     parser.add_argument("--out", required=True, type=Path, help="markdown file to write")
     args = parser.parse_args(argv)
-    try:
-        explain(args.tables, args.out)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"explain: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"explain: {args.tables} -> {args.out}")
-    return 0
+    return command.run("explain", lambda: explain(args.tables, args.out) or f"explain: {args.tables} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,10 @@ import numpy as np
 import pandas as pd
 
 from kvbench import record as kvrecord
-from kvbench.presets import kv_cache_bytes
+from kvbench.presets import DTYPE_BYTES, KV_MODES, kv_cache_bytes
 
 MIB = 2**20
-KV_MODE_ORDER = ("none", "concat", "static", "static-int8")
 STATUS_ORDER = ("ok", "oom", "unsupported", "error")
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # Cell keys in the order a person reads a cell; the first ones are the grid coordinates.
 CELL_KEYS = tuple(
     "model dtype attention kv_mode batch prompt_len new_tokens device prompt_source seed warmup iters engine "
@@ -33,8 +31,8 @@ SCHEMA = kvrecord.schema()
 SECTIONS = {name: i for i, name in enumerate(("record", *SCHEMA["properties"]))}  # the columns' order: the record's
 STATS = ("median", "min", "max")
 MEMORY = tuple(k for k, v in SCHEMA["properties"]["memory"]["properties"].items() if "integer" in v.get("type", ()))
-# cells.csv always has these (in this order, after the cell keys), filled or not: older records
-# lack the phase peaks and the read/copy bandwidths, a failed cell every measurement.
+# cells.csv always has these (in this order, after the cell keys), filled or not: a failed cell has
+# no measurement, a peer engine no phase peaks.
 CORE = (
     ("record", "status", "error", *CELL)
     + tuple(f"latency.{m}.{s}" for m in ("prefill_ms", "decode_ms_per_token", "total_generate_ms") for s in STATS)
@@ -48,6 +46,13 @@ CORE = (
 )
 PER_STEP = "latency.per_step_decode_ms"  # a list: per_step.csv carries it in long form
 SHAPE = ("n_params", "n_layer", "n_head", "n_embd", "n_kv_head", "block_size")
+# The columns `derive` adds after the record's own (cells.csv keeps only the latter).
+DERIVED = (*SHAPE, "family", "ok", "kv_heads", "head_dim", "elem_bytes", "tokens", "kv_formula", "peak_bytes")
+DERIVED += ("peak_source", "kv_held", "beyond_bytes", "beyond_source", "prefill_peak")
+# Cells equal in these (every setting but the kv mode) are one setting measured with and without a cache.
+SAME = [c for c in CELL if c != "cell.kv_mode"]
+# Rows in grid order: the grid coordinates, then the other settings by name.
+GRID = [*CELL[:7], *sorted(set(CELL) - set(CELL[:7]))]
 
 
 def _schema_types(node: dict, prefix: str = "") -> dict[str, str]:
@@ -115,7 +120,7 @@ def from_records(paths: list[Path]) -> pd.DataFrame:
     keep = [*CORE, *sorted(set(flat.columns) - set(bare) - set(CORE))]
     keep.sort(key=lambda c: SECTIONS.get(c.split(".")[0], len(SECTIONS)))
     df = derive(flat.reindex(columns=keep))
-    twins = df[df.duplicated("ident", keep=False)]
+    twins = df[df.duplicated(list(CELL), keep=False)]
     if len(twins):  # every join below would silently pick one
         raise ValueError(f"two records for one cell: {' and '.join(sorted(twins['record']))}")
     return df
@@ -133,64 +138,52 @@ def _ordered(values: pd.Series, order) -> pd.Categorical:
     return pd.Categorical(values, categories=present + sorted(set(values) - set(present)), ordered=True)
 
 
-def _num(df: pd.DataFrame, col: str) -> pd.Series:
-    return pd.to_numeric(df[col], errors="coerce").astype(float) if col in df else pd.Series(np.nan, index=df.index)
-
-
-def ident(cell: pd.DataFrame, drop: tuple[str, ...] = ()) -> list[str]:
-    """The cell's settings as one JSON string, a join key: 16 and 16.0 alike (cells.csv reads some ints as floats)."""
-    keep = [c for c in cell.columns if c.removeprefix("cell.") not in drop]
-    plain = cell[keep].astype(object).map(lambda v: None if pd.isna(v) else int(v) if _integral(v) else v)
-    names = [c.removeprefix("cell.") for c in keep]
-    return [json.dumps(dict(zip(names, row)), sort_keys=True, default=str) for row in plain.itertuples(False)]
-
-
-def _integral(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and float(v).is_integer()
-
-
 def derive(df: pd.DataFrame) -> pd.DataFrame:
-    """Orders as Categoricals, the model's shape filled from a sibling record for a cell that
-    failed before its model was built, and the derived columns; rows in grid order."""
-    df = df.astype({c: kind for c, kind in TYPES.items() if c in df and df[c].notna().any()})
+    """Types as the schema says, orders as Categoricals, the model's shape filled from a sibling
+    record for a cell that failed before its model was built, and the derived columns (DERIVED);
+    rows in grid order."""
     df = df.reindex(columns=list(dict.fromkeys([*df.columns, *CELL])))
-    # the derived columns from here on, ident first (record_columns cuts there)
-    df["ident"], df["key"] = ident(df[list(CELL)]), ident(df[list(CELL)], ("kv_mode",))
-    df["key_eager"] = ident(df[list(CELL)], ("kv_mode", "compile"))
-    family = df[["cell.model", "cell.n_kv_head", "cell.checkpoint"]].astype(object).map(str).agg("|".join, axis=1)
-    for k in SHAPE:
-        df[k] = _num(df, f"model_info.{k}").groupby(family).transform("max")
+    df = df.astype({c: kind for c, kind in TYPES.items() if c in df})
+    info = df.reindex(columns=[f"model_info.{k}" for k in (*SHAPE, "family")])
+    same_model = df[["cell.model", "cell.n_kv_head", "cell.checkpoint"]].astype(object)
+    shape = info.groupby([same_model[c] for c in same_model], dropna=False).transform("max")
+    df[list(SHAPE)] = shape.iloc[:, : len(SHAPE)].astype("Int64")
+    df["family"] = shape.iloc[:, -1]
     size = df.groupby(df["cell.model"].astype(str))["n_params"].max()  # the largest a record reports
     models = size.sort_values(kind="stable", na_position="last").index  # ties by name, as groupby sorted them
     df["cell.model"] = _ordered(df["cell.model"].astype(str), models)
-    df["cell.kv_mode"] = _ordered(df["cell.kv_mode"].astype(str), KV_MODE_ORDER)
+    df["cell.kv_mode"] = _ordered(df["cell.kv_mode"].astype(str), KV_MODES)
     df["status"] = _ordered(df["status"].astype(str), STATUS_ORDER)
     df["ok"] = df["status"] == "ok"
-    df["kv_heads"] = _num(df, "cell.n_kv_head").fillna(df["n_kv_head"]).fillna(df["n_head"])
-    df["head_dim"] = df["n_embd"] / df["n_head"]
-    df["elem_bytes"] = df["cell.dtype"].map(DTYPE_BYTES).astype(float)
-    df["tokens"] = _num(df, "cell.prompt_len") + _num(df, "cell.new_tokens") - 1  # the last token is never fed back
-    shape = (df["n_layer"], _num(df, "cell.batch"), df["kv_heads"], df["tokens"], df["head_dim"], df["elem_bytes"])
+    df["kv_heads"] = df["cell.n_kv_head"].fillna(df["n_kv_head"]).fillna(df["n_head"])
+    df["head_dim"] = df["n_embd"] // df["n_head"]
+    df["elem_bytes"] = df["cell.dtype"].map(DTYPE_BYTES).astype("Int64")
+    df["tokens"] = df["cell.prompt_len"] + df["cell.new_tokens"] - 1  # the last token is never fed back
+    dims = (df["n_layer"], df["cell.batch"], df["kv_heads"], df["tokens"], df["head_dim"], df["elem_bytes"])
     mode = df["cell.kv_mode"].astype(str)
-    int8 = kv_cache_bytes(*shape, "static-int8")
-    df["kv_formula"] = kv_cache_bytes(*shape).mask(mode == "static-int8", int8).where(mode != "none")
-    mem = {k: _num(df, f"memory.{k}") for k in MEMORY}
+    int8 = kv_cache_bytes(*dims, "static-int8")
+    df["kv_formula"] = kv_cache_bytes(*dims).mask(mode == "static-int8", int8).where(mode != "none")
+    return _memory(df).sort_values([*GRID, "record"], kind="stable").reset_index(drop=True).copy()
+
+
+def _memory(df: pd.DataFrame) -> pd.DataFrame:
+    """The peaks: the whole cell's, and beyond the weights (what a cache costs)."""
+    mem = {k: df[f"memory.{k}"] for k in MEMORY}
     # a 0 from torch on a CPU means 'not tracked', not 'no memory'
     torch_peak, rss = (mem[k].where(mem[k] > 0) for k in ("torch_peak_allocated_bytes", "rss_peak_bytes"))
     df["peak_bytes"] = torch_peak.fillna(rss)
     df["peak_source"] = np.where(torch_peak.notna(), "torch_peak_allocated", np.where(rss.notna(), "rss_peak", None))
     df["kv_held"] = mem["kv_cache_bytes_measured"].fillna(mem["kv_cache_bytes_formula"])
-    # Issue 17: what a cache costs is the peak beyond the weights, from the phase peaks (the CUDA
-    # allocator, or the CPU tensor tracker); records without them fall back to torch's whole-cell
-    # peak, then to the process RSS (which includes the runtime).
+    # What a cache costs is the peak beyond the weights, from the phase peaks (the CUDA allocator, or
+    # the CPU tensor tracker); an engine that reports none falls back to torch's whole-cell peak, then
+    # to the process RSS (which includes the runtime).
     phase = pd.concat([mem["prefill_peak_allocated_bytes"], mem["decode_peak_allocated_bytes"]], axis=1).max(axis=1)
-    method = df.get("memory.peak_method", pd.Series(None, index=df.index, dtype=object)).fillna("allocator peak")
+    method = df.get("memory.peak_method", pd.Series(None, index=df.index, dtype=object))
     df["beyond_bytes"] = phase.fillna(torch_peak).fillna(rss) - mem["weights_bytes"]
     sources = [method, "torch peak (whole cell)", "process RSS (includes the runtime)"]
     df["beyond_source"] = np.select([phase.notna(), torch_peak.notna(), rss.notna()], sources, None)
     df["prefill_peak"] = mem["prefill_peak_allocated_bytes"].where(mem["prefill_peak_allocated_bytes"] > 0)
-    grid = [*CELL[:7], "ident", "record"]  # the grid coordinates, then one order for the rest
-    return df.sort_values(grid, kind="stable").reset_index(drop=True).copy()  # .copy(): one block per dtype
+    return df
 
 
 def x_axis(df: pd.DataFrame) -> str | None:
@@ -202,8 +195,8 @@ def x_axis(df: pd.DataFrame) -> str | None:
 
 
 def record_columns(df: pd.DataFrame) -> list[str]:
-    """cells.csv: the record's own columns, those before `derive` appended its own (ident first)."""
-    return [c for c in df.columns[: df.columns.get_loc("ident")] if c != PER_STEP]
+    """cells.csv: the record's own columns, not those `derive` appended."""
+    return [c for c in df.columns if c not in DERIVED and c != PER_STEP]
 
 
 def per_step(df: pd.DataFrame) -> pd.DataFrame:
@@ -213,7 +206,7 @@ def per_step(df: pd.DataFrame) -> pd.DataFrame:
     long = df[["record", *CELL]].assign(decode_ms=steps, formula=df["memory.kv_cache_bytes_formula"], t=df["tokens"])
     long = long[long["decode_ms"].map(lambda v: isinstance(v, list) and len(v) > 0)].explode("decode_ms")
     long["step"] = long.groupby(level=0).cumcount() + 1
-    long["context_tokens"] = long["cell.prompt_len"].astype("Int64") + long["step"]
+    long["context_tokens"] = long["cell.prompt_len"] + long["step"]
     kv = long["formula"].astype(float) * long["context_tokens"].astype(float) / long["t"].astype(float)
     long["kv_cache_bytes"] = kv.round().astype("Int64")
     long["kv_cache_mib"] = long["kv_cache_bytes"].astype(float) / MIB
@@ -232,13 +225,18 @@ def pairs(df: pd.DataFrame) -> pd.DataFrame:
     paired with the eager one. Adds `<metric>_ms`, `none_<metric>_ms` and `<metric>_speedup`
     (none / cached, empty where a side is not ok) for prefill, decode and total."""
     cached, none = df[df["cell.kv_mode"] != "none"], df[df["cell.kv_mode"] == "none"]
-    eager = none[~none["cell.compile"].astype("boolean").fillna(False)]
-    partner = cached["key"].map(none.set_index("key")["ident"])
-    partner = partner.fillna(cached["key_eager"].map(eager.set_index("key_eager")["ident"]))
-    cached = cached.assign(partner=partner.astype(object)).dropna(subset=["partner"])
-    p = cached.merge(df.add_suffix("_none"), left_on="partner", right_on="ident_none")
+    eager = none[~none["cell.compile"].fillna(False)]
+    partner = _partner(cached, none, SAME).fillna(_partner(cached, eager, [c for c in SAME if c != "cell.compile"]))
+    cached = cached[partner.notna()].reset_index(drop=True)
+    p = pd.concat([cached, df.loc[partner.dropna().astype(int)].add_suffix("_none").reset_index(drop=True)], axis=1)
     new = {"none_status": p["status_none"]}
     for metric, col in METRICS.items():
-        mode, base = _num(p, col).where(p["ok"]), _num(p, f"{col}_none").where(p["ok_none"].astype(bool))
+        mode, base = p[col].astype(float).where(p["ok"]), p[f"{col}_none"].astype(float).where(p["ok_none"])
         new |= {f"{metric}_ms": mode, f"none_{metric}_ms": base, f"{metric}_speedup": base / mode.where(mode != 0)}
     return pd.concat([p, pd.DataFrame(new, index=p.index)], axis=1)
+
+
+def _partner(left: pd.DataFrame, right: pd.DataFrame, on: list) -> pd.Series:
+    """For each row of left, the index of the row of right equal to it in the columns `on` (NaN: none)."""
+    found = left[on].merge(right[on].reset_index(names="partner"), on=on, how="left")
+    return pd.Series(found["partner"].to_numpy(), index=left.index)

@@ -12,12 +12,12 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from kvbench.analysis import command
 from kvbench.analysis.bundle import ENVIRONMENT, INDEX, META, verify_bundle
 
 DEFAULT_DEST = Path("results/published")
@@ -70,9 +70,15 @@ def publish(
             raise PublishError(
                 f"refusing to overwrite {dest}: it holds {what}; remove it first or publish with another --device"
             )
-        # Build the whole folder beside its final place, then rename it in one step: a reader
-        # or a second publisher never sees half a publication. Once renamed, there is nothing left to clean up.
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        unpack(bundle_zip, zf, dest)
+    return dest, True
+
+
+def unpack(bundle_zip: Path, zf: zipfile.ZipFile, dest: Path) -> None:
+    """Build the whole folder beside its final place, then rename it in one step: a reader or a
+    second publisher never sees half a publication. Once renamed, there is nothing left to clean up."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
         with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent, ignore_cleanup_errors=True) as tmp:
             shutil.copyfile(bundle_zip, Path(tmp, "bundle.zip"))
             wanted = [n for n in zf.namelist() if n.startswith(UNPACKED_PREFIXES) or n in UNPACKED_FILES]
@@ -83,7 +89,8 @@ def publish(
                 os.rename(tmp, dest)
             except OSError as exc:  # someone published here meanwhile
                 raise PublishError(f"refusing to overwrite {dest}: {exc.strerror}") from exc
-    return dest, True
+    except OSError as exc:  # a full disk names no file: name the folder that could not be written
+        raise OSError(exc.errno, exc.strerror or str(exc), str(dest)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,13 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", help="device folder name (default: the records' device_name, slugified)")
     parser.add_argument("--sweep", help="sweep folder name (default: the bundle's)")
     args = parser.parse_args(argv)
-    try:
+
+    def action() -> str:
         dest, written = publish(args.bundle, args.dest, args.device, sweep=args.sweep)
-    except (PublishError, OSError, ValueError, KeyError) as exc:
-        print(f"publish: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"publish: {dest / 'bundle.zip'}" + ("" if written else " already holds this bundle; nothing to do"))
-    return 0
+        return f"publish: {dest / 'bundle.zip'}" + ("" if written else " already holds this bundle; nothing to do")
+
+    return command.run("publish", action, PublishError)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,9 @@ def f(value) -> float | None:
     return float(value) if math.isfinite(float(value)) else None
 
 
-def lab(value) -> str:
-    """One spelling per value (16 and 16.0 alike; empty -> 'none')."""
-    if isinstance(value, (str, bool)):
-        return str(value)
-    v = f(value)
-    return "none" if v is None else str(int(v)) if v.is_integer() else str(value)
+def setting(value) -> str:
+    """A setting as a cell names it; empty -> 'none'."""
+    return "none" if pd.isna(value) else str(value)
 
 
 def num(v: float | None) -> str:
@@ -56,11 +53,11 @@ mib = _or_dash(lambda n: f"{num(n / fr.MIB)} MiB")
 
 def heads(v) -> str:
     """A cell's n_kv_head setting: empty means every head (plain multi-head attention); `sort_heads` puts them first."""
-    return "all" if f(v) is None or f(v) < 0 else lab(v)
+    return "all" if pd.isna(v) or v < 0 else str(v)
 
 
 def sort_heads(s: pd.Series) -> pd.Series:
-    return s.astype(float).fillna(-1)
+    return s.fillna(-1)
 
 
 def spread(values: Sequence[float], fmt: Callable = x, noun: str = "pairs") -> str:
@@ -72,11 +69,11 @@ def spread(values: Sequence[float], fmt: Callable = x, noun: str = "pairs") -> s
 
 
 def trend(vals: Sequence[float | None]) -> str:
-    got = [v for v in vals if f(v) is not None]
-    steps = [b - a for a, b in zip(got, got[1:])]
-    if not steps:
+    """How the numbers (the missing left out) go: 'grows', 'falls', 'mixed', or '–' under two."""
+    got = pd.Series([f(v) for v in vals], dtype=float).dropna()
+    if len(got) < 2:
         return "–"
-    return "grows" if min(steps) >= 0 else "falls" if max(steps) <= 0 else "mixed"
+    return "grows" if got.is_monotonic_increasing else "falls" if got.is_monotonic_decreasing else "mixed"
 
 
 def md(df: pd.DataFrame) -> str:
@@ -93,16 +90,11 @@ def render(template: str, **context) -> str:
     return _ENV.get_template(template).render(NOT_MEASURED=NOT_MEASURED, **context)
 
 
-def natural(text) -> tuple:
-    """Numbers in numeric order (16 before 128), then text."""
-    return (0, f(float(text)), "") if str(text).replace(".", "", 1).isdigit() else (1, 0.0, str(text))
-
-
 def values(df: pd.DataFrame, key: str) -> list[str]:
-    """A setting's values in the sweep: models by size, the rest in natural order."""
+    """A setting's values in the sweep, in order (models by size)."""
     if key == "model":
         return [str(m) for m in df["cell.model"].cat.categories]
-    return sorted({lab(v) for v in df[f"cell.{key}"]}, key=natural)
+    return [str(v) for v in df[f"cell.{key}"].drop_duplicates().sort_values()]
 
 
 def varying(df: pd.DataFrame, exclude: Sequence[str] = ()) -> list[str]:
@@ -111,7 +103,7 @@ def varying(df: pd.DataFrame, exclude: Sequence[str] = ()) -> list[str]:
 
 
 def where(row: pd.Series, keys: Sequence[str]) -> str:
-    return ", ".join(f"{k}={lab(row[f'cell.{k}'])}" for k in keys)
+    return ", ".join(f"{k}={setting(row[f'cell.{k}'])}" for k in keys)
 
 
 def devices(df: pd.DataFrame) -> list[str]:
@@ -169,7 +161,7 @@ def summary(df: pd.DataFrame, sweep: str | None) -> dict:
         | {"ms": fixed(best["decode_ms"]), "none_ms": fixed(best["none_decode_ms"])},
         "failed": failed,
         "mismatches": [
-            f"{r['cell.kv_mode']}: {where(r, keys)} (first mismatch step {lab(r.get('check.first_mismatch_step'))})"
+            f"{r['cell.kv_mode']}: {where(r, keys)} (first mismatch step {setting(r.get('check.first_mismatch_step'))})"
             for _, r in mismatch.iterrows()
         ],
     }
