@@ -196,3 +196,22 @@ def test_unsupported_architectures_and_windows_are_one_line(tmp_path):
     with pytest.raises(UsageError, match="sliding_window 16"):
         CellSpec(checkpoint=str(tmp_path / "mistral"), prompt_len=12, new_tokens=6).check()
     CellSpec(checkpoint=str(tmp_path / "mistral"), prompt_len=10, new_tokens=6).check()  # within the window
+
+
+@pytest.mark.slow
+def test_compiled_static_decoder_runs_the_llama_step_once_for_every_position(tiny):
+    """The compiled static step: rotary angles from a position tensor, so one graph serves every step."""
+    from torch._dynamo.utils import counters
+
+    from kvbench.engines.kvbench import CompiledStaticDecoder
+
+    torch._dynamo.reset()
+    counters.clear()
+    x = prompt(2, 9, 512)
+    ref = generate(tiny, x, 10, "none", keep_logits=True)
+    decoder = CompiledStaticDecoder(tiny, batch=2, max_len=9 + 10 - 1)
+    for _ in range(2):
+        gen = decoder(x, 10, keep_logits=True)
+        assert torch.equal(gen.tokens, ref.tokens)
+        assert max(float((a - b).abs().max()) for a, b in zip(gen.logits, ref.logits)) < 1e-4
+    assert counters["stats"]["unique_graphs"] == 1
