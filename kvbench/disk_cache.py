@@ -57,11 +57,24 @@ def _files(folder: Path) -> list[str]:
 
 
 def seal(folder: Path) -> None:
-    """Record the sha256 of every file in `folder` now, after a use of it succeeded."""
+    """Record the sha256 of every file in `folder` now, after a use of it succeeded.
+
+    Best effort: a file another cell removes meanwhile is left out, and a manifest that cannot be
+    written is said in one line (the folder is then reused unchecked, as before it was sealed).
+    """
     folder = Path(folder)
-    if folder.is_dir():
-        manifest = {name: _digest(folder / name) for name in _files(folder)}
+    if not folder.is_dir():
+        return
+    manifest = {}
+    for name in _files(folder):
+        try:
+            manifest[name] = _digest(folder / name)
+        except FileNotFoundError:
+            continue
+    try:
         write_atomic_text(folder / MANIFEST, json.dumps(manifest, indent=0, sort_keys=True))
+    except OSError as e:
+        print(f"kvbench: cannot seal the cache {folder} ({e.strerror or e}); it is reused unchecked", file=sys.stderr)
 
 
 def damage(folder: Path) -> str | None:

@@ -100,3 +100,12 @@ def test_a_damaged_inductor_kernel_is_rebuilt_not_a_failed_compile(tmp_path):
     assert again.returncode == 0 and again.stdout.strip() == "24.0", again.stderr[-2000:]
     assert f"kvbench: inductor cache {tmp_path / 'inductor'} is damaged (" in again.stderr
     assert disk_cache.damage(tmp_path / "inductor") is None  # rebuilt and sealed again
+
+
+def test_a_manifest_that_cannot_be_written_is_said_in_one_line(tmp_path, capsys):
+    folder = tmp_path / "ct2"
+    (folder / disk_cache.MANIFEST).mkdir(parents=True)  # in the way of the manifest file
+    (folder / "model.bin").write_bytes(b"weights")
+    disk_cache.seal(folder)
+    assert capsys.readouterr().err.startswith(f"kvbench: cannot seal the cache {folder} (")
+    assert disk_cache.damage(folder).startswith("its manifest")  # unreadable: judged damaged, rebuilt
