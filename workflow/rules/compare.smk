@@ -4,6 +4,12 @@
 # between the environments), compare.csv and the figure. Without `baseline` nothing is compared.
 
 
+# A sweep is one folder name (the config schema's pattern), so a baseline under
+# results/published/<device>/<sweep>/ never looks like an output of this workflow's rules to rebuild.
+wildcard_constraints:
+    sweep=r"[^/]+",
+
+
 BASELINE = str(config.get("baseline") or "")
 # A published folder's records are in its bundle.zip: that file is the input Snakemake watches.
 BASELINE_INPUT = str(Path(BASELINE, "bundle.zip")) if BASELINE and Path(BASELINE, "bundle.zip").is_file() else BASELINE
