@@ -20,10 +20,11 @@ from kvbench import checkpoint, engines, memory, roofline
 from kvbench.devices import DTYPES, dtype_unsupported_reason, threads_unsupported_reason
 from kvbench.engines import Runner
 from kvbench.environment import collect as collect_environment
+from kvbench.kv_cache_fp8 import fp8_unsupported_reason
 from kvbench.model import GPT
 from kvbench.models import build_random, prepare_for_decoding
 from kvbench.phases import compiled_runner, cuda_decode_peak, phase, timed_iterations, warm_up
-from kvbench.presets import GPTConfig, kv_cache_bytes
+from kvbench.presets import GPTConfig, kv_bytes_per_token, kv_cache_bytes
 from kvbench.record import SCHEMA_VERSION, now_utc
 from kvbench.spec import CellSpec, UsageError, make_prompt
 from kvbench.timing import latency
@@ -45,6 +46,7 @@ def build_model(spec: CellSpec, cfg: GPTConfig, device: torch.device) -> GPT:
     else:
         model = build_random(cfg, device, dtype, spec.seed, for_decoding=True)
     model.set_attention(spec.attention)
+    model.kv_options = spec.kv_options()  # the cache settings every generation's cache is made with
     return model
 
 
@@ -89,7 +91,9 @@ def model_info(model: GPT, weight_layout: str) -> dict:
 def cache_bytes(cfg: GPTConfig, spec: CellSpec, batch: int, tokens: int) -> int:
     """The cell's KV cache for `batch` sequences of `tokens` positions, by its formula (presets.kv_cache_bytes)."""
     element = DTYPES[spec.dtype].itemsize
-    return kv_cache_bytes(cfg.n_layer, batch, cfg.kv_heads, tokens, cfg.head_dim, element, spec.kv_mode)
+    return kv_cache_bytes(
+        cfg.n_layer, batch, cfg.kv_heads, tokens, cfg.head_dim, element, spec.kv_mode, **spec.kv_options()
+    )
 
 
 def memory_record(
@@ -140,7 +144,10 @@ def measure(built: Built, spec: CellSpec, device: torch.device, device_name: str
     with phase(phases_s, "probe"):
         limits = roofline.device_limits(device, device_name, DTYPES[spec.dtype])
     cfg, decode_ms = model.config, lat["decode_ms_per_token"]["median"]
-    kv_per_token = cache_bytes(cfg, spec, batch=1, tokens=1)
+    element = DTYPES[spec.dtype].itemsize
+    kv_per_token = kv_bytes_per_token(
+        cfg.n_layer, cfg.kv_heads, cfg.head_dim, element, spec.kv_mode, spec.kv_group_size
+    )
     return {
         "latency": lat,
         "memory": {**mem, "kv_cache_note": engine.kv_cache_note},
@@ -213,6 +220,8 @@ def run_cell(spec: CellSpec, import_s: float | None = None) -> dict:
     env = collect_environment(device)
     record = functools.partial(assemble, spec.as_record_cell(device), created, env, phases_s)
     reason = dtype_unsupported_reason(device, DTYPES[spec.dtype]) or threads_unsupported_reason(spec.threads)
+    if reason is None and spec.kv_mode == "static-fp8":
+        reason = fp8_unsupported_reason(device)
     if reason is not None:
         return record(status="unsupported", error=reason)
     built = None

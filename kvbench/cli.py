@@ -41,7 +41,8 @@ def add_cell_parser(sub) -> None:
     p.add_argument(
         "--kv-mode",
         default=d.kv_mode,
-        help="none (recompute everything each step), concat (torch.cat cache), static (preallocated, written in place)",
+        help="none (recompute everything each step), concat (torch.cat cache), static (preallocated, written in "
+        "place); approximate: static-int8, static-int4 (KIVI groups), static-fp8 (e4m3), sliding (sinks + window)",
     )
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--prompt-len", type=int, default=d.prompt_len)
@@ -57,6 +58,9 @@ def add_cell_parser(sub) -> None:
     p.add_argument(
         "--check-steps", type=int, default=d.check_steps, help="tokens compared against the 'none' mode (0 = no check)"
     )
+    p.add_argument("--window", type=int, default=d.window, help="sliding: recent positions the cache keeps")
+    p.add_argument("--sinks", type=int, default=d.sinks, help="sliding: first positions it keeps (attention sinks)")
+    p.add_argument("--kv-group-size", type=int, default=d.kv_group_size, help="static-int4: values per scale")
     add_engine_and_output_arguments(p, d)
 
 

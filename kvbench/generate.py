@@ -62,6 +62,8 @@ def new_cache(model: Model, kv_mode: str, batch: int, max_len: int) -> KVCache |
         head_dim=cfg.head_dim,
         dtype=w.dtype,
         device=w.device,
+        inv_freq=getattr(model, "inv_freq", None),  # rotary models: sliding re-rotates its sinks
+        **getattr(model, "kv_options", {}),  # the cell's cache settings (window, sinks, kv_group_size)
     )
 
 

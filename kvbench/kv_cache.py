@@ -13,7 +13,14 @@ from abc import ABC, abstractmethod
 import torch
 
 # The byte count lives with the shapes (importable without torch, for the analysis side).
-from kvbench.presets import INT8_SCALE_BYTES, KV_MODES, kv_cache_bytes  # noqa: F401  (re-exported)
+from kvbench.presets import (  # noqa: F401  (re-exported)
+    INT8_SCALE_BYTES,
+    KV_GROUP_SIZE,
+    KV_MODES,
+    SLIDING_SINKS,
+    SLIDING_WINDOW,
+    kv_cache_bytes,
+)
 
 
 class KVCache(ABC):
@@ -161,14 +168,36 @@ def make_cache(
     head_dim: int,
     dtype: torch.dtype,
     device: torch.device | str,
+    kv_group_size: int = KV_GROUP_SIZE,
+    window: int = SLIDING_WINDOW,
+    sinks: int = SLIDING_SINKS,
+    inv_freq: torch.Tensor | None = None,
 ) -> KVCache | None:
-    """A fresh cache for one generation of at most `max_len` cached positions (None for mode 'none')."""
+    """A fresh cache for one generation of at most `max_len` cached positions (None for mode 'none').
+
+    kv_group_size: static-int4's; window, sinks: sliding's; inv_freq: the model's rotary frequencies
+    (None for learned positions), with which sliding re-assigns positions within the cache.
+    """
     if kv_mode == "none":
         return None
     if kv_mode == "concat":
         return ConcatCache(n_layer)
+    shape = (n_layer, batch, n_kv_head, max_len, head_dim, dtype, device)
     if kv_mode == "static":
-        return StaticCache(n_layer, batch, n_kv_head, max_len, head_dim, dtype, device)
+        return StaticCache(*shape)
     if kv_mode == "static-int8":
-        return Int8StaticCache(n_layer, batch, n_kv_head, max_len, head_dim, dtype, device)
+        return Int8StaticCache(*shape)
+    # The approximate caches live beside this module and import its interface.
+    if kv_mode == "static-int4":
+        from kvbench.kv_cache_int4 import Int4StaticCache
+
+        return Int4StaticCache(*shape, group_size=kv_group_size)
+    if kv_mode == "static-fp8":
+        from kvbench.kv_cache_fp8 import Fp8StaticCache
+
+        return Fp8StaticCache(*shape)
+    if kv_mode == "sliding":
+        from kvbench.kv_cache_sliding import SlidingCache
+
+        return SlidingCache(*shape, window=window, sinks=sinks, inv_freq=inv_freq)
     raise ValueError(f"kv_mode: {kv_mode!r} is not one of {', '.join(KV_MODES)}")

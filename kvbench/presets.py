@@ -12,26 +12,75 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 # The choices a cell and a sweep accept; the modules that implement them import these names.
-KV_MODES = ("none", "concat", "static", "static-int8")
+KV_MODES = ("none", "concat", "static", "static-int8", "static-int4", "static-fp8", "sliding")
+# The modes that trade accuracy for memory: their records carry the price (kvbench/kv_price.py).
+APPROX_KV_MODES = ("static-int8", "static-int4", "static-fp8", "sliding")
+# Their settings' defaults: KIVI's group size, StreamingLLM's four sinks, and a window.
+KV_GROUP_SIZE = 32
+SLIDING_WINDOW = 256
+SLIDING_SINKS = 4
 ATTENTION_IMPLS = ("sdpa", "math")
 # kvbench: ours; hf: transformers' GPT-2 and ct2: CTranslate2, both on the same weights (kvbench/engines/)
 ENGINES = ("kvbench", "hf", "ct2")
 # The kv modes each engine runs: transformers' GPT-2 has no int8 cache; CTranslate2 has one cache, its
 # own, which grows by concatenation (kvbench/engines/ct2.py).
 ENGINE_KV_MODES = {"kvbench": KV_MODES, "hf": ("none", "concat", "static"), "ct2": ("concat",)}
-INT8_SCALE_BYTES = 4  # static-int8: one fp32 absmax scale per (token, head)
+INT8_SCALE_BYTES = 4  # static-int8 and static-fp8: one fp32 absmax scale per (token, head)
+INT4_SCALE_BYTES = 2  # static-int4: an fp16 scale and an fp16 zero point per group, as KIVI keeps them
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes per element of each dtype a cell accepts
 
 
 def kv_cache_bytes(
-    n_layer: int, batch: int, n_kv_head: int, tokens: int, head_dim: int, element_bytes: int, kv_mode: str = "static"
+    n_layer: int,
+    batch: int,
+    n_kv_head: int,
+    tokens: int,
+    head_dim: int,
+    element_bytes: int,
+    kv_mode: str = "static",
+    *,
+    kv_group_size: int = KV_GROUP_SIZE,
+    window: int = SLIDING_WINDOW,
+    sinks: int = SLIDING_SINKS,
 ) -> int:
-    """2 (K and V) x layers x batch x kv heads x tokens x head dim x bytes per element.
+    """Bytes a cache of `tokens` positions holds: layers x batch x kv heads x (K bytes + V bytes) per head.
 
-    static-int8 stores 1 byte per element plus one fp32 scale per token and head.
+    static/concat: head dim x bytes per element for each of K and V. static-int8 and static-fp8: 1 byte
+    per element plus one fp32 scale per token and head. static-int4 (kvbench/kv_cache_int4.py): 4-bit
+    codes packed two per byte; keys quantized per channel over groups of `kv_group_size` tokens (the tail
+    group in full precision until it fills), values per token over groups of channels, each group with
+    an fp16 scale and zero point. sliding: static's bytes for at most `sinks + window` positions.
     """
-    per_vector = head_dim + INT8_SCALE_BYTES if kv_mode == "static-int8" else head_dim * element_bytes
-    return 2 * n_layer * batch * n_kv_head * tokens * per_vector
+    per_head = 2 * tokens * head_dim * element_bytes
+    if kv_mode in ("static-int8", "static-fp8"):
+        per_head = 2 * tokens * (head_dim + INT8_SCALE_BYTES)
+    elif kv_mode == "static-int4":
+        per_head = int4_head_bytes(tokens, head_dim, element_bytes, kv_group_size)
+    elif kv_mode == "sliding":
+        per_head = 2 * min(tokens, sinks + window) * head_dim * element_bytes
+    return n_layer * batch * n_kv_head * per_head
+
+
+def int4_head_bytes(tokens: int, head_dim: int, element_bytes: int, group_size: int) -> int:
+    """static-int4's bytes for one layer, sequence and K/V head (see kv_cache_bytes)."""
+    full = tokens // group_size  # key groups quantized; the rest wait in a full-precision residual
+    value_groups = head_dim // min(group_size, head_dim)
+    keys = full * group_size * head_dim // 2 + 2 * full * head_dim * INT4_SCALE_BYTES
+    keys += min(group_size, tokens) * head_dim * element_bytes
+    values = tokens * head_dim // 2 + 2 * tokens * value_groups * INT4_SCALE_BYTES
+    return keys + values
+
+
+def kv_bytes_per_token(
+    n_layer: int, n_kv_head: int, head_dim: int, element_bytes: int, kv_mode: str, kv_group_size: int = KV_GROUP_SIZE
+) -> float:
+    """What one more cached position costs (one sequence): static-int4's residual is a fixed cost, not a
+    per-token one, so its marginal cost is the packed codes plus the groups' scales and zero points."""
+    if kv_mode != "static-int4":
+        return kv_cache_bytes(n_layer, 1, n_kv_head, 1, head_dim, element_bytes, kv_mode)
+    g = kv_group_size
+    scales = 2 * INT4_SCALE_BYTES * (head_dim / g + head_dim // min(g, head_dim))
+    return n_layer * n_kv_head * (head_dim + scales)
 
 
 @dataclass(frozen=True)

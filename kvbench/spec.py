@@ -17,7 +17,7 @@ from kvbench import checkpoint, engines, env_vars
 from kvbench.devices import DTYPES, resolve_device
 from kvbench.kv_cache import KV_MODES
 from kvbench.model import ATTENTION_IMPLS, PRESETS, GPTConfig, preset
-from kvbench.presets import ENGINES
+from kvbench.presets import ENGINES, KV_GROUP_SIZE, SLIDING_SINKS, SLIDING_WINDOW
 
 
 class UsageError(ValueError):
@@ -57,6 +57,9 @@ class CellSpec:
     out: str | None = None
     engine: str = "kvbench"
     compile: bool = False
+    window: int = SLIDING_WINDOW  # sliding: recent positions kept
+    sinks: int = SLIDING_SINKS  # sliding: first positions kept (attention sinks)
+    kv_group_size: int = KV_GROUP_SIZE  # static-int4: tokens (keys) or channels (values) per scale
 
     def check(self) -> tuple[GPTConfig, torch.device]:
         """Validate every field and every environment setting; return the model config and device.
@@ -84,6 +87,10 @@ class CellSpec:
             raise UsageError(
                 f"prompt_len + new_tokens: {self.prompt_len + self.new_tokens} exceeds the checkpoint's "
                 f"sliding_window {window}; kvbench attends to every position, which this model does not"
+            )
+        if self.kv_mode == "static-int4" and cfg.head_dim % min(self.kv_group_size, cfg.head_dim):
+            raise UsageError(
+                f"kv_group_size: {self.kv_group_size} must divide head_dim {cfg.head_dim} or be at least it"
             )
         if self.prompt_file is not None and not Path(self.prompt_file).is_file():
             raise UsageError(f"prompt_file: {self.prompt_file!r} does not exist")
@@ -117,6 +124,9 @@ class CellSpec:
         _at_least("warmup", self.warmup, 0)
         _at_least("iters", self.iters, 1)
         _at_least("check_steps", self.check_steps, 0)
+        _at_least("window", self.window, 1)
+        _at_least("sinks", self.sinks, 0)
+        _at_least("kv_group_size", self.kv_group_size, 2)
         for field in ("threads", "block_size", "n_kv_head"):
             if getattr(self, field) is not None:
                 _at_least(field, getattr(self, field), 1)
@@ -156,7 +166,16 @@ class CellSpec:
             "checkpoint": self.checkpoint,
             "check_steps": min(self.check_steps, self.new_tokens),
             "threads": self.threads,
+            **self.kv_options(),
         }
+
+    def kv_options(self) -> dict:
+        """The cache settings this cell's kv mode uses, as make_cache takes them (the record's too)."""
+        if self.kv_mode == "sliding":
+            return {"window": self.window, "sinks": self.sinks}
+        if self.kv_mode == "static-int4":
+            return {"kv_group_size": self.kv_group_size}
+        return {}
 
 
 def check_writable(out: Path) -> None:

@@ -38,6 +38,10 @@ SETTINGS: dict[str, object] = {
     "threads": None,
     "block_size": None,
     "compile": False,
+    # The approximate caches' settings (a cell of another kv mode ignores them); None: the cell's default.
+    "window": None,
+    "sinks": None,
+    "kv_group_size": None,
 }
 # Settings that only schedule a job (resources), not change what it measures.
 JOB_SETTINGS = ("mem_mb", "runtime")

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from kvbench.engines import Runner
+from kvbench.kv_cache_sliding import kv_note
+from kvbench.kv_price import price
 from kvbench.model import GPT
 
 
@@ -49,7 +51,12 @@ def token_check(
         max_diff = max(
             float((mine.logits[i].to(ref_logits.device) - ref_logits[:, i]).abs().max()) for i in range(upto)
         )
-    return TokenCheck(_fields(first is None, steps, first, max_diff), mine.tokens)
+    fields = _fields(first is None, steps, first, max_diff)
+    if mine.logits is not None:  # the price over every step, the contexts being the same (kvbench/kv_price.py)
+        fields.update(price(mine.tokens, mine.logits, ref_logits))
+    if (note := kv_note(kv_mode, model.config.family)) is not None:
+        fields["kv_note"] = note
+    return TokenCheck(fields, mine.tokens)
 
 
 def _fields(matches: bool | None, steps: int, first: int | None, max_diff: float | None) -> dict:
