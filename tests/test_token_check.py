@@ -44,3 +44,20 @@ def test_the_timed_tokens_must_repeat_the_checked_ones(tiny_model):
     assert check_record(checked, other)["tokens_sha256"] != record["tokens_sha256"]
     unchecked = token_check(tiny_model, run, PROMPT, "concat", 0, True)
     assert "timed_equals_checked" not in check_record(unchecked, timed)
+
+
+def test_every_cached_cell_is_priced_an_exact_one_at_nothing(tiny_model):
+    run = build("kvbench", tiny_model).generate
+    static = token_check(tiny_model, run, PROMPT, "static", 6, runs_our_model=True).fields
+    assert static["agreement_rate"] == 1.0 and static["kl_mean"] < 1e-6 and static["logit_diff_max"] < 1e-4
+    assert "kv_note" not in static
+
+
+def test_an_approximate_cell_is_priced_over_the_whole_generation(tiny_model):
+    """A 2 + 3 sliding window over a 5-token prompt and 24 steps: it forgets, and the price says so."""
+    tiny_model.kv_options = {"window": 3, "sinks": 2}
+    run = build("kvbench", tiny_model).generate
+    fields = token_check(tiny_model, run, PROMPT, "sliding", 24, runs_our_model=True).fields
+    assert 0.0 <= fields["agreement_rate"] <= 1.0 and fields["kl_mean"] > 1e-4
+    assert fields["kl_max"] >= fields["kl_mean"] and fields["logit_diff_max"] >= (fields["max_logit_diff"] or 0)
+    assert "absolute positions" in fields["kv_note"]

@@ -1,0 +1,86 @@
+"""StreamingLLM's cache: static's tokens while the window holds everything, bounded memory after, and the
+sinks at their position within the cache on rotary models."""
+
+import pytest
+import torch
+
+from kvbench.generate import generate
+from kvbench.kv_cache_sliding import SlidingCache, kv_note
+from kvbench.llama import Rotary
+from kvbench.models import build_random
+from kvbench.presets import kv_cache_bytes, preset
+from kvbench.spec import CellSpec, UsageError
+
+
+def random_prompt(batch: int, length: int, vocab: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-llama"])
+def model(request):
+    return build_random(preset(request.param), "cpu", torch.float32, seed=0, for_decoding=True)
+
+
+def test_a_window_that_holds_everything_gives_static_exactly(model):
+    prompt = random_prompt(2, 9, model.config.vocab_size)
+    model.kv_options = {"window": 40, "sinks": 4}
+    sliding = generate(model, prompt, 30, "sliding", keep_logits=True)
+    static = generate(model, prompt, 30, "static", keep_logits=True)
+    assert torch.equal(sliding.tokens, static.tokens)
+    assert all(torch.equal(a, b) for a, b in zip(sliding.logits, static.logits))
+
+
+def test_memory_stays_at_sinks_plus_window_however_long_the_stream(model):
+    cfg = model.config
+    prompt = random_prompt(1, 12, cfg.vocab_size)  # longer than the cache: evicted right after the prefill
+    model.kv_options = {"window": 6, "sinks": 2}
+    held = []
+    for new in (8, 40):
+        gen = generate(model, prompt, new, "sliding", keep_logits=True)
+        held.append(gen.cache.nbytes())
+        assert gen.cache.k.size(3) == 8
+    static = generate(model, prompt, 40, "static", keep_logits=True)
+    assert (
+        held[0]
+        == held[1]
+        == kv_cache_bytes(cfg.n_layer, 1, cfg.kv_heads, 51, cfg.head_dim, 4, "sliding", window=6, sinks=2)
+    )
+    assert held[1] * 6 < static.cache.nbytes()
+    worst = max(float((a - b).abs().max()) for a, b in zip(static.logits, gen.logits))
+    assert worst > 0  # it does forget
+
+
+def test_sinks_sit_just_before_the_window_on_rotary_models():
+    """Scores from the cache equal StreamingLLM's: raw keys rotated at their position within the cache."""
+    cfg = preset("tiny-llama")
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim))
+    S, W, n = 2, 5, 23  # positions 0..22 streamed through a 7-slot cache
+    gen = torch.Generator().manual_seed(0)
+    raw = torch.randn(1, 1, n, cfg.head_dim, generator=gen)
+    q_raw = torch.randn(1, 1, 1, cfg.head_dim, generator=gen)
+
+    def rope(x, positions):  # x (B, H, T, D) at these positions, through the model's own Rotary
+        return Rotary(inv_freq, torch.tensor(positions), x.dtype).apply(x.transpose(1, 2)).transpose(1, 2)
+
+    cache = SlidingCache(1, 1, 1, n, cfg.head_dim, torch.float32, "cpu", window=W, sinks=S, inv_freq=inv_freq)
+    for p in range(n):
+        k, _ = cache.update(0, rope(raw[:, :, p : p + 1], [p]), raw[:, :, p : p + 1], p)
+    ours = (rope(q_raw, [n - 1]) @ k.transpose(-2, -1)).flatten().sort().values
+    kept = list(range(S)) + list(range(n - W, n))
+    streaming = rope(raw[:, :, kept], list(range(S + W)))
+    theirs = (rope(q_raw, [S + W - 1]) @ streaming.transpose(-2, -1)).flatten().sort().values
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_learned_positions_are_said_in_the_record():
+    assert "absolute" in kv_note("sliding", "gpt2") and "re-rotated" in kv_note("sliding", "llama")
+    assert kv_note("static", "gpt2") is None
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [("window", 0, "^window: 0 must be an integer >= 1$"), ("sinks", -1, "^sinks: -1 must be an integer >= 0$")],
+)
+def test_a_bad_window_or_sinks_is_one_line(field, value, message):
+    with pytest.raises(UsageError, match=message):
+        CellSpec(model="tiny", kv_mode="sliding", device="cpu", **{field: value}).check()
