@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from kvbench.attention import StaticStep, attend, attend_masked, check_impl
 from kvbench.kv_cache import KVCache, StaticCache
 from kvbench.presets import LlamaConfig
+from kvbench.ragged import Layout
 from kvbench.weights import seeded_init, skip_default_init
 
 
@@ -54,12 +55,12 @@ class Rotary:
     """cos/sin of every position fed this forward, computed once and applied in every layer."""
 
     def __init__(self, inv_freq: torch.Tensor, pos: torch.Tensor, dtype: torch.dtype):
-        angles = pos.float().unsqueeze(1) * inv_freq.unsqueeze(0)  # (T, hd/2), float32 like the reference
+        angles = pos.float().unsqueeze(-1) * inv_freq  # (T, hd/2) or a ragged batch's (B, T, hd/2), float32
         cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
         # Laid out for the whole head once per forward, so each layer's rotation is three operations
         # (an eager decode step is ~30 small operations per layer beside its matrix products).
-        self.cos = torch.cat((cos, cos), dim=-1).unsqueeze(1)  # (T, 1, hd): broadcast over heads
-        self.sin = torch.cat((-sin, sin), dim=-1).unsqueeze(1)
+        self.cos = torch.cat((cos, cos), dim=-1).unsqueeze(-2)  # (T, 1, hd): broadcast over heads
+        self.sin = torch.cat((-sin, sin), dim=-1).unsqueeze(-2)
         self.half = inv_freq.numel()
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +95,13 @@ class LlamaAttention(nn.Module):
         self.probe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
 
     def forward(
-        self, x: torch.Tensor, rope: Rotary, cache: KVCache | None, past_len: int, step: StaticStep | None = None
+        self,
+        x: torch.Tensor,
+        rope: Rotary,
+        cache: KVCache | None,
+        past_len: int,
+        step: StaticStep | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         H, Hkv = self.n_head, self.n_kv_head
@@ -111,7 +118,8 @@ class LlamaAttention(nn.Module):
                 k, v = cache.update(self.layer_idx, k, v, past_len)
             if self.probe is not None:
                 self.probe(q, k, v)
-            y = attend(q, k, v, past_len, self.attention)
+            # A ragged batch's (B, 1, T, T_k) mask (kvbench/ragged.py): causal, and never into its gap.
+            y = attend(q, k, v, past_len, self.attention) if mask is None else attend_masked(q, k, v, mask, self.attention)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
 
 
@@ -135,15 +143,23 @@ class LlamaBlock(nn.Module):
         self.mlp = SwiGLU(config)
 
     def forward(
-        self, x: torch.Tensor, rope: Rotary, cache: KVCache | None, past_len: int, step: StaticStep | None = None
+        self,
+        x: torch.Tensor,
+        rope: Rotary,
+        cache: KVCache | None,
+        past_len: int,
+        step: StaticStep | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, cache, past_len, step)
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache, past_len, step, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Llama(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
+        if config.family != "llama":
+            raise ValueError(f"Llama: a {config.family} config builds with kvbench.models.build_random, not Llama")
         config.validate()
         self.config = config
         self.model = nn.ModuleDict(
@@ -164,6 +180,10 @@ class Llama(nn.Module):
 
     def fill_buffers(self) -> None:
         self.inv_freq = rope_frequencies(self.config).to(self.inv_freq.device)
+
+    def attention_layer(self, i: int) -> LlamaAttention:
+        """Layer i's attention module (its `probe` observes q, K, V), as GPT.attention_layer."""
+        return self.model.layers[i].self_attn
 
     def set_attention(self, impl: str) -> None:
         for block in self.model.layers:
@@ -190,7 +210,12 @@ class Llama(nn.Module):
         return sum(p.numel() for p in self.parameters())  # a tied head counted once
 
     def forward(
-        self, idx: torch.Tensor, cache: KVCache | None = None, past_len: int = 0, last_only: bool = True
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        past_len: int = 0,
+        last_only: bool = True,
+        layout: Layout | None = None,
     ) -> torch.Tensor:
         """Logits for idx (B, T) placed after `past_len` cached positions (as GPT.forward)."""
         T = idx.size(1)
@@ -198,12 +223,16 @@ class Llama(nn.Module):
         if past_len + T > limit:
             raise ValueError(f"sequence of {past_len + T} tokens exceeds {self.limit_name()} {limit}")
         x = self.model.embed_tokens(idx)
-        rope = Rotary(self.inv_freq, torch.arange(past_len, past_len + T, device=idx.device), x.dtype)
+        if layout is None:  # a ragged batch (kvbench/ragged.py): per-sequence positions, its gap masked
+            pos, mask = torch.arange(past_len, past_len + T, device=idx.device), None
+        else:
+            pos, mask = layout.positions(past_len, T), layout.mask(past_len, T)
+        rope = Rotary(self.inv_freq, pos, x.dtype)
         for block in self.model.layers:
-            x = block(x, rope, cache, past_len)
+            x = block(x, rope, cache, past_len, None, mask)
         x = self.model.norm(x)
         if last_only:
-            x = x[:, -1:, :]
+            x = x[:, -1:, :] if layout is None else layout.last(x, past_len)
         return self.lm_head(x)
 
     def limit_name(self) -> str:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from kvbench.attention import StaticStep, attend, attend_masked, check_impl
 from kvbench.kv_cache import KVCache, StaticCache
 from kvbench.presets import ATTENTION_IMPLS, PRESETS, GPTConfig, preset  # noqa: F401  (re-exported)
+from kvbench.ragged import Layout
 from kvbench.weights import prepare_for_decoding, seeded_init, skip_default_init  # noqa: F401  (re-exported)
 
 
@@ -34,7 +35,12 @@ class CausalSelfAttention(nn.Module):
         self.probe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None, past_len: int, step: StaticStep | None = None
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None,
+        past_len: int,
+        step: StaticStep | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         hd = self.head_dim
@@ -50,7 +56,8 @@ class CausalSelfAttention(nn.Module):
                 k, v = cache.update(self.layer_idx, k, v, past_len)  # all keys so far: (B, Hkv, past+T, hd)
             if self.probe is not None:
                 self.probe(q, k, v)
-            y = attend(q, k, v, past_len, self.attention)
+            # A ragged batch's (B, 1, T, T_k) mask (kvbench/ragged.py): causal, and never into its gap.
+            y = attend(q, k, v, past_len, self.attention) if mask is None else attend_masked(q, k, v, mask, self.attention)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -73,15 +80,22 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None, past_len: int, step: StaticStep | None = None
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None,
+        past_len: int,
+        step: StaticStep | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, past_len, step)
+        x = x + self.attn(self.ln_1(x), cache, past_len, step, mask)
         return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
+        if config.family != "gpt2":
+            raise ValueError(f"GPT: a {config.family} config builds with kvbench.models.build_random, not GPT-2")
         config.validate()
         self.config = config
         self.transformer = nn.ModuleDict(
@@ -97,6 +111,10 @@ class GPT(nn.Module):
 
     def tie_weights(self) -> None:
         self.lm_head.weight = self.transformer.wte.weight
+
+    def attention_layer(self, i: int) -> CausalSelfAttention:
+        """Layer i's attention module (its `probe` observes q, K, V): the same call on every family."""
+        return self.transformer.h[i].attn
 
     def set_attention(self, impl: str) -> None:
         for block in self.transformer.h:
@@ -122,23 +140,33 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())  # tied head counted once
 
     def forward(
-        self, idx: torch.Tensor, cache: KVCache | None = None, past_len: int = 0, last_only: bool = True
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        past_len: int = 0,
+        last_only: bool = True,
+        layout: Layout | None = None,
     ) -> torch.Tensor:
         """Logits for idx (B, T) placed after `past_len` cached positions.
 
         last_only: return only the last position's logits (B, 1, V), all generation needs,
         which skips most of the LM-head work during prefill, as nanoGPT does at inference.
+        layout: a ragged batch's lengths (kvbench/ragged.py): per-sequence positions, a masked gap,
+        and each sequence's own last prompt token.
         """
         B, T = idx.shape
         if past_len + T > self.config.block_size:
             raise ValueError(f"sequence of {past_len + T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(past_len, past_len + T, device=idx.device)
+        if layout is None:
+            pos, mask = torch.arange(past_len, past_len + T, device=idx.device), None
+        else:
+            pos, mask = layout.positions(past_len, T), layout.mask(past_len, T)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
         for block in self.transformer.h:
-            x = block(x, cache, past_len)
+            x = block(x, cache, past_len, None, mask)
         x = self.transformer.ln_f(x)
         if last_only:
-            x = x[:, -1:, :]
+            x = x[:, -1:, :] if layout is None else layout.last(x, past_len)
         return self.lm_head(x)
 
     def static_step(self, idx: torch.Tensor, pos: torch.Tensor, cache: StaticCache) -> torch.Tensor:

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from kvbench import checkpoint
     from kvbench.devices import DTYPES
     from kvbench.generate import Sampling, generate
-    from kvbench.model import build_random, prepare_for_decoding
+    from kvbench.models import build_random, prepare_for_decoding
     from kvbench.spec import CellSpec, UsageError
     from kvbench.tokenizer import EncodingError, for_model
 

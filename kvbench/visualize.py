@@ -36,7 +36,7 @@ def capture(model, prompt, new_tokens: int, kv_mode: str, layer: int, head: int)
 
     from kvbench.generate import generate
 
-    attn = model.transformer.h[layer].attn
+    attn = model.attention_layer(layer)
     kv_head = head // (attn.n_head // attn.n_kv_head)
     frames: list[dict] = []
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kvbench import checkpoint
     from kvbench.analysis.attention_gif import write_gif
-    from kvbench.model import build_random
+    from kvbench.models import build_random
     from kvbench.presets import kv_cache_bytes
     from kvbench.spec import make_prompt
 
