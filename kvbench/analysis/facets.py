@@ -95,9 +95,8 @@ def titles(g: sns.FacetGrid, col_title: str) -> None:
         ax.set_title(col_title.format(value) + (f"\n{row}" if row else ""))
 
 
-def x_ticks(g: sns.FacetGrid, data: pd.DataFrame, x: str) -> int:
-    """Models by size at 0, 1, 2 ... labelled with their size; numbers as they are on a log2 axis.
-    Returns how many ticks (a panel's width grows with them)."""
+def x_ticks(g: sns.FacetGrid, data: pd.DataFrame, x: str) -> None:
+    """Models by size at 0, 1, 2 ... labelled with their size; numbers as they are on a log2 axis."""
     if x.endswith("model"):
         models = data[x].cat.remove_unused_categories()
         params = data["n_params"].astype(float).groupby(models, observed=True).max().fillna(0)
@@ -112,7 +111,6 @@ def x_ticks(g: sns.FacetGrid, data: pd.DataFrame, x: str) -> int:
         ax.set_xticks(list(where.values()), list(where), fontsize=8)
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlim(*lim)
-    return len(where)
 
 
 def y_scale(g: sns.FacetGrid, values: pd.Series, log: bool | None = None, fmt: str = "{x:g}") -> None:
