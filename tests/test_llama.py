@@ -215,3 +215,12 @@ def test_compiled_static_decoder_runs_the_llama_step_once_for_every_position(tin
         assert torch.equal(gen.tokens, ref.tokens)
         assert max(float((a - b).abs().max()) for a, b in zip(gen.logits, ref.logits)) < 1e-4
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_step_reads_an_untied_embedding_one_row_and_a_tied_one_whole(tiny):
+    from kvbench import roofline
+
+    everything = sum(p.numel() * 4 for p in tiny.parameters())
+    assert roofline.step_read_bytes(tiny) == everything - tiny.model.embed_tokens.weight.numel() * 4
+    tied = build_random(preset("tiny-llama", tie_word_embeddings=True), "cpu", torch.float32, seed=0)
+    assert roofline.step_read_bytes(tied) == sum(p.numel() * 4 for p in tied.parameters())
