@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from kvbench import checkpoint, engines, memory, roofline
+from kvbench import checkpoint, engines, kv_alloc, memory, roofline
 from kvbench.devices import DTYPES, dtype_unsupported_reason, threads_unsupported_reason
 from kvbench.engines import Runner
 from kvbench.environment import collect as collect_environment
@@ -25,6 +25,7 @@ from kvbench.model import GPT
 from kvbench.models import build_random, prepare_for_decoding
 from kvbench.phases import compiled_runner, cuda_decode_peak, phase, timed_iterations, warm_up
 from kvbench.presets import GPTConfig, kv_bytes_per_token, kv_cache_bytes
+from kvbench.ragged import Layout, layout_prompt
 from kvbench.record import SCHEMA_VERSION, now_utc
 from kvbench.spec import CellSpec, UsageError, make_prompt
 from kvbench.timing import latency
@@ -58,9 +59,11 @@ class Built:
     prompt: torch.Tensor
     model_info: dict
     weights_bytes: int  # every parameter held, counted before an engine with its own weights frees ours
+    layout: Layout | None = None  # a ragged batch or a shared prefix (kvbench/ragged.py)
 
 
 def build(spec: CellSpec, cfg: GPTConfig, device: torch.device) -> Built:
+    """The build phase: the weights (laid out for decoding) and the prompt, on the device."""
     model = build_model(spec, cfg, device)
     info = model_info(model, prepare_for_decoding(model))
     print(
@@ -70,7 +73,11 @@ def build(spec: CellSpec, cfg: GPTConfig, device: torch.device) -> Built:
         flush=True,
     )
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return Built(model, make_prompt(spec, cfg.vocab_size).to(device), info, weights_bytes)
+    prompt = make_prompt(spec, cfg.vocab_size)
+    layout = layout_prompt(prompt, spec.prompt_spread, spec.shared_prefix, spec.seed)
+    if layout is not None:
+        layout = replace(layout, lengths=layout.lengths.to(device))
+    return Built(model, prompt.to(device), info, weights_bytes, layout)
 
 
 def model_info(model: GPT, weight_layout: str) -> dict:
@@ -91,6 +98,8 @@ def model_info(model: GPT, weight_layout: str) -> dict:
 def cache_bytes(cfg: GPTConfig, spec: CellSpec, batch: int, tokens: int) -> int:
     """The cell's KV cache for `batch` sequences of `tokens` positions, by its formula (presets.kv_cache_bytes)."""
     element = DTYPES[spec.dtype].itemsize
+    if spec.kv_mode == "paged":  # the blocks its pool holds at the last step (kvbench/kv_alloc.py)
+        return None
     return kv_cache_bytes(
         cfg.n_layer, batch, cfg.kv_heads, tokens, cfg.head_dim, element, spec.kv_mode, **spec.kv_options()
     )
@@ -122,13 +131,17 @@ def measure(built: Built, spec: CellSpec, device: torch.device, device_name: str
     model, prompt = built.model, built.prompt
     read_bytes = roofline.step_read_bytes(model)
     engine = engines.build(spec.engine, model)  # ours, or the engine's own copy/conversion of the same weights
+    if built.layout is not None:  # every phase's generation runs the ragged batch (spec allows engine kvbench only)
+        engine.generate = functools.partial(engine.generate, layout=built.layout)
     run: Runner = engine.generate
     if spec.compile:
         with phase(phases_s, "compile"):
             run = compiled_runner(engine, prompt, spec, device)
     with phase(phases_s, "check"):
         steps = min(spec.check_steps, spec.new_tokens)
-        checked = token_check(model, run, prompt, spec.kv_mode, steps, runs_our_model=not engine.owns_weights)
+        checked = token_check(
+            model, run, prompt, spec.kv_mode, steps, runs_our_model=not engine.owns_weights, layout=built.layout
+        )
         if engine.owns_weights:
             model.to("meta")  # ours was needed only as the token reference: the memory measured is the engine's
     with phase(phases_s, "warmup"):
@@ -150,7 +163,7 @@ def measure(built: Built, spec: CellSpec, device: torch.device, device_name: str
     )
     return {
         "latency": lat,
-        "memory": {**mem, "kv_cache_note": engine.kv_cache_note},
+        "memory": {**mem, "kv_cache_note": engine.kv_cache_note, **kv_alloc.record_fields(built, spec, run)},
         "energy": timed.energy_record(lat["decode_steps"]),
         "analytic": roofline.analyse(
             cfg, spec.batch, spec.prompt_len, spec.new_tokens, kv_per_token, read_bytes, limits, decode_ms
