@@ -61,6 +61,11 @@ def add_cell_parser(sub) -> None:
     p.add_argument("--window", type=int, default=d.window, help="sliding: recent positions the cache keeps")
     p.add_argument("--sinks", type=int, default=d.sinks, help="sliding: first positions it keeps (attention sinks)")
     p.add_argument("--kv-group-size", type=int, default=d.kv_group_size, help="static-int4: values per scale")
+    p.add_argument("--block-tokens", type=int, default=d.block_tokens, help="paged: positions per block")
+    p.add_argument(
+        "--prompt-spread", type=float, default=d.prompt_spread, help="ragged batch: shortest (1 - this) x longest"
+    )
+    p.add_argument("--shared-prefix", type=int, default=d.shared_prefix, help="first tokens every sequence shares")
     add_engine_and_output_arguments(p, d)
 
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from kvbench.kv_cache import KVCache, make_cache
+from kvbench.kv_cache_paged import PagedCache, prefill_shared
 from kvbench.models import Model
+from kvbench.ragged import Layout
 
 
 @dataclass
@@ -115,12 +117,19 @@ def generate(
     sampling: Sampling = GREEDY,
     keep_logits: bool = False,
     on_token: Callable[[int], None] | None = None,
+    layout: Layout | None = None,
 ) -> Generation:
-    """Generate `new_tokens` tokens after `prompt` (B, P)."""
+    """Generate `new_tokens` tokens after `prompt` (B, P); `layout`: a ragged batch's lengths (kvbench/ragged.py)."""
     total = check_length(prompt, new_tokens, model.config.block_size)
     # The last generated token is never fed back: the cache needs total - 1 positions.
     cache = new_cache(model, kv_mode, prompt.size(0), total - 1)
-    tokens, kept = decode_loop(
-        lambda ids, start: model(ids, cache, start), prompt, new_tokens, cache is None, sampling, keep_logits, on_token
-    )
+    if isinstance(cache, PagedCache) and layout is not None:
+        cache.bind(prompt.size(1), layout)
+
+    def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
+        if start == 0 and isinstance(cache, PagedCache) and cache.shared_prefix:
+            return prefill_shared(model, cache, ids, layout)  # the prefix's blocks computed once
+        return model(ids, cache, start) if layout is None else model(ids, cache, start, layout=layout)
+
+    tokens, kept = decode_loop(forward, prompt, new_tokens, cache is None, sampling, keep_logits, on_token)
     return Generation(tokens=tokens, cache=cache, logits=kept)

@@ -14,6 +14,7 @@ import torch
 
 # The byte count lives with the shapes (importable without torch, for the analysis side).
 from kvbench.presets import (  # noqa: F401  (re-exported)
+    BLOCK_TOKENS,
     INT8_SCALE_BYTES,
     KV_GROUP_SIZE,
     KV_MODES,
@@ -172,11 +173,12 @@ def make_cache(
     window: int = SLIDING_WINDOW,
     sinks: int = SLIDING_SINKS,
     inv_freq: torch.Tensor | None = None,
+    block_tokens: int = BLOCK_TOKENS,
 ) -> KVCache | None:
     """A fresh cache for one generation of at most `max_len` cached positions (None for mode 'none').
 
-    kv_group_size: static-int4's; window, sinks: sliding's; inv_freq: the model's rotary frequencies
-    (None for learned positions), with which sliding re-assigns positions within the cache.
+    kv_group_size: static-int4's; window, sinks: sliding's; block_tokens: paged's; inv_freq: the model's
+    rotary frequencies (None for learned positions), with which sliding re-assigns positions within the cache.
     """
     if kv_mode == "none":
         return None
@@ -200,4 +202,8 @@ def make_cache(
         from kvbench.kv_cache_sliding import SlidingCache
 
         return SlidingCache(*shape, window=window, sinks=sinks, inv_freq=inv_freq)
+    if kv_mode == "paged":
+        from kvbench.kv_cache_paged import PagedCache
+
+        return PagedCache(*shape, block_tokens=block_tokens)
     raise ValueError(f"kv_mode: {kv_mode!r} is not one of {', '.join(KV_MODES)}")

@@ -118,8 +118,10 @@ class LlamaAttention(nn.Module):
                 k, v = cache.update(self.layer_idx, k, v, past_len)
             if self.probe is not None:
                 self.probe(q, k, v)
-            # A ragged batch's (B, 1, T, T_k) mask (kvbench/ragged.py): causal, and never into its gap.
-            y = attend(q, k, v, past_len, self.attention) if mask is None else attend_masked(q, k, v, mask, self.attention)
+            if mask is None:
+                y = attend(q, k, v, past_len, self.attention)
+            else:  # a ragged batch's (B, 1, T, T_k) mask (kvbench/ragged.py): causal, never into its gap
+                y = attend_masked(q, k, v, mask, self.attention)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
 
 

@@ -12,13 +12,14 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 # The choices a cell and a sweep accept; the modules that implement them import these names.
-KV_MODES = ("none", "concat", "static", "static-int8", "static-int4", "static-fp8", "sliding")
+KV_MODES = ("none", "concat", "static", "static-int8", "static-int4", "static-fp8", "sliding", "paged")
 # The modes that trade accuracy for memory: their records carry the price (kvbench/kv_price.py).
 APPROX_KV_MODES = ("static-int8", "static-int4", "static-fp8", "sliding")
 # Their settings' defaults: KIVI's group size, StreamingLLM's four sinks, and a window.
 KV_GROUP_SIZE = 32
 SLIDING_WINDOW = 256
 SLIDING_SINKS = 4
+BLOCK_TOKENS = 16  # paged: positions per block (vLLM's default)
 ATTENTION_IMPLS = ("sdpa", "math")
 # kvbench: ours; hf: transformers' GPT-2 and ct2: CTranslate2, both on the same weights (kvbench/engines/)
 ENGINES = ("kvbench", "hf", "ct2")

@@ -17,7 +17,8 @@ from kvbench import checkpoint, engines, env_vars
 from kvbench.devices import DTYPES, resolve_device
 from kvbench.kv_cache import KV_MODES
 from kvbench.model import ATTENTION_IMPLS, PRESETS, GPTConfig, preset
-from kvbench.presets import ENGINES, KV_GROUP_SIZE, SLIDING_SINKS, SLIDING_WINDOW
+from kvbench.presets import BLOCK_TOKENS, ENGINES, KV_GROUP_SIZE, SLIDING_SINKS, SLIDING_WINDOW
+from kvbench.ragged import RAGGED_KV_MODES, min_length
 
 
 class UsageError(ValueError):
@@ -60,6 +61,9 @@ class CellSpec:
     window: int = SLIDING_WINDOW  # sliding: recent positions kept
     sinks: int = SLIDING_SINKS  # sliding: first positions kept (attention sinks)
     kv_group_size: int = KV_GROUP_SIZE  # static-int4: tokens (keys) or channels (values) per scale
+    block_tokens: int = BLOCK_TOKENS  # paged: positions per block
+    prompt_spread: float = 0.0  # ragged batch: prompt lengths spread from (1 - this) x prompt_len up to it
+    shared_prefix: int = 0  # first prompt tokens every sequence of the batch shares
 
     def check(self) -> tuple[GPTConfig, torch.device]:
         """Validate every field and every environment setting; return the model config and device.
@@ -127,9 +131,25 @@ class CellSpec:
         _at_least("window", self.window, 1)
         _at_least("sinks", self.sinks, 0)
         _at_least("kv_group_size", self.kv_group_size, 2)
+        _at_least("block_tokens", self.block_tokens, 1)
+        self.check_ragged()
         for field in ("threads", "block_size", "n_kv_head"):
             if getattr(self, field) is not None:
                 _at_least(field, getattr(self, field), 1)
+
+    def check_ragged(self) -> None:
+        """A ragged batch or a shared prefix (kvbench/ragged.py): its range, and what runs it."""
+        if not isinstance(self.prompt_spread, (int, float)) or not 0 <= self.prompt_spread < 1:
+            raise UsageError(f"prompt_spread: {self.prompt_spread!r} must be a number in [0, 1)")
+        shortest = min_length(self.batch, self.prompt_len, self.prompt_spread)
+        if not isinstance(self.shared_prefix, int) or not 0 <= self.shared_prefix < shortest:
+            raise UsageError(f"shared_prefix: {self.shared_prefix!r} must be an integer in [0, {shortest}) (shortest)")
+        if self.prompt_spread == 0 and self.shared_prefix == 0:
+            return
+        if self.kv_mode not in RAGGED_KV_MODES or self.engine != "kvbench" or self.compile:
+            raise UsageError(
+                f"prompt_spread, shared_prefix: run on engine kvbench, uncompiled, kv_mode {', '.join(RAGGED_KV_MODES)}"
+            )
 
     def config(self) -> GPTConfig:
         """The model's shape: the checkpoint's own, or the preset's with this cell's overrides."""
@@ -166,6 +186,8 @@ class CellSpec:
             "checkpoint": self.checkpoint,
             "check_steps": min(self.check_steps, self.new_tokens),
             "threads": self.threads,
+            "prompt_spread": self.prompt_spread,
+            "shared_prefix": self.shared_prefix,
             **self.kv_options(),
         }
 
@@ -175,6 +197,8 @@ class CellSpec:
             return {"window": self.window, "sinks": self.sinks}
         if self.kv_mode == "static-int4":
             return {"kv_group_size": self.kv_group_size}
+        if self.kv_mode == "paged":
+            return {"block_tokens": self.block_tokens}
         return {}
 
 

@@ -14,6 +14,7 @@ from kvbench.engines import Runner
 from kvbench.kv_cache_sliding import kv_note
 from kvbench.kv_price import price
 from kvbench.model import GPT
+from kvbench.ragged import Layout
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,13 @@ class TokenCheck:
 
 
 def token_check(
-    model: GPT, run: Runner, prompt: torch.Tensor, kv_mode: str, steps: int, runs_our_model: bool
+    model: GPT,
+    run: Runner,
+    prompt: torch.Tensor,
+    kv_mode: str,
+    steps: int,
+    runs_our_model: bool,
+    layout: Layout | None = None,
 ) -> TokenCheck:
     """Greedy tokens of this cell vs kvbench's no-cache forward over the first `steps` tokens.
 
@@ -41,7 +48,10 @@ def token_check(
         return TokenCheck(_fields(True, steps, None, 0.0), mine.tokens)
     with torch.inference_mode():
         seq = torch.cat([prompt, mine.tokens[:, :-1].to(prompt.device)], dim=1)
-        ref_logits = model(seq, last_only=False)[:, prompt.size(1) - 1 :].float()  # (B, steps, V)
+        if layout is None:
+            ref_logits = model(seq, last_only=False)[:, prompt.size(1) - 1 :].float()  # (B, steps, V)
+        else:  # a ragged batch: each sequence's first token follows its own last prompt token
+            ref_logits = layout.reference_logits(model(seq, last_only=False, layout=layout)).float()
     ref_tokens = ref_logits.argmax(dim=-1)
     differ = (mine.tokens.to(ref_tokens.device) != ref_tokens).any(dim=0).nonzero()
     first = int(differ[0]) if len(differ) else None

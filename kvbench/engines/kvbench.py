@@ -59,9 +59,17 @@ class KvbenchEngine(Engine):
     def __init__(self, model: GPT):
         self.model = self.module = model
 
-    def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None):
+    def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None, layout=None):
+        """`layout`: a ragged batch (kvbench/ragged.py), which only this engine runs."""
         return generate(
-            self.model, prompt, new_tokens, kv_mode, sampling=sampling, keep_logits=keep_logits, on_token=on_token
+            self.model,
+            prompt,
+            new_tokens,
+            kv_mode,
+            sampling=sampling,
+            keep_logits=keep_logits,
+            on_token=on_token,
+            layout=layout,
         )
 
     def compiled_runner(self, kv_mode: str, prompt: torch.Tensor, new_tokens: int) -> Runner:

@@ -1,0 +1,116 @@
+"""KV bytes reserved and bytes used, per decode step, for the caches that store whole tokens.
+
+reserved: what the cache holds for the batch (another batch could not use it); used: the bytes of
+real tokens in it (a ragged batch's gap and a static cache's unwritten tail are reserved, unused).
+Each mode's bytes come two ways: by formula from the batch's lengths (`by_step`, what the record
+gives for every step) and counted from a live cache (`counted`); a test holds them equal.
+
+Step i is the moment token i is chosen: the cache then holds the prompt's `width` columns and the
+i tokens fed after it.
+"""
+
+from __future__ import annotations
+
+from kvbench.devices import DTYPES
+from kvbench.kv_cache import ConcatCache, KVCache, StaticCache
+from kvbench.kv_cache_paged import ATTENTION_PATH, PagedCache, paged_blocks, seq_tokens
+from kvbench.ragged import Layout
+
+ALLOC_KV_MODES = ("concat", "static", "paged")
+# Why the peers' allocators are not measured on ragged batches: said in every ragged record.
+PEERS_NOTE = (
+    "peers not measured on ragged batches: kvbench feeds engines hf and ct2 a rectangular batch only "
+    "(transformers' caches take a left-padded batch with its own masks, CTranslate2 keeps its cache out of reach)"
+)
+
+
+def token_bytes(n_layer: int, n_kv_head: int, head_dim: int, element_bytes: int) -> int:
+    """K and V of one position of one sequence, every layer and K/V head."""
+    return 2 * n_layer * n_kv_head * head_dim * element_bytes
+
+
+def by_step(
+    kv_mode: str,
+    per_token: int,
+    batch: int,
+    width: int,
+    new_tokens: int,
+    layout: Layout | None,
+    block_tokens: int,
+) -> tuple[list[int], list[int]] | None:
+    """(reserved, used) bytes at each step 0..new_tokens-1 by formula; None for a mode not listed here."""
+    if kv_mode not in ALLOC_KV_MODES:
+        return None
+    max_len = width + new_tokens - 1  # the last token is chosen, never fed
+    shared = 0 if layout is None else layout.shared_prefix
+    reserved, used = [], []
+    for step in range(new_tokens):
+        real = seq_tokens(layout, batch, width, step)
+        if kv_mode == "static":
+            reserved.append(batch * max_len * per_token)
+        elif kv_mode == "concat":
+            reserved.append(batch * (width + step) * per_token)
+        else:
+            reserved.append(paged_blocks(real, block_tokens, shared) * block_tokens * per_token)
+        once = (shared // block_tokens) * block_tokens if kv_mode == "paged" else 0  # stored once, not per sequence
+        used.append((sum(real) - once * (batch - 1)) * per_token)
+    return reserved, used
+
+
+def counted(cache: KVCache, layout: Layout | None) -> tuple[int, int] | None:
+    """(reserved, used) bytes counted from a live cache: its tensors, its tables, the columns it holds."""
+    if isinstance(cache, PagedCache):
+        return cache.bytes_reserved(), cache.bytes_used()
+    if type(cache) is StaticCache:  # (layers, B, H, max_len, D)
+        batch, capacity, columns = cache.k.size(1), cache.k.size(3), written_columns(cache)
+    elif isinstance(cache, ConcatCache) and cache.k[0] is not None:  # per layer (B, H, columns, D)
+        batch, capacity = cache.k[0].size(0), cache.length()
+        columns = capacity
+    else:
+        return None
+    per_token = cache.nbytes() // (batch * capacity)
+    real = batch * columns if layout is None else int(layout.key_valid(columns).sum())
+    return cache.nbytes(), real * per_token
+
+
+def written_columns(cache: StaticCache) -> int:
+    """Columns of a static cache written so far: up to the last that holds anything but the zeros it began with."""
+    touched = cache.k.ne(0).flatten(0, 2).any(dim=-1).any(dim=0)  # (max_len,)
+    nz = touched.nonzero()
+    return 0 if len(nz) == 0 else int(nz[-1]) + 1
+
+
+def waste(reserved: int, used: int) -> float:
+    """Fraction of the reserved bytes holding no real token."""
+    return 0.0 if reserved == 0 else 1.0 - used / reserved
+
+
+def record_fields(built, spec, run) -> dict:
+    """The record's `memory` fields on allocation (a cell's `Built`, `CellSpec` and runner): the bytes
+    reserved and used counted from one more untimed generation's cache, the same by formula at every
+    step, and against a static cache's reservation for the same batch."""
+    out: dict = {}
+    if built.layout is not None:
+        out["prompt_lengths"] = [int(n) for n in built.layout.lengths.tolist()]
+        out["kv_alloc_note"] = PEERS_NOTE
+    if spec.kv_mode not in ALLOC_KV_MODES or spec.engine != "kvbench":
+        return out
+    cfg = built.model.config
+    per_token = token_bytes(cfg.n_layer, cfg.kv_heads, cfg.head_dim, DTYPES[spec.dtype].itemsize)
+    reserved_steps, used_steps = by_step(
+        spec.kv_mode, per_token, spec.batch, spec.prompt_len, spec.new_tokens, built.layout, spec.block_tokens
+    )
+    gen = run(built.prompt, spec.new_tokens, spec.kv_mode)
+    reserved, used = counted(gen.cache, built.layout)
+    static_reserved = spec.batch * (spec.prompt_len + spec.new_tokens - 1) * per_token
+    out.update(
+        kv_bytes_reserved=reserved,
+        kv_bytes_used=used,
+        kv_bytes_reserved_by_step=reserved_steps,
+        kv_bytes_used_by_step=used_steps,
+        kv_bytes_saved_vs_static=static_reserved - reserved,
+    )
+    if spec.kv_mode == "paged":
+        out["kv_cache_bytes_formula"] = reserved_steps[-1]
+        out["kv_attention_path"] = ATTENTION_PATH
+    return out

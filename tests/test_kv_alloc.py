@@ -1,0 +1,34 @@
+"""Bytes reserved and used: the formula at every step equals what the live cache holds, for concat,
+static and paged, rectangular and ragged, with and without a shared prefix."""
+
+import pytest
+import torch
+
+from kvbench import kv_alloc
+from kvbench.generate import generate
+from kvbench.models import build_random
+from kvbench.presets import preset
+from kvbench.ragged import layout_prompt
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_random(preset("tiny-llama"), "cpu", torch.float32, seed=0, for_decoding=True)
+
+
+@pytest.mark.parametrize("kv_mode", ["concat", "static", "paged"])
+@pytest.mark.parametrize("spread, prefix", [(0.0, 0), (0.5, 0), (0.5, 6)])
+def test_bytes_by_formula_equal_bytes_counted_at_every_step(model, kv_mode, spread, prefix):
+    cfg = model.config
+    per_token = kv_alloc.token_bytes(cfg.n_layer, cfg.kv_heads, cfg.head_dim, 4)
+    prompt = torch.randint(0, cfg.vocab_size, (3, 14), generator=torch.Generator().manual_seed(0))
+    layout = layout_prompt(prompt, spread, prefix, seed=0)
+    model.kv_options = {"block_tokens": 4} if kv_mode == "paged" else {}
+    for new in (2, 5, 9):  # a generation of `new` tokens ends at step new - 1
+        gen = generate(model, prompt, new, kv_mode, layout=layout)
+        reserved, used = kv_alloc.by_step(kv_mode, per_token, 3, 14, new, layout, 4)
+        assert kv_alloc.counted(gen.cache, layout) == (reserved[-1], used[-1])
+        assert gen.cache.nbytes() == reserved[-1] or kv_mode != "concat"
+    if kv_mode == "paged" and spread:
+        static = kv_alloc.by_step("static", per_token, 3, 14, 9, layout, 4)[0]
+        assert reserved[-1] < static[-1]

@@ -1,0 +1,73 @@
+"""The paged cache: static's tokens at every block size on both families, blocks taken only as
+sequences grow, and a damaged block table an error rather than a wrong answer."""
+
+import pytest
+import torch
+
+from kvbench.generate import generate
+from kvbench.kv_cache_paged import BlockTableError, PagedCache, paged_blocks
+from kvbench.models import build_random
+from kvbench.presets import preset
+from kvbench.ragged import layout_prompt
+
+
+def random_prompt(batch: int, length: int, vocab: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-llama"])
+def model(request):
+    return build_random(preset(request.param), "cpu", torch.float32, seed=0, for_decoding=True)
+
+
+@pytest.mark.parametrize("block_tokens", [1, 3, 16, 64])
+def test_paged_tokens_equal_static_at_every_block_size(model, block_tokens):
+    prompt = random_prompt(3, 13, model.config.vocab_size)
+    model.kv_options = {}
+    static = generate(model, prompt, 10, "static")
+    model.kv_options = {"block_tokens": block_tokens}
+    paged = generate(model, prompt, 10, "paged")
+    assert torch.equal(paged.tokens, static.tokens)
+    # 13 + 10 - 1 = 22 cached positions per sequence: blocks rounded up, never a static-sized reservation
+    assert len(paged.cache.refs) == 3 * -(-22 // block_tokens)
+
+
+def test_blocks_are_taken_as_sequences_grow(model):
+    cfg = model.config
+    cache = PagedCache(cfg.n_layer, 2, cfg.kv_heads, 20, cfg.head_dim, torch.float32, "cpu", block_tokens=4)
+    prompt = random_prompt(2, 6, cfg.vocab_size)
+    model(prompt, cache, 0)
+    assert [len(t) for t in cache.tables] == [2, 2]  # 6 tokens: 2 blocks each
+    model(prompt[:, :1], cache, 6)
+    model(prompt[:, :1], cache, 7)
+    assert [len(t) for t in cache.tables] == [2, 2]  # 8 tokens still fit
+    model(prompt[:, :1], cache, 8)
+    assert [len(t) for t in cache.tables] == [3, 3]
+    assert cache.bytes_reserved() == 6 * 4 * cache.token_bytes()
+    assert cache.bytes_used() == 2 * 9 * cache.token_bytes()
+
+
+@pytest.mark.parametrize("damage", ["outside", "duplicate"])
+def test_a_damaged_block_table_is_an_error(model, damage):
+    cfg = model.config
+    cache = PagedCache(cfg.n_layer, 2, cfg.kv_heads, 20, cfg.head_dim, torch.float32, "cpu", block_tokens=4)
+    prompt = random_prompt(2, 6, cfg.vocab_size)
+    model(prompt, cache, 0)
+    cache.tables[1][0] = 999 if damage == "outside" else cache.tables[0][0]
+    with pytest.raises(BlockTableError, match="block"):
+        model(prompt[:, :1], cache, 6)
+
+
+def test_a_shared_prefix_is_stored_once_and_tokens_stay_exact(model):
+    prompt = random_prompt(4, 20, model.config.vocab_size)
+    layout = layout_prompt(prompt, 0.4, 9, seed=0)
+    model.kv_options = {}
+    static = generate(model, prompt, 6, "static", layout=layout)
+    model.kv_options = {"block_tokens": 4}
+    paged = generate(model, prompt, 6, "paged", layout=layout)
+    assert torch.equal(paged.tokens, static.tokens)
+    cache = paged.cache
+    shared = cache.tables[0][:2]  # 9 shared tokens: two full blocks of 4, the ninth in each sequence's own
+    assert all(t[:2] == shared for t in cache.tables) and all(cache.refs[b] == 4 for b in shared)
+    final = [int(n) + 5 for n in layout.lengths]
+    assert len(cache.refs) == paged_blocks(final, 4, 9) == 2 + sum(-(-(n - 8) // 4) for n in final)

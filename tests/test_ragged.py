@@ -1,0 +1,63 @@
+"""Ragged batches: every sequence's tokens equal its own generation alone, for none, concat, static and
+paged on both families; the layout's lengths, positions and mask; the cell's one-line errors."""
+
+import pytest
+import torch
+
+from kvbench.generate import generate
+from kvbench.models import build_random
+from kvbench.presets import preset
+from kvbench.ragged import layout_prompt, spread_lengths
+from kvbench.spec import CellSpec, UsageError
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-llama"])
+def model(request):
+    return build_random(preset(request.param), "cpu", torch.float32, seed=0, for_decoding=True)
+
+
+def test_lengths_spread_evenly_up_to_the_prompt_in_a_seeded_order():
+    lengths = spread_lengths(5, 20, 0.5, seed=3)
+    assert sorted(lengths.tolist()) == [10, 12, 15, 18, 20]
+    assert torch.equal(lengths, spread_lengths(5, 20, 0.5, seed=3))
+
+
+@pytest.mark.parametrize("kv_mode", ["none", "concat", "static", "paged"])
+@pytest.mark.parametrize("shared_prefix", [0, 5])
+def test_each_sequence_gets_the_tokens_it_gets_alone(model, kv_mode, shared_prefix):
+    prompt = torch.randint(0, model.config.vocab_size, (4, 18), generator=torch.Generator().manual_seed(2))
+    layout = layout_prompt(prompt, 0.6, shared_prefix, seed=1)
+    assert len(set(layout.lengths.tolist())) > 1
+    model.kv_options = {"block_tokens": 4} if kv_mode == "paged" else {}
+    batch = generate(model, prompt, 7, kv_mode, layout=layout).tokens
+    model.kv_options = {}
+    for b, n in enumerate(layout.lengths.tolist()):
+        alone = generate(model, prompt[b : b + 1, :n], 7, "none").tokens
+        assert torch.equal(batch[b : b + 1], alone), f"sequence {b} (length {n})"
+
+
+def test_the_gap_is_masked_and_positions_continue_per_sequence():
+    prompt = torch.ones(2, 6, dtype=torch.long)
+    layout = layout_prompt(prompt, 0.5, 0, seed=0)
+    short = int(layout.lengths.argmin())
+    assert prompt[short, 3:].eq(0).all()  # the gap holds pads
+    assert layout.positions(6, 1)[short].tolist() == [3]  # the first decoded token follows its own prompt
+    mask = layout.mask(6, 1)[short, 0, 0]
+    assert mask.tolist() == [True, True, True, False, False, False, True]
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"prompt_spread": 1.0}, "prompt_spread"),
+        ({"shared_prefix": 16}, "shared_prefix"),
+        ({"prompt_spread": 0.5, "batch": 4, "shared_prefix": 8}, "shared_prefix"),
+        ({"prompt_spread": 0.5, "kv_mode": "sliding"}, "prompt_spread"),
+        ({"shared_prefix": 2, "engine": "hf"}, "shared_prefix"),
+        ({"block_tokens": 0, "kv_mode": "paged"}, "block_tokens"),
+    ],
+)
+def test_bad_ragged_settings_are_one_line_errors(fields, field):
+    spec = CellSpec(model="tiny", device="cpu", prompt_len=16, new_tokens=4, **fields)
+    with pytest.raises(UsageError, match=field):
+        spec.check()
