@@ -142,7 +142,7 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     """Types as the schema says, orders as Categoricals, the model's shape filled from a sibling
     record for a cell that failed before its model was built, and the derived columns (DERIVED);
     rows in grid order."""
-    df = df.reindex(columns=list(dict.fromkeys([*df.columns, *CELL])))
+    df = df.reindex(columns=list(dict.fromkeys([*df.columns, *CORE])))  # a cells.csv from before a field was added
     df = df.astype({c: kind for c, kind in TYPES.items() if c in df})
     info = df.reindex(columns=[f"model_info.{k}" for k in (*SHAPE, "family")])
     same_model = df[["cell.model", "cell.n_kv_head", "cell.checkpoint"]].astype(object)
