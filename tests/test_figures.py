@@ -201,6 +201,10 @@ def test_a_threads_sweep_is_drawn_against_its_threads(tmp_path: Path) -> None:
     ax = figure.axes[0]
     assert ax.get_xlabel() == "CPU threads"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+    # the floor's line, dotted, at the records' floor (the factory's 0.2 ms) at every count
+    floors = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert [list(line.get_ydata()) for line in floors] == [[0.2, 0.2, 0.2]]
+    assert "analytic floor (bytes / read bandwidth)" in [t.get_text() for t in figure.legends[0].get_texts()]
 
 
 def test_speedup_vs_model_orders_models_by_size_and_marks_the_oom(axis_sweep: Sweep) -> None:

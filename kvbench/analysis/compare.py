@@ -31,7 +31,10 @@ from kvbench.analysis import report as rp
 from kvbench.presets import KV_MODES
 
 # The settings that make two cells the same cell (the device is not one: comparing machines is the point).
-KEYS = "engine model checkpoint dtype kv_mode batch prompt_len new_tokens attention n_kv_head compile threads".split()
+KEYS = (
+    "engine model checkpoint dtype kv_mode batch prompt_len new_tokens attention n_kv_head compile threads block_size "
+    "window sinks kv_group_size"
+).split()
 TIMINGS = {
     "decode": ("latency.decode_ms_per_token", "Decode ms/token"),
     "prefill": ("latency.prefill_ms", "Prefill ms"),

@@ -60,17 +60,23 @@ def line_grid(data: pd.DataFrame, colors: dict, col: str = "cell.kv_mode") -> sn
 
 
 def decode_figure(df: pd.DataFrame) -> plt.Figure:
-    """The median decode ms per token along what the sweep varies, min-max over iterations as bars."""
+    """The median decode ms per token along what the sweep varies, min-max over iterations as bars;
+    along CPU threads also the analytic floor (dotted), which no count of threads can beat."""
     x = fc.along(df)
-    data = points(df, x, y=df[f"{D}.median"], lo=df[f"{D}.min"], hi=df[f"{D}.max"])
-    values, (colors, handles) = fc.ok_values(data, "y"), fc.by_batch(data)
+    floor = df["analytic.floor_ms_per_token"].where(df["cell.threads"].notna() & (x == "cell.threads"))
+    data = points(df, x, y=df[f"{D}.median"], lo=df[f"{D}.min"], hi=df[f"{D}.max"], floor=floor)
+    values, (colors, handles) = fc.ok_values(data, "y", "floor"), fc.by_batch(data)
     g = line_grid(data, colors)
     for (row, mode), ax in g.axes_dict.items():
         ok = data[data["ok"] & (data["facet"] == row) & (data["cell.kv_mode"] == mode)]
-        for h, line in ok.groupby("hue"):
+        for h, line in ok.sort_values("x").groupby("hue"):
             yerr = [(line["y"] - line["lo"]).clip(lower=0), (line["hi"] - line["y"]).clip(lower=0)]
             ax.errorbar(line["x"], line["y"], yerr=yerr, fmt="none", ecolor=colors[h], elinewidth=0.8, capsize=2)
+            if line["floor"].notna().any():
+                ax.plot(line["x"], line["floor"], color=colors[h], linestyle=":", linewidth=1.2)
     handles.append(Line2D([], [], color="0.3", marker="|", linestyle="none", markersize=10, label=MIN_MAX))
+    if floor.notna().any():
+        handles.append(Line2D([], [], color="0.3", linestyle=":", label="analytic floor (bytes / read bandwidth)"))
     return lines_done(g, data, x, values, "Decode latency per token", "decode ms / token (median)", handles)
 
 
