@@ -48,7 +48,7 @@ def test_the_table_counts_bytes_per_cached_position():
 def test_claims_say_how_much_memory_for_how_much_error():
     lines = claims(price_table(frame()))
     assert len(lines) == 2
-    assert "`static-int4` holds" in lines[0] and "5.9x less" in lines[0] and "KL of 0.96" in lines[0]
+    assert "`static-int4` holds" in lines[0] and "5.9x less" in lines[0] and "KiB" in lines[0] and "KL of 0.96" in lines[0]
     assert "first disagreeing at step 7" in lines[0]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kvbench.analysis.facets import Skip, color
 from kvbench.presets import APPROX_KV_MODES
 
 EXACT = "static"
@@ -38,10 +39,6 @@ COLUMNS = {
 }
 
 
-class Skip(Exception):
-    """Nothing to price in this sweep (no approximate cache), and why."""
-
-
 def price_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per ok cached cell, in the sweep's grid order; raises Skip without an approximate cache."""
     modes = df["cell.kv_mode"].astype(str)
@@ -58,6 +55,25 @@ def price_table(df: pd.DataFrame) -> pd.DataFrame:
     return t.sort_values(["model", "dtype", "new_tokens", "kv_mode"], kind="stable").reset_index(drop=True)
 
 
+def price_or_none(df: pd.DataFrame) -> pd.DataFrame | None:
+    """The table (kv_price.csv) where the sweep has an approximate cache, else None."""
+    try:
+        return price_table(df)
+    except Skip:
+        return None
+
+
+# The figures of a sweep's frame, for kvbench figures (each raises Skip without an approximate cache).
+FIGURES = {
+    "kv_pareto": lambda df: pareto_figure(price_table(df)),
+    "kv_memory_length": lambda df: length_figure(price_table(df)),
+}
+
+
+def size(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.2f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
+
+
 def _plt():
     import matplotlib
 
@@ -67,12 +83,6 @@ def _plt():
     return plt
 
 
-def _color(mode: str):
-    from kvbench.analysis.facets import color
-
-    return color(mode)
-
-
 def pareto_figure(t: pd.DataFrame):
     """KV bytes per cached position (x, log) against mean KL (y, symlog): lower-left is cheaper and closer."""
     plt = _plt()
@@ -80,7 +90,7 @@ def pareto_figure(t: pd.DataFrame):
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.6), squeeze=False, sharey=True)
     for ax, n in zip(axes[0], lengths):
         for mode, g in t[t["new_tokens"] == n].groupby("kv_mode", sort=False):
-            ax.scatter(g["kv_bytes_per_token"], g["kl_mean"], color=_color(mode), label=mode, s=45, zorder=3)
+            ax.scatter(g["kv_bytes_per_token"], g["kl_mean"], color=color(mode), label=mode, s=45, zorder=3)
             for _, row in g.iterrows():
                 at = (row["kv_bytes_per_token"], row["kl_mean"])
                 ax.annotate(mode, at, xytext=(5, 3), textcoords="offset points", fontsize=7)
@@ -102,8 +112,8 @@ def length_figure(t: pd.DataFrame):
     fig, (mem, acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     for mode, g in t.groupby("kv_mode", sort=False):
         g = g.sort_values("new_tokens")
-        mem.plot(g["new_tokens"], g["kv_bytes"] / 2**20, marker="o", color=_color(mode), label=mode)
-        acc.plot(g["new_tokens"], g["kl_mean"], marker="o", color=_color(mode), label=mode)
+        mem.plot(g["new_tokens"], g["kv_bytes"] / 2**20, marker="o", color=color(mode), label=mode)
+        acc.plot(g["new_tokens"], g["kl_mean"], marker="o", color=color(mode), label=mode)
     mem.set_ylabel("KV cache held (MiB, counted)")
     acc.set_ylabel("mean KL(exact || cache), nats")
     acc.set_yscale("symlog", linthresh=1e-6)
@@ -127,6 +137,18 @@ def claims(t: pd.DataFrame) -> list[str]:
         for mode in [m for m in APPROX_KV_MODES if m in at.index]:
             out.append(sentence(model, dtype, n, mode, at.loc[mode], at.loc[EXACT]))
     return out
+
+
+def sentence(model: str, dtype: str, n: int, mode: str, row: pd.Series, base: pd.Series) -> str:
+    first = row["first_mismatch_step"]
+    return (
+        f"{model} {dtype}, {n} new tokens: `{mode}` holds {size(row['kv_bytes'])} of KV against "
+        f"static's {size(base['kv_bytes'])} ({base['kv_bytes'] / row['kv_bytes']:.1f}x less) for a "
+        f"mean KL of {row['kl_mean']:.2g} nats (static: {base['kl_mean']:.1g}), "
+        f"{100 * row['agreement_rate']:.1f}% of tokens agreeing with the exact model"
+        + ("" if pd.isna(first) else f", the first disagreeing at step {int(first)}")
+        + f"; decode {row['decode_ms_per_token']:.1f} ms/token (static {base['decode_ms_per_token']:.1f})."
+    )
 
 
 def markdown(t: pd.DataFrame) -> str:
@@ -162,15 +184,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def sentence(model: str, dtype: str, n: int, mode: str, row: pd.Series, base: pd.Series) -> str:
-    first = row["first_mismatch_step"]
-    return (
-        f"{model} {dtype}, {n} new tokens: `{mode}` holds {row['kv_bytes'] / 2**20:.2f} MiB of KV against "
-        f"static's {base['kv_bytes'] / 2**20:.2f} MiB ({base['kv_bytes'] / row['kv_bytes']:.1f}x less) for a "
-        f"mean KL of {row['kl_mean']:.2g} nats (static: {base['kl_mean']:.1g}), "
-        f"{100 * row['agreement_rate']:.1f}% of tokens agreeing with the exact model"
-        + ("" if pd.isna(first) else f", the first disagreeing at step {int(first)}")
-        + f"; decode {row['decode_ms_per_token']:.1f} ms/token (static {base['decode_ms_per_token']:.1f})."
-    )
