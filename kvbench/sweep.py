@@ -27,7 +27,13 @@ AXES: dict[str, object] = {
     "attention": ["sdpa"],
     "n_kv_head": [ALL_HEADS],
     "threads": [None],  # torch's CPU threads (and a peer engine's own); None: as many as the job holds
+    # How a batch is laid out and paged (kvbench/ragged.py, kv_cache_paged.py); None: the cell's default.
+    "prompt_spread": [None],
+    "shared_prefix": [None],
+    "block_tokens": [None],
 }
+# Axes a path names only when the grid sets them (as threads): the axis, its part's prefix (…-s0.5-x8-k16.json).
+LAYOUT_PARTS = {"prompt_spread": "-s", "shared_prefix": "-x", "block_tokens": "-k"}
 # What every cell of a sweep shares (its `settings:`), with the defaults a sweep may leave out.
 SETTINGS: dict[str, object] = {
     "device": "auto",
@@ -47,7 +53,7 @@ SETTINGS: dict[str, object] = {
 JOB_SETTINGS = ("mem_mb", "runtime")
 CELL_PATTERN = (
     "results/{sweep}/cells/{engine}/{model}/{dtype}/{kv_mode}/"
-    "b{batch}-p{prompt_len}-n{new_tokens}-{attention}-kv{n_kv_head}{threads}.json"
+    "b{batch}-p{prompt_len}-n{new_tokens}-{attention}-kv{n_kv_head}{threads}{prompt_spread}{shared_prefix}{block_tokens}.json"
 )
 # A path names its threads only when the grid sets them (…-kvall-t4.json): other paths stay as they were.
 THREADS_PART = "-t"
@@ -104,8 +110,14 @@ def cells(sweep: dict) -> list[dict]:
     cache, its own), so one grid holds every engine side by side."""
     axes = sweep_axes(sweep)
     axes["threads"] = ["" if t is None else f"{THREADS_PART}{t}" for t in axes["threads"]]  # as a path says them
+    for axis, part in LAYOUT_PARTS.items():
+        axes[axis] = ["" if v is None else f"{part}{v}" for v in axes[axis]]
     grid = (dict(zip(axes, values)) for values in itertools.product(*axes.values()))
-    return [c for c in grid if c["engine"] not in ENGINE_KV_MODES or c["kv_mode"] in ENGINE_KV_MODES[c["engine"]]]
+    out = [c for c in grid if c["engine"] not in ENGINE_KV_MODES or c["kv_mode"] in ENGINE_KV_MODES[c["engine"]]]
+    for c in out:  # only paged has blocks: another mode's cell is one cell whatever the block size
+        if c["kv_mode"] != "paged":
+            c["block_tokens"] = ""
+    return list({cell_path("", c): c for c in out}.values())
 
 
 def check(config: dict, schema_path: Path) -> None:
@@ -161,7 +173,8 @@ def cell_flags(cell: dict, settings: dict) -> str:
     """The `kvbench cell` flags of one cell: every setting that changes its result."""
     kv_heads = kv_head_count(cell["n_kv_head"])
     merged = {
-        **{k: v for k, v in cell.items() if k not in ("n_kv_head", "threads")},
+        **{k: v for k, v in cell.items() if k not in ("n_kv_head", "threads", *LAYOUT_PARTS)},
+        **{k: str(cell[k]).removeprefix(p) for k, p in LAYOUT_PARTS.items() if cell.get(k) not in (None, "")},
         **({} if kv_heads is None else {"n_kv_head": kv_heads}),  # all heads: no flag, the model's own count
         **{k: v for k, v in settings.items() if v is not None and k not in (*JOB_SETTINGS, "compile")},
     }

@@ -238,8 +238,8 @@ def test_lint_is_clean(workdir):
 BAD_CONFIGS = [
     ("run: [t]\nsweeps: {t: {grid: {kv_mode: [none, static]}\n", "yaml"),  # malformed YAML
     (
-        "run: [t]\nsweeps: {t: {grid: {kv_mode: [paged]}}}\n",
-        "config: sweep 't': grid.kv_mode.0: 'paged' is not one of none, concat, static",
+        "run: [t]\nsweeps: {t: {grid: {kv_mode: [radix]}}}\n",
+        "config: sweep 't': grid.kv_mode.0: 'radix' is not one of none, concat, static",
     ),
     ("run: [t]\nsweeps: {t: {grid: {colour: [red]}}}\n", "config: sweep 't': grid: Additional properties"),
     ("run: [t]\nsweeps: {t: {grid: {batch: []}}}\n", "config: sweep 't': grid.batch is empty"),

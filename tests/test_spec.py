@@ -21,7 +21,7 @@ def run_cli(args, capsys):
 
 BAD_INPUTS = [
     (["--model", "gpt5"], "model: 'gpt5' is not one of tiny, gpt2"),
-    (["--kv-mode", "paged"], "kv_mode: 'paged' is not one of none, concat, static"),
+    (["--kv-mode", "radix"], "kv_mode: 'radix' is not one of none, concat, static"),
     (["--dtype", "fp8"], "dtype: 'fp8' is not one of fp32, bf16, fp16"),
     (["--attention", "flash"], "attention: 'flash' is not one of sdpa, math"),
     (["--device", "tpu"], "device: 'tpu' is not one of auto, cpu, cuda"),

@@ -11,6 +11,7 @@ from kvbench.sweep import (
     ALL_HEADS,
     AXES,
     CELL_LOG_PATTERN,
+    SETTINGS,
     SweepError,
     cell_flags,
     cell_path,
@@ -65,7 +66,7 @@ def test_an_axis_left_out_takes_its_default_and_cells_keep_the_grid_order():
 
 
 BAD = [
-    ({**TINY, "kv_mode": ["paged"]}, None, "grid.kv_mode.0: 'paged' is not one of none, concat, static"),
+    ({**TINY, "kv_mode": ["radix"]}, None, "grid.kv_mode.0: 'radix' is not one of none, concat, static"),
     ({**TINY, "batch": []}, None, "grid.batch is empty"),
     ({**TINY, "n_kv_head": [3]}, None, "grid.n_kv_head: 3 must divide tiny's n_head"),
     ({**TINY, "engine": ["hf"], "n_kv_head": [2]}, None, "engine hf runs transformers' GPT-2: n_kv_head all only"),
@@ -133,3 +134,17 @@ def test_job_settings_schedule_the_job_and_change_no_flag():
     plain = cell_flags(cell, sweep_settings({}))
     assert cell_flags(cell, sweep_settings({"settings": {"mem_mb": 64000, "runtime": 5}})) == plain
     assert cell_flags(cell, sweep_settings({"settings": {"iters": 7}})) != plain
+
+
+def test_layout_axes_name_a_path_part_only_when_the_grid_sets_them():
+    grid = {**TINY, "prompt_len": [16], "new_tokens": [8], "kv_mode": ["static", "paged"]}
+    grid.update(prompt_spread=[0.5], block_tokens=[16, 64])
+    made = cells({"grid": grid})
+    paths = sorted(cell_path("s", c) for c in made)
+    assert [p.rsplit("/", 2)[-2:] for p in paths] == [
+        ["paged", "b1-p16-n8-sdpa-kvall-s0.5-k16.json"],
+        ["paged", "b1-p16-n8-sdpa-kvall-s0.5-k64.json"],
+        ["static", "b1-p16-n8-sdpa-kvall-s0.5.json"],  # one static cell, whatever the block size
+    ]
+    flags = cell_flags(next(c for c in made if c["block_tokens"] == "-k64"), SETTINGS)
+    assert "--block-tokens 64" in flags and "--prompt-spread 0.5" in flags and "--shared-prefix" not in flags

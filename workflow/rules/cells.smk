@@ -14,6 +14,10 @@ rule cell:
         new_tokens=r"\d+",
         # '-t4' when the grid sets threads: its --threads, in the flags after the job's, is the one used
         threads=r"(-t\d+)?",
+        # '-s0.5', '-x8', '-k16' when the grid sets a ragged spread, a shared prefix, paged's block size
+        prompt_spread=r"(-s[0-9.]+)?",
+        shared_prefix=r"(-x\d+)?",
+        block_tokens=r"(-k\d+)?",
         n_kv_head=rf"{kvsweep.ALL_HEADS}|\d+",
     conda:
         "../../envs/kvbench.yaml"
