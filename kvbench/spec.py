@@ -186,9 +186,10 @@ class CellSpec:
             "checkpoint": self.checkpoint,
             "check_steps": min(self.check_steps, self.new_tokens),
             "threads": self.threads,
-            "prompt_spread": self.prompt_spread,
-            "shared_prefix": self.shared_prefix,
             **self.kv_options(),
+            # A rectangular batch's record names neither, so it pairs with records made before they existed.
+            **({"prompt_spread": self.prompt_spread} if self.prompt_spread else {}),
+            **({"shared_prefix": self.shared_prefix} if self.shared_prefix else {}),
         }
 
     def kv_options(self) -> dict:

@@ -24,7 +24,7 @@ STATUS_ORDER = ("ok", "oom", "unsupported", "error")
 # Cell keys in the order a person reads a cell; the first ones are the grid coordinates.
 CELL_KEYS = tuple(
     "model dtype attention kv_mode batch prompt_len new_tokens device prompt_source seed warmup iters engine "
-    "n_kv_head compile checkpoint check_steps threads".split()
+    "n_kv_head compile checkpoint check_steps threads prompt_spread shared_prefix block_tokens".split()
 )
 CELL = tuple(f"cell.{k}" for k in CELL_KEYS)
 SCHEMA = kvrecord.schema()
