@@ -1,12 +1,11 @@
 """The price of the approximate caches, side by side: memory bought against accuracy lost.
 
-`price_table` is one row per cached cell of a sweep that has an approximate cache (static-int8,
-static-int4, static-fp8, sliding): the KV bytes it held (counted from the cache's tensors) and per
-cached position, decode time, and the price its token check measured against the exact model on the
-same context (token agreement, mean KL, first mismatch). `pareto_figure` puts bytes per position
-against KL, one point per mode at each length; `length_figure` shows the bytes held and the KL as the
-stream grows (flat for `sliding`, growing for the others). `claims` says, from the table, what each
-mode buys relative to the exact `static` cache and what it costs.
+The table (`price_table`) has one row per cached cell of a sweep with an approximate cache: KV bytes
+held and per cached position, decode time, and the price measured against the exact model on the
+same context (kvbench/analysis/approx_price.py). `pareto_figure` puts bytes per position against KL,
+one point per mode at each length; `length_figure` shows the bytes held and the KL as the stream grows
+(flat for `sliding`, growing for the others). `main` writes the table, both figures and the sentences
+from a folder of records.
 """
 
 from __future__ import annotations
@@ -18,60 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from kvbench.analysis.approx_price import NoPrice, claims, markdown, price_table
 from kvbench.analysis.facets import Skip, color
-from kvbench.presets import APPROX_KV_MODES
-
-EXACT = "static"
-KEYS = ["cell.engine", "cell.model", "cell.dtype", "cell.batch", "cell.prompt_len"]
-COLUMNS = {
-    "cell.model": "model",
-    "cell.dtype": "dtype",
-    "cell.kv_mode": "kv_mode",
-    "cell.new_tokens": "new_tokens",
-    "cached_tokens": "cached_tokens",
-    "memory.kv_cache_bytes_measured": "kv_bytes",
-    "kv_bytes_per_token": "kv_bytes_per_token",
-    "latency.decode_ms_per_token.median": "decode_ms_per_token",
-    "check.agreement_rate": "agreement_rate",
-    "check.kl_mean": "kl_mean",
-    "check.first_mismatch_step": "first_mismatch_step",
-    "check.reference_steps": "priced_steps",
-}
-
-
-def price_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per ok cached cell, in the sweep's grid order; raises Skip without an approximate cache."""
-    modes = df["cell.kv_mode"].astype(str)
-    if not modes.isin(APPROX_KV_MODES).any():
-        raise Skip("no approximate kv mode (static-int8, static-int4, static-fp8, sliding) in this sweep")
-    ok = df[(df["status"].astype(str) == "ok") & modes.isin([EXACT, "concat", *APPROX_KV_MODES])].copy()
-    for column in COLUMNS:
-        if column not in ok and column.startswith(("check.", "memory.", "latency.")):
-            ok[column] = float("nan")  # a sweep run before the price was recorded
-    ok["cached_tokens"] = ok["cell.batch"] * (ok["cell.prompt_len"] + ok["cell.new_tokens"] - 1)
-    ok["kv_bytes_per_token"] = ok["memory.kv_cache_bytes_measured"] / ok["cached_tokens"]
-    t = ok[list(COLUMNS)].rename(columns=COLUMNS)
-    t["kv_mode"] = t["kv_mode"].astype(str)
-    return t.sort_values(["model", "dtype", "new_tokens", "kv_mode"], kind="stable").reset_index(drop=True)
-
-
-def price_or_none(df: pd.DataFrame) -> pd.DataFrame | None:
-    """The table (kv_price.csv) where the sweep has an approximate cache, else None."""
-    try:
-        return price_table(df)
-    except Skip:
-        return None
-
-
-# The figures of a sweep's frame, for kvbench figures (each raises Skip without an approximate cache).
-FIGURES = {
-    "kv_pareto": lambda df: pareto_figure(price_table(df)),
-    "kv_memory_length": lambda df: length_figure(price_table(df)),
-}
-
-
-def size(nbytes: float) -> str:
-    return f"{nbytes / 2**20:.2f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
 
 
 def _plt():
@@ -126,38 +73,20 @@ def length_figure(t: pd.DataFrame):
     return fig
 
 
-def claims(t: pd.DataFrame) -> list[str]:
-    """One sentence per approximate mode at the longest length: memory saved against static, and the price."""
-    out = []
-    for (model, dtype), g in t.groupby(["model", "dtype"], sort=False):
-        n = g["new_tokens"].max()
-        at = g[g["new_tokens"] == n].set_index("kv_mode")
-        if EXACT not in at.index:
-            continue
-        for mode in [m for m in APPROX_KV_MODES if m in at.index]:
-            out.append(sentence(model, dtype, n, mode, at.loc[mode], at.loc[EXACT]))
-    return out
+def _drawn(draw):
+    """A figure of the frame; Skip (kvbench figures' one-line reason) where there is nothing to price."""
+
+    def figure(df: pd.DataFrame):
+        try:
+            return draw(price_table(df))
+        except NoPrice as why:
+            raise Skip(str(why)) from None
+
+    return figure
 
 
-def sentence(model: str, dtype: str, n: int, mode: str, row: pd.Series, base: pd.Series) -> str:
-    first = row["first_mismatch_step"]
-    return (
-        f"{model} {dtype}, {n} new tokens: `{mode}` holds {size(row['kv_bytes'])} of KV against "
-        f"static's {size(base['kv_bytes'])} ({base['kv_bytes'] / row['kv_bytes']:.1f}x less) for a "
-        f"mean KL of {row['kl_mean']:.2g} nats (static: {base['kl_mean']:.1g}), "
-        f"{100 * row['agreement_rate']:.1f}% of tokens agreeing with the exact model"
-        + ("" if pd.isna(first) else f", the first disagreeing at step {int(first)}")
-        + f"; decode {row['decode_ms_per_token']:.1f} ms/token (static {base['decode_ms_per_token']:.1f})."
-    )
-
-
-def markdown(t: pd.DataFrame) -> str:
-    cols = ["model", "kv_mode", "new_tokens", "kv_bytes", "kv_bytes_per_token", "decode_ms_per_token"]
-    cols += ["agreement_rate", "kl_mean", "first_mismatch_step"]
-    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in t[cols].iterrows():
-        rows.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r) + " |")
-    return "\n".join(rows)
+# The figures of a sweep's frame, for kvbench figures.
+FIGURES = {"kv_pareto": _drawn(pareto_figure), "kv_memory_length": _drawn(length_figure)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         t = price_table(fr.from_records(sorted(args.records.rglob("*.json"))))
-    except Skip as why:
+    except NoPrice as why:
         print(f"approx_figures: nothing to draw: {why}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
