@@ -30,11 +30,10 @@ from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
 from kvbench.presets import KV_MODES
 
-# The settings that make two cells the same cell (the device is not one: comparing machines is the point).
-KEYS = (
-    "engine model checkpoint dtype kv_mode batch prompt_len new_tokens attention n_kv_head compile threads block_size "
-    "window sinks kv_group_size"
-).split()
+# The settings that make two cells the same cell: all of a record's cell but where and how long it ran (the
+# device is not one: comparing machines is the point; nor the seed, the iterations or a prompt file's path).
+RUN_ONLY = ("device", "prompt_source", "seed", "warmup", "iters", "check_steps")
+KEYS = [k for k in kvrecord.schema()["properties"]["cell"]["properties"] if k not in RUN_ONLY]
 TIMINGS = {
     "decode": ("latency.decode_ms_per_token", "Decode ms/token"),
     "prefill": ("latency.prefill_ms", "Prefill ms"),
@@ -149,7 +148,7 @@ def joined(a: pd.DataFrame, b: pd.DataFrame, paths: tuple[Path, Path] = (Path("A
     m["peak_ratio"] = m["peak_bytes_b"] / m["peak_bytes_a"].where(m["peak_bytes_a"] > 0)
     modes = [k for k in KV_MODES if k in set(m["kv_mode"])]
     m["kv_mode"] = pd.Categorical(m["kv_mode"], modes + sorted(set(m["kv_mode"]) - set(modes)))
-    order = ["kv_mode", *(k for k in KEYS if k != "kv_mode")]
+    order = ["kv_mode", "engine", *(k for k in KEYS if k not in ("kv_mode", "engine"))]
     m = m.sort_values(order, key=lambda s: s if s.name == "kv_mode" else s.map(_natural), kind="stable")
     m["label"] = _labels(m)
     return m.reset_index(drop=True)
