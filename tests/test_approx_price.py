@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from kvbench.analysis.approx_price import NoPrice, claims, price_table
+from kvbench.analysis.approx_price import NoPrice, claims, formula_bytes, price_table
+from kvbench.presets import kv_cache_bytes
 
 
 def frame(modes=("static", "static-int4", "sliding")) -> pd.DataFrame:
@@ -52,3 +53,13 @@ def test_claims_say_how_much_memory_for_how_much_error():
         "`static-int4` holds" in lines[0] and "5.9x less" in lines[0] and "KiB" in lines[0] and "KL of 0.96" in lines[0]
     )
     assert "first disagreeing at step 7" in lines[0]
+
+
+def test_the_formula_of_a_row_uses_the_cells_own_settings():
+    row = pd.Series(
+        {"n_layer": 2, "cell.batch": 1, "kv_heads": 2, "tokens": 40, "head_dim": 16, "elem_bytes": 4}
+        | {"cell.kv_mode": "sliding", "cell.window": 6, "cell.sinks": 2, "cell.kv_group_size": None}
+    )
+    assert (
+        formula_bytes(row) == kv_cache_bytes(2, 1, 2, 40, 16, 4, "sliding", window=6, sinks=2) == 2 * 2 * 2 * 8 * 16 * 4
+    )

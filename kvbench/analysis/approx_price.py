@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kvbench.presets import APPROX_KV_MODES
+from kvbench.presets import APPROX_KV_MODES, kv_cache_bytes
 
 
 class NoPrice(Exception):
@@ -97,3 +97,15 @@ def markdown(t: pd.DataFrame) -> str:
     for _, r in t[cols].iterrows():
         rows.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r) + " |")
     return "\n".join(rows)
+
+
+# The modes whose bytes depend on the cell's own settings, or that the frame's vectorised formula lacks.
+SETTING_MODES = ("static-int4", "static-fp8", "sliding")
+SETTINGS = ("window", "sinks", "kv_group_size")
+
+
+def formula_bytes(row: pd.Series) -> int:
+    """presets.kv_cache_bytes for one row of the frame, with the cell's own cache settings."""
+    opts = {k: int(row[f"cell.{k}"]) for k in SETTINGS if pd.notna(row.get(f"cell.{k}"))}
+    dims = (row["n_layer"], row["cell.batch"], row["kv_heads"], row["tokens"], row["head_dim"], row["elem_bytes"])
+    return kv_cache_bytes(*(int(d) for d in dims), str(row["cell.kv_mode"]), **opts)
