@@ -109,3 +109,9 @@ def formula_bytes(row: pd.Series) -> int:
     opts = {k: int(row[f"cell.{k}"]) for k in SETTINGS if pd.notna(row.get(f"cell.{k}"))}
     dims = (row["n_layer"], row["cell.batch"], row["kv_heads"], row["tokens"], row["head_dim"], row["elem_bytes"])
     return kv_cache_bytes(*(int(d) for d in dims), str(row["cell.kv_mode"]), **opts)
+
+
+def explained(df: pd.DataFrame) -> dict | None:
+    """explanation.md's section: the table and one sentence per approximate mode (None: nothing priced)."""
+    t = price_or_none(df)
+    return None if t is None else {"table": t, "lines": claims(t)}
