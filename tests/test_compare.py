@@ -24,6 +24,7 @@ def scaled(records: list[dict], scale: dict[str, float]) -> list[dict]:
     out = copy.deepcopy(records)
     for r in out:
         r["environment"]["torch"] = TORCH_B
+        r["cell"].update(seed=7, iters=5, device="cuda:1")  # where and how long it ran: still the same cell
         if r["status"] == "ok":
             d = r["latency"]["decode_ms_per_token"]
             d.update({k: v * scale[r["cell"]["kv_mode"]] for k, v in d.items() if k != "n"})
@@ -75,7 +76,7 @@ def test_verdicts_follow_the_ranges_and_ratios_are_exact(joined: pd.DataFrame) -
 def test_missing_cell_listed_and_torch_named(runs, joined: pd.DataFrame) -> None:
     a, b = runs
     assert row(joined, *DROPPED)["_merge"] == "left_only"
-    assert (joined["_merge"] == "right_only").sum() == 0
+    assert (joined["_merge"] == "right_only").sum() == 0  # another seed, iters and device join all the same
     env = cmp.environments(cmp.load(a.dir), cmp.load(b))
     assert env.loc[env["differs"], "field"].tolist() == ["torch"]
     text = cmp.markdown(joined, env, (a.dir, b), None)
