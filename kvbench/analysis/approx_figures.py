@@ -42,7 +42,7 @@ def pareto_figure(t: pd.DataFrame):
                 at = (row["kv_bytes_per_token"], row["kl_mean"])
                 ax.annotate(mode, at, xytext=(5, 3), textcoords="offset points", fontsize=7)
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=1e-6)
+        ax.set_yscale("symlog", linthresh=1e-9)
         ax.set_title(f"{n} new tokens")
         ax.set_xlabel("KV bytes per cached position (counted)")
         ax.grid(True, which="both", alpha=0.3)
@@ -63,7 +63,7 @@ def length_figure(t: pd.DataFrame):
         acc.plot(g["new_tokens"], g["kl_mean"], marker="o", color=color(mode), label=mode)
     mem.set_ylabel("KV cache held (MiB, counted)")
     acc.set_ylabel("mean KL(exact || cache), nats")
-    acc.set_yscale("symlog", linthresh=1e-6)
+    acc.set_yscale("symlog", linthresh=1e-9)
     for ax in (mem, acc):
         ax.set_xlabel("new tokens generated")
         ax.grid(True, alpha=0.3)
