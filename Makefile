@@ -1,7 +1,8 @@
 # Two commands for a fresh machine:
 #   make run    set up .venv, run the default (CPU) sweep, print where the figures are
 #   make test   set up .venv, run the test suite
-# On a GPU node without internet: make setup WHEELS=dir && make gpu-check (README, "On a GPU").
+# A GPU node without internet: make gpu-wheels where there is internet, then make gpu-check WHEELS=.gpu-wheels
+# on the node (README, "On a GPU").
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
