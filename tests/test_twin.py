@@ -50,7 +50,8 @@ def _image_python() -> Path:
     base = shutil.which("python3.11") or sys.executable
     subprocess.run([base, "-m", "venv", str(image)], check=True)
     node = {_norm(line.split("==")[0]) for line in NODE}
-    held = {_norm(n) for n in (REPO / "scripts" / "gpu-node-packages.txt").read_text().split() if "#" not in n}
+    listed = (REPO / "scripts" / "gpu-node-packages.txt").read_text().splitlines()
+    held = {_norm(line.split("==")[0]) for line in listed if line and not line.startswith("#")}
     pins = [line for line in (REPO / "requirements.txt").read_text().splitlines() if line and line[0] != "#"]
     constraints = TWIN / "image-constraints.txt"
     # The pins stand for the image's versions nobody read off the node; the node's own override them.
