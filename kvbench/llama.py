@@ -225,9 +225,9 @@ class Llama(nn.Module):
         if past_len + T > limit:
             raise ValueError(f"sequence of {past_len + T} tokens exceeds {self.limit_name()} {limit}")
         x = self.model.embed_tokens(idx)
-        if layout is None:  # a ragged batch (kvbench/ragged.py): per-sequence positions, its gap masked
+        if layout is None:
             pos, mask = torch.arange(past_len, past_len + T, device=idx.device), None
-        else:
+        else:  # a ragged batch (kvbench/ragged.py): per-sequence positions, its gap masked
             pos, mask = layout.positions(past_len, T), layout.mask(past_len, T)
         rope = Rotary(self.inv_freq, pos, x.dtype)
         for block in self.model.layers:
