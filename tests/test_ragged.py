@@ -1,6 +1,9 @@
 """Ragged batches: every sequence's tokens equal its own generation alone, for none, concat, static and
 paged on both families; the layout's lengths, positions and mask; the cell's one-line errors."""
 
+import functools
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -9,6 +12,7 @@ from kvbench.models import build_random
 from kvbench.presets import preset
 from kvbench.ragged import layout_prompt, spread_lengths
 from kvbench.spec import CellSpec, UsageError
+from kvbench.token_check import token_check
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-llama"])
@@ -22,17 +26,19 @@ def test_lengths_spread_evenly_up_to_the_prompt_in_a_seeded_order():
     assert torch.equal(lengths, spread_lengths(5, 20, 0.5, seed=3))
 
 
-@pytest.mark.parametrize("kv_mode", ["none", "concat", "static", "paged"])
-@pytest.mark.parametrize("shared_prefix", [0, 5])
+@pytest.mark.parametrize(
+    "kv_mode, shared_prefix",  # a shared prefix changes how paged prefills; the others only see equal tokens
+    [("none", 0), ("concat", 0), ("static", 0), ("paged", 0), ("paged", 5)],
+)
 def test_each_sequence_gets_the_tokens_it_gets_alone(model, kv_mode, shared_prefix):
     prompt = torch.randint(0, model.config.vocab_size, (4, 18), generator=torch.Generator().manual_seed(2))
     layout = layout_prompt(prompt, 0.6, shared_prefix, seed=1)
     assert len(set(layout.lengths.tolist())) > 1
     model.kv_options = {"block_tokens": 4} if kv_mode == "paged" else {}
-    batch = generate(model, prompt, 7, kv_mode, layout=layout).tokens
+    batch = generate(model, prompt, 5, kv_mode, layout=layout).tokens
     model.kv_options = {}
     for b, n in enumerate(layout.lengths.tolist()):
-        alone = generate(model, prompt[b : b + 1, :n], 7, "none").tokens
+        alone = generate(model, prompt[b : b + 1, :n], 5, "none").tokens
         assert torch.equal(batch[b : b + 1], alone), f"sequence {b} (length {n})"
 
 
@@ -61,3 +67,15 @@ def test_bad_ragged_settings_are_one_line_errors(fields, field):
     spec = CellSpec(model="tiny", device="cpu", prompt_len=16, new_tokens=4, **fields)
     with pytest.raises(UsageError, match=field):
         spec.check()
+
+
+def test_the_token_check_reads_each_sequence_after_its_own_prompt(model):
+    prompt = torch.randint(0, model.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(4))
+    layout = layout_prompt(prompt, 0.5, 3, seed=0)
+    model.kv_options = {"block_tokens": 4}
+    run = functools.partial(generate, model, layout=layout)
+    checked = token_check(model, lambda *a, **k: run(*a, **k), prompt, "paged", 4, True, layout=layout)
+    assert checked.fields["matches_reference"] is True
+    rectangular = replace(layout, lengths=torch.full_like(layout.lengths, 12))  # the pads read as prompt
+    wrong = token_check(model, lambda *a, **k: run(*a, **k), prompt, "paged", 4, True, layout=rectangular)
+    assert wrong.fields["matches_reference"] is False
