@@ -165,6 +165,25 @@ def test_speedup_row_kept_when_the_baseline_failed(tmp_path: Path) -> None:
     assert row["decode_ms"] == recs[1]["latency"]["decode_ms_per_token"]["median"]
 
 
+def test_tables_say_how_sure_each_timing_is(tmp_path: Path) -> None:
+    records = grid_records()
+    for rec in records:  # as a cell records them: a spread and a count beside each median
+        for stats in (rec["latency"] or {}).values():
+            if isinstance(stats, dict):
+                stats.update(std=0.05 * stats["median"], n=3)
+    s = Sweep(tmp_path, records)
+    agg.aggregate(s.paths, s.tables)
+    cells = s.csv("cells.csv")
+    ok = cells["status"] == "ok"
+    raw = pd.read_csv(s.tables / "cells.csv", dtype=str)
+    for timing in ("prefill_ms", "decode_ms_per_token", "total_generate_ms"):
+        assert set(raw.loc[ok, f"latency.{timing}.n"]) == {"3"}  # a count, never 3.0
+        assert (cells.loc[ok, f"latency.{timing}.std"] == 0.05 * cells.loc[ok, f"latency.{timing}.median"]).all()
+    table = s.csv("sweep_kv_static.csv")
+    assert (table["timed_iters"] == 3).all()
+    assert table["decode_std_ms"].tolist() == pytest.approx((0.05 * table["decode_ms_per_token"]).tolist(), rel=1e-5)
+
+
 def test_sweep_tables_per_mode(sweep: Sweep) -> None:
     for mode in MODES:
         table = sweep.csv(f"sweep_kv_{mode}.csv")

@@ -29,7 +29,8 @@ SPEEDUP_COLUMNS = ("record", *fr.CELL, "status", "none_status") + tuple(
 )
 SWEEP_COLUMNS = tuple(
     "engine model dtype attention new_tokens batch prompt_len status prefill_ms decode_ms_per_token "
-    "decode_tokens_per_s total_generate_ms peak_memory_mib peak_memory_source kv_cache_mib".split()
+    "decode_std_ms timed_iters decode_tokens_per_s total_generate_ms peak_memory_mib peak_memory_source "
+    "kv_cache_mib".split()
 )
 # speedup_by_model.csv and speedup_by_length.csv (write-ups 003 and 002): the whole generation in
 # seconds as the write-ups timed it, and per decode token.
@@ -56,6 +57,9 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
     return out.assign(
         prefill_ms=frame["latency.prefill_ms.median"],
         decode_ms_per_token=frame["latency.decode_ms_per_token.median"].where(frame["ok"]),
+        # how sure the median is: the standard deviation over the timed iterations, and how many
+        decode_std_ms=frame["latency.decode_ms_per_token.std"].where(frame["ok"]),
+        timed_iters=frame["latency.decode_ms_per_token.n"].where(frame["ok"]),
         decode_tokens_per_s=frame["latency.decode_tokens_per_s"].where(frame["ok"]),
         total_generate_ms=frame["latency.total_generate_ms.median"],
         peak_memory_mib=frame["peak_bytes"] / fr.MIB,
@@ -69,7 +73,7 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
 def sweep_table(df: pd.DataFrame, kv_mode: str) -> pd.DataFrame:
     """Write-up 001's per-mode table; non-ok cells kept as rows with their status."""
     t = readable(df[df["cell.kv_mode"] == kv_mode])[list(SWEEP_COLUMNS)]
-    numbers = [c for c in SWEEP_COLUMNS[8:] if c != "peak_memory_source"]
+    numbers = [c for c in SWEEP_COLUMNS[8:] if c not in ("peak_memory_source", "timed_iters")]
     # 6 significant digits: these tables are for reading, cells.csv is exact
     t[numbers] = t[numbers].astype(float).map(lambda v: float(f"{v:.6g}"), na_action="ignore")
     return t

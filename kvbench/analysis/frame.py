@@ -29,7 +29,7 @@ CELL_KEYS = tuple(
 CELL = tuple(f"cell.{k}" for k in CELL_KEYS)
 SCHEMA = kvrecord.schema()
 SECTIONS = {name: i for i, name in enumerate(("record", *SCHEMA["properties"]))}  # the columns' order: the record's
-STATS = ("median", "min", "max")
+STATS = ("median", "min", "max", "std", "n")  # n: the timed iterations the others are over
 MEMORY = tuple(k for k, v in SCHEMA["properties"]["memory"]["properties"].items() if "integer" in v.get("type", ()))
 # cells.csv always has these (in this order, after the cell keys), filled or not: a failed cell has
 # no measurement, a peer engine no phase peaks.
@@ -59,6 +59,7 @@ def _schema_types(node: dict, prefix: str = "") -> dict[str, str]:
     """Dotted path -> dtype of each integer leaf (Int64: 1 not 1.0 where a value is missing) and boolean leaf."""
     out = {}
     for key, sub in node.get("properties", {}).items():
+        sub = SCHEMA["$defs"][sub["$ref"].rsplit("/", 1)[-1]] if "$ref" in sub else sub  # a timing's stats
         types = {sub["type"]} if isinstance(sub.get("type"), str) else set(sub.get("type", []))
         if "object" in types:
             out.update(_schema_types(sub, f"{prefix}{key}."))
