@@ -136,7 +136,7 @@ def claims(t: pd.DataFrame) -> list[str]:
                 f"{mib(row['reserved'])} against static's {mib(base['reserved'])} "
                 f"(waste {100 * row['waste']:.0f}% vs {100 * base['waste']:.0f}%); decode "
                 f"{row['decode_ms_per_token']:.1f} ms/token vs {base['decode_ms_per_token']:.1f} "
-                f"({cost:+.1f} ms for the gather)"
+                f"({cost:+.1f} ms/token with the block gather)"
             )
             if prefix:
                 text += f"; prefill {row['prefill_ms']:.0f} ms vs {base['prefill_ms']:.0f} (prefix prefilled once)"
