@@ -32,6 +32,7 @@ from kvbench.analysis import claims, command
 from kvbench.analysis import facets as fc
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
+from kvbench.analysis.alloc_figures import FIGURES as ALLOC_FIGURES
 from kvbench.analysis.facets import RC, Skip  # noqa: F401 (RC: tests use it from here)
 
 D = "latency.decode_ms_per_token"
@@ -369,6 +370,7 @@ FIGURES: dict[str, Callable[..., plt.Figure]] = {
     "speedup_vs_model": lambda df: speedup_figure(df, "model", WRITEUP_003, "T4 GPU (claimed)"),
     "speedup_vs_new_tokens": lambda df: speedup_figure(df, "new_tokens", WRITEUP_002, "claimed range"),
     "kv_variants": variants_figure,
+    **ALLOC_FIGURES,  # paged vs static vs concat: kv_alloc_bytes, kv_alloc_decode
 }
 FIGURE_STEMS = tuple(FIGURES)
 
