@@ -26,8 +26,10 @@ from fixtures import (
 from kvbench.analysis import aggregate as agg
 from kvbench.analysis import figures as fig
 from kvbench.analysis import frame as fr
+from kvbench.presets import APPROX_KV_MODES
 
 NEW_STEMS = ("speedup_vs_model", "speedup_vs_new_tokens", "kv_variants")
+APPROX = ", ".join(APPROX_KV_MODES)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +123,7 @@ def test_oom_cell_is_marked_at_the_top_edge_not_dropped(sweep: Sweep) -> None:
             ("speedup_vs_model", "one model only: nothing to compare along it"),
             ("speedup_vs_new_tokens", "one new tokens only: nothing to compare along it"),
             ("kv_variants", "no static-int8 cell and no n_kv_head set"),
+            *((stem, f"no approximate kv mode ({APPROX}) in this sweep") for stem in ("kv_pareto", "kv_memory_length")),
         )
     ]
     assert "out of memory (not measured)" in labels

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from kvbench import record as kvrecord
-from kvbench.analysis import command, report
+from kvbench.analysis import approx_price, command, report
 from kvbench.analysis import frame as fr
 
 CSV_OPTS = {"index": False, "lineterminator": "\n", "na_rep": ""}
@@ -117,6 +117,7 @@ OPTIONAL_TABLES = {
     "speedup_by_model.csv": lambda df: axis_table(df, "model"),
     "speedup_by_length.csv": lambda df: axis_table(df, "new_tokens"),
     "kv_variants.csv": kv_variants_table,
+    "kv_price.csv": approx_price.price_or_none,  # the approximate caches' memory and accuracy
 }
 
 

@@ -57,10 +57,12 @@ def length_figure(t: pd.DataFrame):
     """Bytes held and mean KL against the number of new tokens, one line per mode."""
     plt = _plt()
     fig, (mem, acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for mode, g in t.groupby("kv_mode", sort=False):
-        g = g.sort_values("new_tokens")
-        mem.plot(g["new_tokens"], g["kv_bytes"] / 2**20, marker="o", color=color(mode), label=mode)
-        acc.plot(g["new_tokens"], g["kl_mean"], marker="o", color=color(mode), label=mode)
+    labelled = set()
+    for (mode, *_), g in t.groupby(["kv_mode", "model", "dtype", "engine", "batch", "prompt_len"], sort=False):
+        g, label = g.sort_values("new_tokens"), None if mode in labelled else mode
+        labelled.add(mode)
+        mem.plot(g["new_tokens"], g["kv_bytes"] / 2**20, marker="o", color=color(mode), label=label)
+        acc.plot(g["new_tokens"], g["kl_mean"], marker="o", color=color(mode), label=label)
     mem.set_ylabel("KV cache held (MiB, counted)")
     acc.set_ylabel("mean KL(exact || cache), nats")
     acc.set_yscale("symlog", linthresh=1e-9)

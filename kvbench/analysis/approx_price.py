@@ -20,10 +20,13 @@ class NoPrice(Exception):
 
 
 EXACT = "static"
-KEYS = ["cell.engine", "cell.model", "cell.dtype", "cell.batch", "cell.prompt_len"]
+GROUP = ["model", "dtype", "engine", "batch", "prompt_len"]  # one comparison: every setting but mode and length
 COLUMNS = {
     "cell.model": "model",
     "cell.dtype": "dtype",
+    "cell.engine": "engine",
+    "cell.batch": "batch",
+    "cell.prompt_len": "prompt_len",
     "cell.kv_mode": "kv_mode",
     "cell.new_tokens": "new_tokens",
     "cached_tokens": "cached_tokens",
@@ -50,7 +53,7 @@ def price_table(df: pd.DataFrame) -> pd.DataFrame:
     ok["kv_bytes_per_token"] = ok["memory.kv_cache_bytes_measured"] / ok["cached_tokens"]
     t = ok[list(COLUMNS)].rename(columns=COLUMNS)
     t["kv_mode"] = t["kv_mode"].astype(str)
-    return t.sort_values(["model", "dtype", "new_tokens", "kv_mode"], kind="stable").reset_index(drop=True)
+    return t.sort_values([*GROUP, "new_tokens", "kv_mode"], kind="stable").reset_index(drop=True)
 
 
 def price_or_none(df: pd.DataFrame) -> pd.DataFrame | None:
@@ -68,9 +71,9 @@ def size(nbytes: float) -> str:
 def claims(t: pd.DataFrame) -> list[str]:
     """One sentence per approximate mode at the longest length: memory saved against static, and the price."""
     out = []
-    for (model, dtype), g in t.groupby(["model", "dtype"], sort=False):
+    for (model, dtype, *_), g in t.groupby(GROUP, sort=False):
         n = g["new_tokens"].max()
-        at = g[g["new_tokens"] == n].set_index("kv_mode")
+        at = g[g["new_tokens"] == n].drop_duplicates("kv_mode").set_index("kv_mode")
         if EXACT not in at.index:
             continue
         for mode in [m for m in APPROX_KV_MODES if m in at.index]:
@@ -114,4 +117,8 @@ def formula_bytes(row: pd.Series) -> int:
 def explained(df: pd.DataFrame) -> dict | None:
     """explanation.md's section: the table and one sentence per approximate mode (None: nothing priced)."""
     t = price_or_none(df)
-    return None if t is None else {"table": t, "lines": claims(t)}
+    if t is None:
+        return None
+    shown = t.round({"kv_bytes_per_token": 1, "decode_ms_per_token": 2, "agreement_rate": 4})
+    shown["kl_mean"] = t["kl_mean"].map(lambda v: f"{v:.3g}")  # KL spans 1e-8 (rounding) to 1: significant digits
+    return {"table": shown, "lines": claims(t)}

@@ -28,7 +28,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator, StrMethodFor
 
 from kvbench import record as kvrecord
 from kvbench.analysis import aggregate as agg
-from kvbench.analysis import claims, command
+from kvbench.analysis import approx_figures, claims, command
 from kvbench.analysis import facets as fc
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
@@ -371,6 +371,7 @@ FIGURES: dict[str, Callable[..., plt.Figure]] = {
     "speedup_vs_new_tokens": lambda df: speedup_figure(df, "new_tokens", WRITEUP_002, "claimed range"),
     "kv_variants": variants_figure,
     **ALLOC_FIGURES,  # paged vs static vs concat: kv_alloc_bytes, kv_alloc_decode
+    **approx_figures.FIGURES,  # the approximate caches' price: kv_pareto, kv_memory_length
 }
 FIGURE_STEMS = tuple(FIGURES)
 

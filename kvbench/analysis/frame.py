@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kvbench import record as kvrecord
+from kvbench.analysis import approx_price
 from kvbench.presets import DTYPE_BYTES, KV_MODES, kv_cache_bytes
 
 MIB = 2**20
@@ -164,6 +165,9 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     mode = df["cell.kv_mode"].astype(str)
     int8 = kv_cache_bytes(*dims, "static-int8")
     df["kv_formula"] = kv_cache_bytes(*dims).mask(mode == "static-int8", int8).where(mode != "none")
+    known = mode.isin(approx_price.SETTING_MODES) & pd.concat(dims, axis=1).notna().all(axis=1)
+    for i in df.index[known]:  # bytes that depend on the cell's own window, sinks or group size
+        df.at[i, "kv_formula"] = approx_price.formula_bytes(df.loc[i])
     return _memory(df).sort_values([*GRID, "record"], kind="stable").reset_index(drop=True).copy()
 
 
