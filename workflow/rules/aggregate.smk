@@ -5,7 +5,7 @@
 rule aggregate:
     input:
         records=cell_records,
-        code=analysis_code("aggregate.py", "frame.py", "report.py", "templates/summary.md.j2"),
+        code=analysis_code("aggregate.py", "frame.py", "report.py", "approx_price.py", "templates/summary.md.j2"),
     output:
         tables=report(
             directory("results/{sweep}/tables"),

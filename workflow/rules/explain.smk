@@ -11,6 +11,7 @@ rule explain:
             "frame.py",
             "aggregate.py",
             "report.py",
+            "approx_price.py",
             "templates/explanation.md.j2",
         ),
     output:

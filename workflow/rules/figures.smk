@@ -6,7 +6,15 @@ rule figures:
     input:
         tables="results/{sweep}/tables",
         code=analysis_code(
-            "figures.py", "facets.py", "claims.py", "data/claims.csv", "frame.py", "aggregate.py", "report.py"
+            "figures.py",
+            "facets.py",
+            "claims.py",
+            "data/claims.csv",
+            "frame.py",
+            "aggregate.py",
+            "report.py",
+            "approx_figures.py",
+            "approx_price.py",
         ),
     output:
         figures=report(
