@@ -30,6 +30,7 @@ from kvbench.presets import APPROX_KV_MODES
 
 NEW_STEMS = ("speedup_vs_model", "speedup_vs_new_tokens", "kv_variants")
 APPROX = ", ".join(APPROX_KV_MODES)
+ALLOC_STEMS = ("kv_alloc_bytes", "kv_alloc_decode")  # drawn only where a sweep has a paged cell
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +124,7 @@ def test_oom_cell_is_marked_at_the_top_edge_not_dropped(sweep: Sweep) -> None:
             ("speedup_vs_model", "one model only: nothing to compare along it"),
             ("speedup_vs_new_tokens", "one new tokens only: nothing to compare along it"),
             ("kv_variants", "no static-int8 cell and no n_kv_head set"),
+            *((stem, "no paged cell with KV bytes reserved and used in this sweep") for stem in ALLOC_STEMS),
             *((stem, f"no approximate kv mode ({APPROX}) in this sweep") for stem in ("kv_pareto", "kv_memory_length")),
         )
     ]
