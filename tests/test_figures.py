@@ -158,7 +158,12 @@ def test_new_figures_are_drawn_deterministic_and_rerender_byte_identical(axis_sw
     # one prompt length and one batch: the heatmap has nothing to compare and is left out, saying why
     assert axis_sweep.log == [
         "figures: speedup_heatmap left out of this sweep: one batch and one prompt length: "
-        "see speedup_vs_model / speedup_vs_new_tokens"
+        "see speedup_vs_model / speedup_vs_new_tokens",
+        "figures: kv_alloc_bytes left out of this sweep: no paged cell with KV bytes reserved and used in this sweep",
+        "figures: kv_alloc_decode left out of this sweep: no paged cell with KV bytes reserved and used in this sweep",
+        # its int8 cells were recorded without the price, so the Pareto figure has no point to place
+        "figures: kv_pareto left out of this sweep: no cached cell in this sweep carries both its counted "
+        "KV bytes and its KL",
     ]
     expected = {axis_sweep.figures / f"{s}.{ext}" for s in NEW_STEMS for ext in ("png", "svg")}
     assert expected <= set(axis_sweep.rendered)

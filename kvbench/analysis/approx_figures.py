@@ -32,6 +32,10 @@ def _plt():
 
 def pareto_figure(t: pd.DataFrame):
     """KV bytes per cached position (x, log) against mean KL (y, symlog): lower-left is cheaper and closer."""
+    # Cells recorded without the price (or without a counted cache) have no point to place on log axes.
+    t = t[(t["kv_bytes_per_token"] > 0) & t["kl_mean"].notna()]
+    if t.empty:
+        raise Skip("no cached cell in this sweep carries both its counted KV bytes and its KL")
     plt = _plt()
     lengths = sorted(t["new_tokens"].unique())
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.6), squeeze=False, sharey=True)

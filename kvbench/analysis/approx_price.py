@@ -117,8 +117,9 @@ def formula_bytes(row: pd.Series) -> int:
 def explained(df: pd.DataFrame) -> dict | None:
     """explanation.md's section: the table and one sentence per approximate mode (None: nothing priced)."""
     t = price_or_none(df)
-    if t is None:
+    if t is None or t["kl_mean"].isna().all():  # records made before the price was recorded carry none
         return None
+    t = t[t["kl_mean"].notna()]
     shown = t.round({"kv_bytes_per_token": 1, "decode_ms_per_token": 2, "agreement_rate": 4})
     shown["kl_mean"] = t["kl_mean"].map(lambda v: f"{v:.3g}")  # KL spans 1e-8 (rounding) to 1: significant digits
     return {"table": shown, "lines": claims(t)}

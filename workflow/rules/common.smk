@@ -47,8 +47,9 @@ RUN_STAMP = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 def analysis_code(*names):
-    """The analysis modules (and templates) a downstream rule runs, plus the record module they load with."""
-    return [str(PACKAGE / "analysis" / n) for n in names] + [str(PACKAGE / "record.py")]
+    """The analysis modules (and templates) a downstream rule runs, plus the record module they load with
+    and the command wrapper every analysis command runs under."""
+    return [str(PACKAGE / "analysis" / n) for n in (*names, "command.py")] + [str(PACKAGE / "record.py")]
 
 
 def sweep_cells(sweep):

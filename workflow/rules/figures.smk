@@ -15,6 +15,7 @@ rule figures:
             "report.py",
             "approx_figures.py",
             "approx_price.py",
+            "alloc_figures.py",
         ),
     output:
         figures=report(
