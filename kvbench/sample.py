@@ -38,27 +38,90 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+def fail(msg: str) -> int:
+    print(f"kvbench sample: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """The first bad option as one line, or None."""
+    if args.kv_mode not in KV_MODES:
+        return f"kv_mode: {args.kv_mode!r} is not one of {', '.join(KV_MODES)}"
+    if args.num_samples < 1 or args.max_new_tokens < 1:
+        return "num_samples and max_new_tokens must be >= 1"
+    if args.top_k is not None and args.top_k < 1:
+        return f"top_k: {args.top_k} must be >= 1"
+    return None
+
+
+def prompt_ids(args: argparse.Namespace, enc, vocab_size: int, block_size: int) -> tuple[list[int], int]:
+    """The prompt's token ids and how many new tokens fit after it; ValueError names what is wrong."""
+    text = args.start
+    if text.startswith("FILE:"):
+        try:
+            with open(text[5:], encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise ValueError(f"start: cannot read {text[5:]!r} ({e.strerror})") from None
+    ids = enc.encode(text)
+    if not ids:
+        raise ValueError("start: the prompt encodes to no tokens")
+    if max(ids) >= vocab_size:
+        raise ValueError(f"encoding: token id {max(ids)} is outside the model's vocabulary of {vocab_size}")
+    room = block_size - len(ids)
+    if room < 1:
+        raise ValueError(f"start: the prompt is {len(ids)} tokens; the model's block_size {block_size} leaves no room")
+    if args.max_new_tokens > room:
+        print(
+            f"kvbench sample: warning: {len(ids)} prompt + {args.max_new_tokens} new tokens exceed block_size "
+            f"{block_size}; stopping after {room} new tokens",
+            file=sys.stderr,
+        )
+    return ids, min(args.max_new_tokens, room)
+
+
+def sample(args: argparse.Namespace, cfg, device, enc, ids: list[int], new_tokens: int) -> None:
+    """Build the model, warm it up, then print each sample and the mean time per sample."""
     import torch
 
     from kvbench import checkpoint
-    from kvbench.devices import DTYPES
+    from kvbench.devices import DTYPES, synchronize
     from kvbench.generate import Sampling, generate
     from kvbench.models import build_random, prepare_for_decoding
+
+    dtype = DTYPES[args.dtype]
+    if args.checkpoint:
+        model = checkpoint.load(args.checkpoint, device, dtype)
+    else:
+        model = build_random(cfg, device, dtype, args.seed)
+    prepare_for_decoding(model)
+    prompt = torch.tensor([ids], device=device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, generator=gen, vocab_limit=enc.n_vocab)
+    generate(model, prompt, min(new_tokens, 4), args.kv_mode)  # warm-up, untimed
+    times = []
+    for _ in range(args.num_samples):
+        synchronize(device)
+        t0 = time.perf_counter()
+        out = generate(model, prompt, new_tokens, args.kv_mode, sampling=sampling)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+        print(enc.decode(ids + out.tokens[0].tolist()))
+        print("---------------")
+    mean = statistics.mean(times)
+    print(
+        f"kv_mode {args.kv_mode}: {mean:.3f} s per sample (mean of {len(times)}), {new_tokens / mean:.1f} tokens/s",
+        file=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
     from kvbench.spec import CellSpec, UsageError
     from kvbench.tokenizer import EncodingError, for_model
 
-    def fail(msg: str) -> int:
-        print(f"kvbench sample: error: {msg}", file=sys.stderr)
-        return 2
-
-    if args.kv_mode not in KV_MODES:
-        return fail(f"kv_mode: {args.kv_mode!r} is not one of {', '.join(KV_MODES)}")
-    if args.num_samples < 1 or args.max_new_tokens < 1:
-        return fail("num_samples and max_new_tokens must be >= 1")
-    if args.top_k is not None and args.top_k < 1:
-        return fail(f"top_k: {args.top_k} must be >= 1")
+    if (bad := check_args(args)) is not None:
+        return fail(bad)
     spec = CellSpec(
         model=args.model,
         kv_mode=args.kv_mode,
@@ -71,59 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, device = spec.check()
         enc = for_model(args.checkpoint, args.encoding)
-    except (UsageError, EncodingError) as e:
+        ids, new_tokens = prompt_ids(args, enc, cfg.vocab_size, cfg.block_size)
+    except (UsageError, EncodingError, ValueError) as e:
         return fail(str(e))
-    text = args.start
-    if text.startswith("FILE:"):
-        try:
-            with open(text[5:], encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            return fail(f"start: cannot read {text[5:]!r} ({e.strerror})")
-    ids = enc.encode(text)
-    if not ids:
-        return fail("start: the prompt encodes to no tokens")
-    if max(ids) >= cfg.vocab_size:
-        return fail(f"encoding: token id {max(ids)} is outside the model's vocabulary of {cfg.vocab_size}")
-    room = cfg.block_size - len(ids)
-    if room < 1:
-        return fail(f"start: the prompt is {len(ids)} tokens; the model's block_size {cfg.block_size} leaves no room")
-    new_tokens = args.max_new_tokens
-    if new_tokens > room:
-        print(
-            f"kvbench sample: warning: {len(ids)} prompt + {new_tokens} new tokens exceed block_size "
-            f"{cfg.block_size}; stopping after {room} new tokens",
-            file=sys.stderr,
-        )
-        new_tokens = room
-
-    dtype = DTYPES[args.dtype]
-    if args.checkpoint:
-        model = checkpoint.load(args.checkpoint, device, dtype)
-    else:
-        model = build_random(cfg, device, dtype, args.seed)
-    prepare_for_decoding(model)
-    prompt = torch.tensor([ids], device=device)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, generator=gen, vocab_limit=enc.n_vocab)
-    generate(model, prompt, min(new_tokens, 4), args.kv_mode)  # warm-up, untimed
-
-    times = []
-    for _ in range(args.num_samples):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        out = generate(model, prompt, new_tokens, args.kv_mode, sampling=sampling)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-        print(enc.decode(ids + out.tokens[0].tolist()))
-        print("---------------")
-    mean = statistics.mean(times)
-    print(
-        f"kv_mode {args.kv_mode}: {mean:.3f} s per sample (mean of {len(times)}), {new_tokens / mean:.1f} tokens/s",
-        file=sys.stderr,
-    )
+    sample(args, cfg, device, enc, ids, new_tokens)
     return 0
 
 
