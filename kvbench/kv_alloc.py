@@ -11,10 +11,13 @@ i tokens fed after it.
 
 from __future__ import annotations
 
+import statistics
+
 from kvbench.devices import DTYPES
 from kvbench.kv_cache import ConcatCache, KVCache, StaticCache
 from kvbench.kv_cache_paged import ATTENTION_PATH, PagedCache, paged_blocks, seq_tokens
 from kvbench.ragged import Layout
+from kvbench.timing import TokenTimer, stats
 
 ALLOC_KV_MODES = ("concat", "static", "paged")
 # Why the peers' allocators are not measured on ragged batches: said in every ragged record.
@@ -114,3 +117,30 @@ def record_fields(built, spec, run) -> dict:
         out["kv_cache_bytes_formula"] = reserved_steps[-1]
         out["kv_attention_path"] = ATTENTION_PATH
     return out
+
+
+def prefill_fields(built, spec, run, device) -> dict:
+    """A paged cell with a shared prefix: the prefill time it saves against `static`, both measured here.
+
+    The same prompt's prefill (the prompt's forward and the first token) under this cell's paged cache,
+    which prefills the prefix once, and under a static cache of the same batch, which prefills it in every
+    sequence: one untimed static generation first, then `max(iters, 2)` rounds of one each, the order
+    alternating, in this process on these weights. Each generation makes 2 tokens (the prefill's and one
+    decode step); only the prefill interval is kept. The record's latency section gets the stats of both
+    and the difference of their medians. Empty for any other cell."""
+    if spec.kv_mode != "paged" or built.layout is None or not built.layout.shared_prefix:
+        return {}
+    run(built.prompt, 2, "static")  # the static cache's first use in this process, untimed
+    times: dict[str, list[float]] = {"static": [], "paged": []}
+    for i in range(max(spec.iters, 2)):
+        for mode in ("static", "paged") if i % 2 == 0 else ("paged", "static"):
+            timer = TokenTimer(device)
+            timer.start()
+            run(built.prompt, 2, mode, on_token=timer.mark)
+            times[mode].append(timer.intervals_ms()[0])
+    saved = statistics.median(times["static"]) - statistics.median(times["paged"])
+    return {
+        "prefill_ms_static_same_batch": stats(times["static"]),
+        "prefill_ms_paged_same_batch": stats(times["paged"]),
+        "prefill_ms_saved_vs_static": saved,
+    }

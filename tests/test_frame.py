@@ -146,3 +146,25 @@ def test_aggregate_rejects_two_records_of_one_cell(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="two records for one cell"):
         agg.aggregate(paths + [twin], tmp_path / "tables")
     assert agg.main(["--records", str(tmp_path / "missing"), "--out", str(tmp_path / "t")]) == 1
+
+
+def test_a_paged_cells_kv_bytes_are_its_blocks_not_a_static_reservation(tmp_path: Path) -> None:
+    from kvbench.cell import run_cell
+    from kvbench.record import write_atomic
+    from kvbench.spec import CellSpec
+
+    paths = []
+    for i, extra in enumerate(({"prompt_spread": 0.5, "shared_prefix": 8}, {})):
+        spec = CellSpec(model="tiny", kv_mode="paged", device="cpu", batch=3, prompt_len=24, new_tokens=4)
+        rec = run_cell(CellSpec(**{**vars(spec), "block_tokens": 4, "iters": 1, "warmup": 0, **extra}))
+        write_atomic(tmp_path / f"r{i}.json", rec)
+        paths.append(tmp_path / f"r{i}.json")
+    df = fr.from_records(paths)
+    counted = df["memory.kv_bytes_reserved"].astype(int).tolist()
+    assert df["kv_formula"].astype(int).tolist() == counted == df["memory.kv_cache_bytes_formula"].astype(int).tolist()
+    ragged = df[df["cell.prompt_spread"].notna()].iloc[0]
+    per_token = 2 * ragged["n_layer"] * ragged["kv_heads"] * ragged["head_dim"] * 4
+    assert ragged["kv_formula"] < 3 * 27 * per_token  # under the static formula's batch x (prompt + new - 1)
+    long = fr.per_step(df[df["cell.prompt_spread"].notna()])
+    by_step = [int(b) for b in ragged["memory.kv_bytes_reserved_by_step"].split(";")]
+    assert long["kv_cache_bytes"].astype(int).tolist() == by_step[1:]

@@ -32,3 +32,20 @@ def test_bytes_by_formula_equal_bytes_counted_at_every_step(model, kv_mode, spre
     if kv_mode == "paged" and spread:
         static = kv_alloc.by_step("static", per_token, 3, 14, 9, layout, 4)[0]
         assert reserved[-1] < static[-1]
+
+
+def test_a_shared_prefix_cell_records_the_prefill_time_it_saved_against_static():
+    from kvbench import record as kvrecord
+    from kvbench.cell import run_cell
+    from kvbench.spec import CellSpec
+
+    common = dict(model="tiny", device="cpu", batch=3, prompt_len=24, new_tokens=4, iters=2, warmup=0)
+    shared = run_cell(CellSpec(kv_mode="paged", shared_prefix=16, block_tokens=4, **common))
+    kvrecord.validate(shared)
+    lat = shared["latency"]
+    static, paged = lat["prefill_ms_static_same_batch"], lat["prefill_ms_paged_same_batch"]
+    assert static["n"] == paged["n"] == 2 and static["min"] > 0 and paged["min"] > 0
+    assert lat["prefill_ms_saved_vs_static"] == pytest.approx(static["median"] - paged["median"])
+    assert shared["memory"]["kv_bytes_saved_vs_static"] > 0 and shared["check"]["matches_reference"]
+    plain = run_cell(CellSpec(kv_mode="paged", block_tokens=4, **common))  # no prefix: nothing saved to time
+    assert "prefill_ms_saved_vs_static" not in plain["latency"]

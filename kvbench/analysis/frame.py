@@ -18,7 +18,7 @@ import pandas as pd
 
 from kvbench import record as kvrecord
 from kvbench.analysis import approx_price
-from kvbench.presets import DTYPE_BYTES, KV_MODES, kv_cache_bytes
+from kvbench.presets import BLOCK_TOKENS, DTYPE_BYTES, KV_MODES, kv_cache_bytes
 
 MIB = 2**20
 STATUS_ORDER = ("ok", "oom", "unsupported", "error")
@@ -168,7 +168,24 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     known = mode.isin(approx_price.SETTING_MODES) & pd.concat(dims, axis=1).notna().all(axis=1)
     for i in df.index[known]:  # bytes that depend on the cell's own window, sinks or group size
         df.at[i, "kv_formula"] = approx_price.formula_bytes(df.loc[i])
+    paged = (mode == "paged") & pd.concat(dims, axis=1).notna().all(axis=1)
+    for i in df.index[paged]:  # the blocks its sequences took, not a static reservation
+        df.at[i, "kv_formula"] = paged_bytes(df.loc[i])
     return _memory(df).sort_values([*GRID, "record"], kind="stable").reset_index(drop=True).copy()
+
+
+def paged_bytes(r: pd.Series) -> int:
+    """A paged cell's KV bytes at its last step: each sequence's tokens (its own prompt length from
+    the record, else prompt_len, plus new_tokens - 1) rounded up to whole blocks, a shared prefix's
+    full blocks counted once, times the bytes of one position (K and V, every layer and K/V head)."""
+    block = int(r["cell.block_tokens"]) if pd.notna(r.get("cell.block_tokens")) else BLOCK_TOKENS
+    shared = int(r["cell.shared_prefix"]) // block if pd.notna(r.get("cell.shared_prefix")) else 0
+    lengths = r.get("memory.prompt_lengths")
+    lengths = [int(n) for n in str(lengths).split(";")] if pd.notna(lengths) else [int(r["cell.prompt_len"])]
+    lengths = lengths * (int(r["cell.batch"]) // len(lengths))  # a rectangular batch's record names no lengths
+    final = [n + int(r["cell.new_tokens"]) - 1 for n in lengths]
+    blocks = shared + sum(-(-(t - shared * block) // block) for t in final)
+    return blocks * block * 2 * int(r["n_layer"]) * int(r["kv_heads"]) * int(r["head_dim"]) * int(r["elem_bytes"])
 
 
 def _memory(df: pd.DataFrame) -> pd.DataFrame:
@@ -206,13 +223,19 @@ def record_columns(df: pd.DataFrame) -> list[str]:
 
 def per_step(df: pd.DataFrame) -> pd.DataFrame:
     """Long format, one row per decode step of each ok record. Step s leaves prompt_len + s tokens
-    in the cache; the record's formula bytes are for the final prompt_len + new_tokens - 1."""
-    steps = df.get(PER_STEP, pd.Series(None, index=df.index, dtype=object)).where(df["ok"])
+    in the cache; the record's formula bytes are for the final prompt_len + new_tokens - 1 (a paged
+    cell's bytes at step s are its record's blocks taken by then, `memory.kv_bytes_reserved_by_step`)."""
+    none = pd.Series(None, index=df.index, dtype=object)
+    steps = df.get(PER_STEP, none).where(df["ok"])
+    blocks = df.get("memory.kv_bytes_reserved_by_step", none).where(df["cell.kv_mode"].astype(str) == "paged")
     long = df[["record", *CELL]].assign(decode_ms=steps, formula=df["memory.kv_cache_bytes_formula"], t=df["tokens"])
+    long = long.assign(blocks=blocks)
     long = long[long["decode_ms"].map(lambda v: isinstance(v, list) and len(v) > 0)].explode("decode_ms")
     long["step"] = long.groupby(level=0).cumcount() + 1
     long["context_tokens"] = long["cell.prompt_len"] + long["step"]
     kv = long["formula"].astype(float) * long["context_tokens"].astype(float) / long["t"].astype(float)
+    paged = long["blocks"].notna()
+    kv[paged] = [float(str(b).split(";")[s]) for b, s in zip(long.loc[paged, "blocks"], long.loc[paged, "step"])]
     long["kv_cache_bytes"] = kv.round().astype("Int64")
     long["kv_cache_mib"] = long["kv_cache_bytes"].astype(float) / MIB
     long["decode_ms"] = long["decode_ms"].astype(float)
