@@ -1,59 +1,21 @@
-"""How the caches allocate: KV bytes reserved against bytes used, and the decode time each layout costs.
+"""How the caches allocate, drawn: KV bytes reserved against bytes used, and the decode time each layout costs.
 
-`alloc_table` is one row per ok cell of a sweep with a `paged` cache: the bytes the cache reserved
-and the bytes real tokens used at the last step (both counted from the live cache), the waste
-between them, decode and prefill time, for `static`, `concat` and `paged` at each block size, as
-the batch grows and its prompts spread (kvbench/ragged.py) or share a prefix. `bytes_figure` draws
-reserved (solid) against used (dashed) as the batch grows more ragged; `decode_figure` the decode
-time per token of each mode; `claims` says from the table what paging saves, what the gather costs
-per step, and where `static` is still the better choice.
+The table and the sentences are kvbench/analysis/alloc_table.py. `bytes_figure` draws reserved
+(solid) against used (dotted) as the batch grows more ragged; `decode_figure` the decode time per
+token of each mode. `main` writes the table, both figures and the sentences from a folder of records.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from kvbench.analysis import command
+from kvbench.analysis.alloc_table import NoPaged, alloc_table, claims, markdown
 from kvbench.analysis.facets import Skip, color
-
-MODES = ("static", "concat", "paged")
-COLUMNS = {
-    "cell.model": "model",
-    "cell.dtype": "dtype",
-    "label": "label",
-    "cell.kv_mode": "kv_mode",
-    "cell.batch": "batch",
-    "cell.prompt_len": "prompt_len",
-    "cell.prompt_spread": "prompt_spread",
-    "cell.shared_prefix": "shared_prefix",
-    "memory.kv_bytes_reserved": "reserved",
-    "memory.kv_bytes_used": "used",
-    "waste": "waste",
-    "latency.decode_ms_per_token.median": "decode_ms_per_token",
-    "latency.prefill_ms.median": "prefill_ms",
-    "check.matches_reference": "matches_reference",
-}
-KEYS = ["model", "dtype", "batch", "prompt_len", "prompt_spread", "shared_prefix"]
-
-
-def alloc_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per ok static/concat/paged cell that recorded its bytes; raises Skip without a paged cell."""
-    modes = df["cell.kv_mode"].astype(str)
-    if not modes.eq("paged").any() or "memory.kv_bytes_reserved" not in df:
-        raise Skip("no paged cell with KV bytes reserved and used in this sweep")
-    ok = df[(df["status"].astype(str) == "ok") & modes.isin(MODES) & df["memory.kv_bytes_reserved"].notna()].copy()
-    for column in ("cell.prompt_spread", "cell.shared_prefix", "cell.block_tokens"):
-        ok[column] = ok[column].fillna(0) if column in ok else 0  # a rectangular batch's record names neither
-    blocks = ok["cell.block_tokens"].astype(int).astype(str)
-    ok["label"] = ok["cell.kv_mode"].astype(str).where(ok["cell.kv_mode"].astype(str) != "paged", "paged-" + blocks)
-    ok["waste"] = 1.0 - ok["memory.kv_bytes_used"] / ok["memory.kv_bytes_reserved"]
-    t = ok[list(COLUMNS)].rename(columns=COLUMNS)
-    t["kv_mode"] = t["kv_mode"].astype(str)
-    return t.sort_values([*KEYS, "label"], kind="stable").reset_index(drop=True)
 
 
 def _plt():
@@ -109,72 +71,41 @@ def decode_figure(t: pd.DataFrame):
     return fig
 
 
-FIGURES = {
-    "kv_alloc_bytes": lambda df: bytes_figure(alloc_table(df)),
-    "kv_alloc_decode": lambda df: decode_figure(alloc_table(df)),
-}
+def _drawn(draw):
+    """A figure of the frame; Skip (kvbench figures' one-line reason) where there is no paged cell."""
+
+    def figure(df: pd.DataFrame):
+        try:
+            return draw(alloc_table(df))
+        except NoPaged as why:
+            raise Skip(str(why)) from None
+
+    return figure
 
 
-def mib(nbytes: float) -> str:
-    return f"{nbytes / 2**20:.2f} MiB"
+FIGURES = {"kv_alloc_bytes": _drawn(bytes_figure), "kv_alloc_decode": _drawn(decode_figure)}
 
 
-def claims(t: pd.DataFrame) -> list[str]:
-    """Per grid point with static and paged: the bytes paging saves, the gather's cost, the prefill saved."""
-    out = []
-    for key, g in t.groupby(KEYS, sort=False):
-        at = g.set_index("label")
-        if "static" not in at.index:
-            continue
-        base = at.loc["static"]
-        model, _, batch, _, spread, prefix = key
-        for label in [x for x in at.index if x.startswith("paged")]:
-            row = at.loc[label]
-            cost = row["decode_ms_per_token"] - base["decode_ms_per_token"]
-            text = (
-                f"{model} batch {batch}, spread {spread:g}, shared prefix {int(prefix)}: `{label}` reserves "
-                f"{mib(row['reserved'])} against static's {mib(base['reserved'])} "
-                f"(waste {100 * row['waste']:.0f}% vs {100 * base['waste']:.0f}%); decode "
-                f"{row['decode_ms_per_token']:.1f} ms/token vs {base['decode_ms_per_token']:.1f} "
-                f"({cost:+.1f} ms/token with the block gather)"
-            )
-            if prefix:
-                text += f"; prefill {row['prefill_ms']:.0f} ms vs {base['prefill_ms']:.0f} (prefix prefilled once)"
-            if cost > 0 and base["waste"] < 0.1:
-                text += "; static wastes little here and decodes faster: the better choice"
-            out.append(text + ".")
-    return out
+def write(records: Path, out: Path) -> str:
+    """kv_alloc.csv, kv_alloc.md (the table and a sentence per grid point) and both figures in `out`."""
+    from kvbench.analysis import frame as fr
 
-
-def markdown(t: pd.DataFrame) -> str:
-    cols = ["label", "batch", "prompt_spread", "shared_prefix", "reserved", "used", "waste"]
-    cols += ["decode_ms_per_token", "prefill_ms", "matches_reference"]
-    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in t[cols].iterrows():
-        rows.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r) + " |")
-    return "\n".join(rows)
+    t = alloc_table(fr.from_records(sorted(records.rglob("*.json"))))
+    out.mkdir(parents=True, exist_ok=True)
+    t.to_csv(out / "kv_alloc.csv", index=False)
+    for name, fig in (("kv_alloc_bytes", bytes_figure(t)), ("kv_alloc_decode", decode_figure(t))):
+        fig.savefig(out / f"{name}.png", bbox_inches="tight")
+    (out / "kv_alloc.md").write_text(markdown(t) + "\n\n" + "\n".join(f"- {c}" for c in claims(t)) + "\n")
+    return f"alloc_figures: {len(t)} cells -> {out}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m kvbench.analysis.alloc_figures RECORDS_DIR OUT_DIR`: the table, both figures, the claims."""
-    from kvbench.analysis import frame as fr
-
     p = argparse.ArgumentParser(prog="alloc_figures", description=main.__doc__)
     p.add_argument("records", type=Path)
     p.add_argument("out", type=Path)
     args = p.parse_args(argv)
-    try:
-        t = alloc_table(fr.from_records(sorted(args.records.rglob("*.json"))))
-    except Skip as why:
-        print(f"alloc_figures: nothing to draw: {why}", file=sys.stderr)
-        return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    t.to_csv(args.out / "kv_alloc.csv", index=False)
-    for name, fig in (("kv_alloc_bytes", bytes_figure(t)), ("kv_alloc_decode", decode_figure(t))):
-        fig.savefig(args.out / f"{name}.png", bbox_inches="tight")
-    (args.out / "kv_alloc.md").write_text(markdown(t) + "\n\n" + "\n".join(f"- {c}" for c in claims(t)) + "\n")
-    print(f"alloc_figures: {len(t)} cells -> {args.out}")
-    return 0
+    return command.run("alloc_figures", lambda: write(args.records, args.out))
 
 
 if __name__ == "__main__":

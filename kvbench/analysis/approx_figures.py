@@ -11,12 +11,12 @@ from a folder of records.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from kvbench.analysis import command
 from kvbench.analysis.approx_price import NoPrice, claims, markdown, price_table
 from kvbench.analysis.facets import Skip, color
 
@@ -95,26 +95,26 @@ def _drawn(draw):
 FIGURES = {"kv_pareto": _drawn(pareto_figure), "kv_memory_length": _drawn(length_figure)}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m kvbench.analysis.approx_figures RECORDS_DIR OUT_DIR`: the table, both figures, the claims."""
+def write(records: Path, out: Path) -> str:
+    """kv_price.csv, kv_price.md (the table and the sentences) and both figures in `out`."""
     from kvbench.analysis import frame as fr
 
+    t = price_table(fr.from_records(sorted(records.rglob("*.json"))))
+    out.mkdir(parents=True, exist_ok=True)
+    t.to_csv(out / "kv_price.csv", index=False)
+    for name, fig in (("kv_pareto", pareto_figure(t)), ("kv_memory_length", length_figure(t))):
+        fig.savefig(out / f"{name}.png", bbox_inches="tight")
+    (out / "kv_price.md").write_text(markdown(t) + "\n\n" + "\n".join(f"- {c}" for c in claims(t)) + "\n")
+    return f"approx_figures: {len(t)} cells -> {out}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m kvbench.analysis.approx_figures RECORDS_DIR OUT_DIR`: the table, both figures, the claims."""
     p = argparse.ArgumentParser(prog="approx_figures", description=main.__doc__)
     p.add_argument("records", type=Path)
     p.add_argument("out", type=Path)
     args = p.parse_args(argv)
-    try:
-        t = price_table(fr.from_records(sorted(args.records.rglob("*.json"))))
-    except NoPrice as why:
-        print(f"approx_figures: nothing to draw: {why}", file=sys.stderr)
-        return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    t.to_csv(args.out / "kv_price.csv", index=False)
-    for name, fig in (("kv_pareto", pareto_figure(t)), ("kv_memory_length", length_figure(t))):
-        fig.savefig(args.out / f"{name}.png", bbox_inches="tight")
-    (args.out / "kv_price.md").write_text(markdown(t) + "\n\n" + "\n".join(f"- {c}" for c in claims(t)) + "\n")
-    print(f"approx_figures: {len(t)} cells -> {args.out}")
-    return 0
+    return command.run("approx_figures", lambda: write(args.records, args.out), NoPrice, Skip)
 
 
 if __name__ == "__main__":

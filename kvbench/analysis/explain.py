@@ -18,7 +18,7 @@ import pandas as pd
 
 from kvbench import record as kvrecord
 from kvbench.analysis import aggregate as agg
-from kvbench.analysis import approx_price, claims, command
+from kvbench.analysis import alloc_table, approx_price, claims, command
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
 from kvbench.presets import DTYPE_BYTES, INT8_SCALE_BYTES
@@ -315,6 +315,7 @@ def explain(tables_dir: Path, out_md: Path) -> None:
         floor=floor(df),
         variants=variants(df),
         price=approx_price.explained(df),
+        alloc=alloc_table.explained(df),
         claims=claims.table(df, dev),
         dev=dev,
         about=f"{claims.ABOUT:.0%}",
