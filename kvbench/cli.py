@@ -17,6 +17,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def add_cell_parser(sub) -> None:
+    from kvbench.presets import PRESETS
     from kvbench.spec import CellSpec
 
     d = CellSpec()
@@ -30,19 +31,21 @@ def add_cell_parser(sub) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help=f"preset: tiny, gpt2, gpt2-medium, gpt2-large, gpt2-xl (default "
-        f"{d.model}); with --checkpoint, a label for the record (default: the checkpoint's name)",
+        help=f"preset: {', '.join(PRESETS)} (default {d.model}); with --checkpoint, a label for the record "
+        f"(default: the checkpoint's name)",
     )
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="real weights: a local Hugging Face GPT-2 directory, a nanoGPT ckpt.pt, or hf:<hub name> (needs internet)",
+        help="real weights: a local Hugging Face directory (GPT-2 or the Llama family), a nanoGPT ckpt.pt, or "
+        "hf:<hub name> (needs internet)",
     )
     p.add_argument(
         "--kv-mode",
         default=d.kv_mode,
         help="none (recompute everything each step), concat (torch.cat cache), static (preallocated, written in "
-        "place); approximate: static-int8, static-int4 (KIVI groups), static-fp8 (e4m3), sliding (sinks + window)",
+        "place), paged (blocks taken from a pool as sequences grow); approximate: static-int8, static-int4 (KIVI "
+        "groups), static-fp8 (e4m3), sliding (sinks + window)",
     )
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--prompt-len", type=int, default=d.prompt_len)
@@ -74,9 +77,9 @@ def add_engine_and_output_arguments(p: argparse.ArgumentParser, d) -> None:
     p.add_argument(
         "--engine",
         default=d.engine,
-        help="kvbench (this model), hf (transformers' GPT-2 on the "
-        "same weights, its own caches: none, concat = DynamicCache, static = StaticCache) or ct2 "
-        "(CTranslate2 on the same weights, its own growing cache: concat)",
+        help="kvbench (this model), hf (transformers' own model of the family, GPT2LMHeadModel or "
+        "LlamaForCausalLM/Qwen2ForCausalLM, on the same weights, its own caches: none, concat = DynamicCache, "
+        "static = StaticCache) or ct2 (CTranslate2 on the same weights, its own growing cache: concat)",
     )
     p.add_argument(
         "--compile",
@@ -147,7 +150,10 @@ def cmd_cell(args: argparse.Namespace, import_s: float | None = None) -> int:
 
 # Commands whose module parses its own arguments (and imports nothing heavy until it runs).
 DELEGATED = {
-    "sample": ("kvbench.sample", "text in, text out with tiktoken's gpt2 encoding, any decode mode"),
+    "sample": (
+        "kvbench.sample",
+        "text in, text out with tiktoken's gpt2 encoding or a checkpoint's tokenizer.json, any decode mode",
+    ),
     "visualize": ("kvbench.visualize", "animated GIF of q, K, V and attention while the cache grows"),
     "aggregate": ("kvbench.analysis.aggregate", "records -> tables (pandas)"),
     "figures": ("kvbench.analysis.figures", "tables -> seaborn figures"),

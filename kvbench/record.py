@@ -162,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kvbench check-records", description=quarantine.__doc__)
     p.add_argument("cells", nargs="+", type=Path, help="results/<sweep>/cells folders")
     args = p.parse_args(argv)
+    missing = [str(cells) for cells in args.cells if not cells.is_dir()]
+    if missing:  # a mistyped path would otherwise read as "nothing damaged"
+        print(f"kvbench check-records: error: no such folder: {', '.join(missing)}", file=sys.stderr)
+        return 1
     for cells in args.cells:
         for line in quarantine(cells):
             print(f"kvbench check-records: {line}", file=sys.stderr)

@@ -110,11 +110,14 @@ class CellSpec:
         _choose("dtype", self.dtype, tuple(DTYPES))
         _choose("attention", self.attention, ATTENTION_IMPLS)
         _choose("engine", self.engine, ENGINES)
+        # An override equal to the preset's own K/V heads is the model itself: only one that would fake
+        # grouped-query attention is an engine's to refuse.
+        own = None if self.checkpoint is not None else PRESETS[self.model].kv_heads
         try:  # what this engine runs (kvbench/engines/): kv modes, attention, compile, its package
             engines.check(
                 self.engine,
                 kv_mode=self.kv_mode,
-                n_kv_head=self.n_kv_head,
+                n_kv_head=None if self.n_kv_head == own else self.n_kv_head,
                 attention=self.attention,
                 compile=self.compile,
             )

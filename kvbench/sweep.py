@@ -142,10 +142,11 @@ def check(config: dict, schema_path: Path) -> None:
                 )
         for cell in cells(sweep):
             kv_heads = kv_head_count(cell["n_kv_head"])
-            if cell["engine"] in ("hf", "ct2") and kv_heads is not None:
+            own = PRESETS[cell["model"]].kv_heads
+            if cell["engine"] in ("hf", "ct2") and kv_heads not in (None, own):
                 raise SweepError(
-                    f"config: sweep {name!r}: engine {cell['engine']} runs transformers' GPT-2: "
-                    f"n_kv_head {ALL_HEADS} only"
+                    f"config: sweep {name!r}: grid.n_kv_head: engine {cell['engine']} runs the model's own K/V "
+                    f"heads ({cell['model']}: {own}): {ALL_HEADS} or {own} only"
                 )
             n_head = PRESETS[cell["model"]].n_head
             if kv_heads is not None and n_head % kv_heads:

@@ -43,3 +43,17 @@ def test_a_file_size_limit_hit_while_writing_a_gif_is_one_line(tmp_path, kvbench
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr == f"kvbench visualize: error: {out}: File too large\n"
     assert list(tmp_path.iterdir()) == []  # the writer took its temp file away
+
+
+def test_check_records_of_a_folder_that_is_not_there_is_one_line_and_fails(tmp_path, capsys):
+    assert cli.main(["check-records", str(tmp_path / "nonexistent")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("kvbench check-records: error: no such folder")
+
+
+def test_the_help_names_what_each_command_and_option_takes(capsys):
+    assert "tokenizer.json" in cli.DELEGATED["sample"][1]  # a Llama checkpoint's tokenizer too, not tiktoken only
+    with pytest.raises(SystemExit):
+        cli.main(["cell", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "paged (blocks taken" in text and "smollm2-135m" in text and "LlamaForCausalLM" in text

@@ -111,3 +111,12 @@ def test_all_heads_is_none_in_the_spec_and_the_record_cell_and_a_count_in_model_
     assert grouped.kv_heads == 2
     with pytest.raises(UsageError, match="^n_kv_head: 0 must be an integer >= 1$"):
         CellSpec(model="tiny", device="cpu", n_kv_head=0).check()
+
+
+def test_a_peer_engine_refuses_only_k_v_heads_the_model_lacks():
+    pytest.importorskip("transformers")
+    CellSpec(model="tiny-llama", engine="hf", device="cpu", n_kv_head=2).check()  # its own two: accepted
+    with pytest.raises(UsageError, match="^n_kv_head: engine hf runs the model's own K/V heads"):
+        CellSpec(model="tiny-llama", engine="hf", device="cpu", n_kv_head=1).check()
+    with pytest.raises(UsageError, match="^n_kv_head: engine hf"):
+        CellSpec(model="tiny", engine="hf", device="cpu", n_kv_head=2).check()  # GPT-2 has one K/V per query head

@@ -69,13 +69,17 @@ BAD = [
     ({**TINY, "kv_mode": ["radix"]}, None, "grid.kv_mode.0: 'radix' is not one of none, concat, static"),
     ({**TINY, "batch": []}, None, "grid.batch is empty"),
     ({**TINY, "n_kv_head": [3]}, None, "grid.n_kv_head: 3 must divide tiny's n_head"),
-    ({**TINY, "engine": ["hf"], "n_kv_head": [2]}, None, "engine hf runs transformers' GPT-2: n_kv_head all only"),
+    ({**TINY, "engine": ["hf"], "n_kv_head": [2]}, None, "grid.n_kv_head: engine hf runs the model's own K/V heads"),
+    ({**TINY, "model": ["tiny-llama"], "engine": ["ct2"], "n_kv_head": [1]}, None, "(tiny-llama: 2): all or 2 only"),
     ({**TINY, "prompt_len": [60], "new_tokens": [8]}, None, "= 60 + 8 exceeds tiny's block_size 64"),
     (TINY, {"device": "tpu"}, "settings.device"),
 ]
 
 
-@pytest.mark.parametrize("grid,settings,message", BAD, ids=["value", "empty", "heads", "hf-heads", "block", "device"])
+IDS = ["value", "empty", "heads", "hf-heads", "ct2-heads", "block", "device"]
+
+
+@pytest.mark.parametrize("grid,settings,message", BAD, ids=IDS)
 def test_a_bad_sweep_is_one_line_naming_the_sweep_and_the_key(schema, grid, settings, message):
     with pytest.raises(SweepError) as err:
         check(one_sweep(grid, settings), schema)
@@ -148,3 +152,8 @@ def test_layout_axes_name_a_path_part_only_when_the_grid_sets_them():
     ]
     flags = cell_flags(next(c for c in made if c["block_tokens"] == "-k64"), SETTINGS)
     assert "--block-tokens 64" in flags and "--prompt-spread 0.5" in flags and "--shared-prefix" not in flags
+
+
+def test_a_peer_engine_takes_the_model_s_own_k_v_heads_as_a_count(schema):
+    grid = {**TINY, "model": ["tiny-llama"], "engine": ["hf", "ct2"], "kv_mode": ["concat"], "n_kv_head": [2]}
+    check(one_sweep(grid), schema)  # tiny-llama has 2 K/V heads: the count is the model itself, nothing faked

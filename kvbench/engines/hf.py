@@ -210,8 +210,8 @@ class HFEngine(Engine):
         super().check(kv_mode=kv_mode, n_kv_head=n_kv_head, attention=attention, compile=compile)
         if n_kv_head is not None:
             raise ValueError(
-                "n_kv_head: engine hf runs the model's own K/V heads (a preset's or a checkpoint's); "
-                "the override is for engine kvbench"
+                "n_kv_head: engine hf runs the model's own K/V heads (a preset's or a checkpoint's): leave "
+                "it out or give that count; another count fakes grouped-query attention, which is engine kvbench's"
             )
 
     def __init__(self, model: Model):
