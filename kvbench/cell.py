@@ -235,6 +235,7 @@ def run_cell(spec: CellSpec, import_s: float | None = None) -> dict:
     reason = dtype_unsupported_reason(device, DTYPES[spec.dtype]) or threads_unsupported_reason(spec.threads)
     if reason is None and spec.kv_mode == "static-fp8":
         reason = fp8_unsupported_reason(device)
+    reason = reason or kv_alloc.peer_ragged_reason(spec)
     if reason is not None:
         return record(status="unsupported", error=reason)
     built = None

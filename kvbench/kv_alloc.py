@@ -20,10 +20,10 @@ from kvbench.ragged import Layout
 from kvbench.timing import TokenTimer, stats
 
 ALLOC_KV_MODES = ("concat", "static", "paged")
-# Why the peers' allocators are not measured on ragged batches: said in every ragged record.
+# Said in every ragged record of engine kvbench: where the peers' side of the comparison is.
 PEERS_NOTE = (
-    "peers not measured on ragged batches: kvbench feeds engines hf and ct2 a rectangular batch only "
-    "(transformers' caches take a left-padded batch with its own masks, CTranslate2 keeps its cache out of reach)"
+    "the peer engines are not measured on ragged batches or a shared prefix: their cells record status "
+    "unsupported and one line saying why (each engine's `ragged_unsupported`, kvbench/engines/)"
 )
 
 
@@ -86,6 +86,17 @@ def written_columns(cache: StaticCache) -> int:
 def waste(reserved: int, used: int) -> float:
     """Fraction of the reserved bytes holding no real token."""
     return 0.0 if reserved == 0 else 1.0 - used / reserved
+
+
+def peer_ragged_reason(spec) -> str | None:
+    """Why a peer engine's cell with a ragged batch or a shared prefix is not measured (its record's
+    one line, status unsupported); None for engine kvbench or a rectangular batch."""
+    if spec.engine == "kvbench" or not (spec.prompt_spread or spec.shared_prefix):
+        return None
+    from kvbench import engines
+
+    why = getattr(engines.engine_class(spec.engine), "ragged_unsupported", None)
+    return why or f"prompt_spread, shared_prefix: engine {spec.engine} is fed a rectangular batch only"
 
 
 def record_fields(built, spec, run) -> dict:

@@ -49,3 +49,22 @@ def test_a_shared_prefix_cell_records_the_prefill_time_it_saved_against_static()
     assert shared["memory"]["kv_bytes_saved_vs_static"] > 0 and shared["check"]["matches_reference"]
     plain = run_cell(CellSpec(kv_mode="paged", block_tokens=4, **common))  # no prefix: nothing saved to time
     assert "prefill_ms_saved_vs_static" not in plain["latency"]
+
+
+@pytest.mark.parametrize("engine", ["hf", "ct2"])
+def test_a_peer_engine_on_a_ragged_batch_records_why_it_is_not_measured(engine):
+    from kvbench import engines
+    from kvbench import record as kvrecord
+    from kvbench.cell import run_cell
+    from kvbench.spec import CellSpec
+
+    pytest.importorskip({"hf": "transformers", "ct2": "ctranslate2"}[engine])
+    for layout in ({"prompt_spread": 0.5}, {"shared_prefix": 4}):
+        spec = CellSpec(model="tiny", engine=engine, kv_mode="concat", device="cpu", batch=3, prompt_len=12, **layout)
+        rec = run_cell(spec)
+        kvrecord.validate(rec)
+        why = engines.engine_class(engine).ragged_unsupported
+        assert rec["status"] == "unsupported" and rec["error"] == why and "\n" not in why
+        assert why.startswith(f"prompt_spread, shared_prefix: engine {engine} is not measured on a ragged batch")
+    plain = CellSpec(model="tiny", engine=engine, kv_mode="concat", device="cpu", iters=1, warmup=0)
+    assert kv_alloc.peer_ragged_reason(plain) is None  # a rectangular batch is measured

@@ -59,7 +59,7 @@ def test_the_gap_is_masked_and_positions_continue_per_sequence():
         ({"shared_prefix": 16}, "shared_prefix"),
         ({"prompt_spread": 0.5, "batch": 4, "shared_prefix": 8}, "shared_prefix"),
         ({"prompt_spread": 0.5, "kv_mode": "sliding"}, "prompt_spread"),
-        ({"shared_prefix": 2, "engine": "hf"}, "shared_prefix"),
+        ({"shared_prefix": 2, "compile": True}, "shared_prefix"),
         ({"block_tokens": 0, "kv_mode": "paged"}, "block_tokens"),
     ],
 )

@@ -127,6 +127,11 @@ class CT2Engine(Engine):
         "CTranslate2 manages its own cache (grown by concatenation each step); "
         "kv_cache_bytes_formula only, nothing measured"
     )
+    # A ragged batch's record (status unsupported) says this, rather than a number made some other way.
+    ragged_unsupported = (
+        "prompt_spread, shared_prefix: engine ct2 is not measured on a ragged batch: CTranslate2 keeps its "
+        "cache out of Python's reach, so the bytes it reserves and uses, what this setting compares, cannot be counted"
+    )
 
     @classmethod
     def check(cls, *, kv_mode, n_kv_head, attention, compile):

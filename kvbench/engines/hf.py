@@ -203,6 +203,13 @@ class HFCompiledStatic:
 class HFEngine(Engine):
     name = "hf"
     kv_modes = HF_KV_MODES
+    # A ragged batch's record (status unsupported) says this, rather than a number made some other way.
+    ragged_unsupported = (
+        "prompt_spread, shared_prefix: engine hf is not measured on a ragged batch: its generation feeds "
+        "transformers' model a rectangular batch without an attention mask or per-sequence positions, so "
+        "the pads would be read as prompt; its DynamicCache and StaticCache are rectangular tensors "
+        "(batch x the longest sequence), the reservation kvbench's concat and static measure"
+    )
     owns_weights = True  # its own copy in its native layout (GPT-2: contiguous (in, out) Conv1D; Llama: q/k/v split)
 
     @classmethod
