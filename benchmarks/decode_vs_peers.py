@@ -5,11 +5,11 @@ kvbench's static cache eager and compiled, transformers' own model of the family
 LlamaForCausalLM, Qwen2ForCausalLM) with its default DynamicCache, its StaticCache and its StaticCache
 compiled, and CTranslate2 (its own growing cache). `--model` names any preset, GPT-2 or Llama family. The table gives
 decode ms/token (median over the cell's iterations, min-max), the ratio to CTranslate2 and the
-fraction of the floor, and a row for the floor itself: the cell's decode-step bytes (weights + KV
-read) over the best read bandwidth the cells measured (`analytic.bandwidth_source` says which). A benchmark,
-not a test: it prints, it does not pass or fail.
+fraction of the floor, per prompt length and batch, and a row for the floor itself: the cell's
+decode-step bytes (weights + KV read) over the best read bandwidth the cells measured
+(`analytic.bandwidth_source` says which). A benchmark, not a test: it prints, it does not pass or fail.
 
-    python benchmarks/decode_vs_peers.py --device cpu --threads 2 --prompt-len 128 512   # CPU targets
+    python benchmarks/decode_vs_peers.py --device cpu --threads 2 --batch 1 2 4 8        # CPU targets
     python benchmarks/decode_vs_peers.py --model smollm2-135m --device cpu --threads 2  # Llama family, CPU
     python benchmarks/decode_vs_peers.py --model gpt2-xl --dtype bf16 --device cuda      # GPU targets
 """
@@ -36,7 +36,9 @@ CT2 = VARIANTS[-1][0]
 OURS = ("kvbench static", "kvbench static + compile")
 
 
-def run_cell(args: argparse.Namespace, prompt_len: int, engine: str, kv_mode: str, compiled: bool, out: Path) -> dict:
+def run_cell(
+    args: argparse.Namespace, prompt_len: int, batch: int, engine: str, kv_mode: str, compiled: bool, out: Path
+) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -53,7 +55,7 @@ def run_cell(args: argparse.Namespace, prompt_len: int, engine: str, kv_mode: st
         "--device",
         args.device,
         "--batch",
-        str(args.batch),
+        str(batch),
         "--prompt-len",
         str(prompt_len),
         "--new-tokens",
@@ -79,11 +81,11 @@ def decode_ms(rec: dict) -> float | None:
     return rec["latency"]["decode_ms_per_token"]["median"] if rec.get("status") == "ok" else None
 
 
-def table(args: argparse.Namespace, prompt_len: int, results: dict[str, dict], out_dir: Path) -> None:
+def table(args: argparse.Namespace, prompt_len: int, batch: int, results: dict[str, dict], out_dir: Path) -> None:
     ok = [r for r in results.values() if r.get("status") == "ok"]
     env = ok[0]["environment"] if ok else {}
     print(
-        f"\n{args.model} {args.dtype} batch {args.batch}, prompt {prompt_len}, {args.new_tokens} new tokens, "
+        f"\n{args.model} {args.dtype} batch {batch}, prompt {prompt_len}, {args.new_tokens} new tokens, "
         f"{args.threads or 'default'} threads on {env.get('device_name')}; records in {out_dir}\n"
     )
     print(
@@ -122,12 +124,37 @@ def table(args: argparse.Namespace, prompt_len: int, results: dict[str, dict], o
         )
 
 
+def by_batch(summary: dict[tuple[int, int], dict[str, dict]]) -> None:
+    """One line per variant and prompt length: decode ms/token and its fraction of the floor at each batch."""
+    batches = sorted({b for _, b in summary})
+    print("\n| variant | prompt | " + " | ".join(f"batch {b}: ms (of floor)" for b in batches) + " |")
+    print("|---|---|" + "---|" * len(batches))
+    for prompt_len in sorted({p for p, _ in summary}):
+        rows = {p_b: r for p_b, r in summary.items() if p_b[0] == prompt_len}
+        floors = {b: floor_ms(r) for (_, b), r in rows.items()}
+        for label in dict.fromkeys(label for r in rows.values() for label in r):
+            cells = []
+            for b in batches:
+                ms = decode_ms(rows.get((prompt_len, b), {}).get(label, {}))
+                cells.append(f"{ms:.2f} ({floors[b] / ms:.2f})" if ms and floors.get(b) else "")
+            print(f"| {label} | {prompt_len} | " + " | ".join(cells) + " |")
+        print(f"| floor | {prompt_len} | " + " | ".join(f"{floors[b]:.2f}" if floors.get(b) else "" for b in batches))
+
+
+def floor_ms(results: dict[str, dict]) -> float | None:
+    """The floor of one (prompt, batch): the cells' step bytes over the best bandwidth any of them measured."""
+    ok = [r for r in results.values() if r.get("status") == "ok"]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: r["analytic"]["bandwidth_bytes_per_s"])["analytic"]["floor_ms_per_token"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gpt2", help="a preset: gpt2, ..., smollm2-135m, llama-3.1-8b (kvbench.presets)")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--prompt-len", type=int, nargs="+", default=[128])
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--warmup", type=int, default=2)
@@ -140,17 +167,21 @@ def main(argv: list[str] | None = None) -> int:
 
     out_dir = Path(args.records or tempfile.mkdtemp(prefix="kvbench-vs-peers-"))
     out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[tuple[int, int], dict[str, dict]] = {}
     for prompt_len in args.prompt_len:
-        results: dict[str, dict] = {}
-        for label, engine, kv_mode, compiled in VARIANTS:
-            if compiled and args.skip_compile:
-                continue
-            out = out_dir / f"p{prompt_len}-{engine}-{kv_mode}{'-compile' if compiled else ''}.json"
-            if args.table_only:
-                results[label] = json.loads(out.read_text()) if out.exists() else {"status": "missing"}
-            else:
-                results[label] = run_cell(args, prompt_len, engine, kv_mode, compiled, out)
-        table(args, prompt_len, results, out_dir)
+        for batch in args.batch:
+            results: dict[str, dict] = {}
+            for label, engine, kv_mode, compiled in VARIANTS:
+                if compiled and args.skip_compile:
+                    continue
+                out = out_dir / f"p{prompt_len}-b{batch}-{engine}-{kv_mode}{'-compile' if compiled else ''}.json"
+                if args.table_only:
+                    results[label] = json.loads(out.read_text()) if out.exists() else {"status": "missing"}
+                else:
+                    results[label] = run_cell(args, prompt_len, batch, engine, kv_mode, compiled, out)
+            table(args, prompt_len, batch, results, out_dir)
+            summary[prompt_len, batch] = results
+    by_batch(summary)
     return 0
 
 

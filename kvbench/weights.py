@@ -69,14 +69,24 @@ def store_wide_weights_input_major(model: nn.Module, keep_values: bool = True) -
 
 
 def prepare_for_decoding(model: nn.Module, keep_values: bool = True) -> str:
-    """Choose the weight layout for the device the model is on; returns its name for the record.
+    """Choose how the weights are laid out and multiplied for decoding on the model's device; returns
+    the choice's name for the record.
 
-    CPU: widening matrices input-major (measured faster for batch-1 decode, see
-    `store_wide_weights_input_major`).
+    CPU, float32, where kvbench's small-batch kernel builds (kvbench/small_batch_linear.py): every
+    linear layer through it, weights in PyTorch's own (out, in) layout, which the kernel streams at
+    batch 1 to 8 near memory speed.
+    CPU otherwise: widening matrices input-major (measured faster for the libraries' batch-1
+    matrix-vector products, see `store_wide_weights_input_major`).
     GPU: PyTorch's own (out, in) layout, left alone because no GPU layout was measured here.
     keep_values=False: the weights are about to be initialised, so nothing is copied.
     """
-    if next(model.parameters()).device.type == "cpu":
-        store_wide_weights_input_major(model, keep_values)
-        return "wide-input-major"
-    return "torch"
+    from kvbench import small_batch_linear
+
+    weight = next(model.parameters())
+    if weight.device.type != "cpu":
+        return "torch"
+    if weight.dtype == torch.float32 and small_batch_linear.why_unavailable() is None:
+        small_batch_linear.use_kernel(model)
+        return "small-batch-kernel"
+    store_wide_weights_input_major(model, keep_values)
+    return "wide-input-major"

@@ -1,4 +1,8 @@
-"""Weight layout for decoding: strides change, values, tying and tokens do not (both families)."""
+"""Weight layout for decoding: strides change, values, tying and tokens do not (both families).
+
+The kernel path of `prepare_for_decoding` is tested in test_small_batch_linear.py; here the layout
+used where the kernel is not (another dtype, no compiler).
+"""
 
 import pytest
 import torch
@@ -6,7 +10,7 @@ import torch
 from kvbench.generate import generate
 from kvbench.models import build_random
 from kvbench.presets import preset
-from kvbench.weights import prepare_for_decoding
+from kvbench.weights import prepare_for_decoding, store_wide_weights_input_major
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
@@ -16,7 +20,7 @@ def test_cpu_weight_layout_changes_strides_only(name):
     prompt = torch.randint(0, cfg.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
     before = generate(model, prompt, 8, "static", keep_logits=True)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    assert prepare_for_decoding(model) == "wide-input-major"
+    store_wide_weights_input_major(model)
     head = model.lm_head.weight
     assert head.shape == (cfg.vocab_size, cfg.n_embd) and head.stride() == (1, cfg.vocab_size)
     narrowing = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features < m.in_features]
@@ -28,6 +32,15 @@ def test_cpu_weight_layout_changes_strides_only(name):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_layout_keeps_a_tied_head_tied():
+def test_layout_keeps_a_tied_head_tied(monkeypatch):
+    from kvbench import small_batch_linear
+
+    monkeypatch.setattr(small_batch_linear, "why_unavailable", lambda: "no compiler")
     model = build_random(preset("tiny"), "cpu", torch.float32, seed=0, for_decoding=True)
     assert model.lm_head.weight is model.transformer.wte.weight and model.lm_head.weight.stride() == (1, 50257)
+    assert prepare_for_decoding(model) == "wide-input-major"  # where the kernel cannot run
+
+
+def test_bf16_on_the_cpu_keeps_the_library_layout():
+    model = build_random(preset("tiny"), "cpu", torch.bfloat16, seed=0, for_decoding=True)
+    assert prepare_for_decoding(model) == "wide-input-major"
