@@ -15,7 +15,7 @@ import statistics
 
 from kvbench.devices import DTYPES
 from kvbench.kv_cache import ConcatCache, KVCache, StaticCache
-from kvbench.kv_cache_paged import ATTENTION_PATH, PagedCache, paged_blocks, seq_tokens
+from kvbench.kv_cache_paged import PagedCache, attention_path, paged_blocks, seq_tokens
 from kvbench.ragged import Layout
 from kvbench.timing import TokenTimer, stats
 
@@ -126,7 +126,7 @@ def record_fields(built, spec, run) -> dict:
     )
     if spec.kv_mode == "paged":
         out["kv_cache_bytes_formula"] = reserved_steps[-1]
-        out["kv_attention_path"] = ATTENTION_PATH
+        out["kv_attention_path"] = attention_path()
     return out
 
 

@@ -7,13 +7,15 @@ that every sequence of the batch shares is stored once: its full blocks sit in e
 with a reference count, and it is prefilled once (`prefill_shared`).
 
 Attention reads a sequence's keys by gathering its blocks' slots into a dense (B, H, T, D) tensor
-(a plain gather, then the same SDPA every cache uses): `ATTENTION_PATH` says so in the record.
+(a plain gather, then the same SDPA every cache uses): `attention_path` says so in the record, and
+why not flex_attention's PagedAttention.
 Block tables are checked before every gather: an id outside the pool, or a block held by more
 sequences than its reference count, is an error, never a wrong answer.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -23,10 +25,25 @@ from kvbench.presets import BLOCK_TOKENS
 from kvbench.ragged import Layout
 
 ATTENTION_PATH = "paged: blocks gathered into a dense K/V per step (torch index), then SDPA"
+PAGED_FLEX = "torch.nn.attention.experimental._paged_attention"
+# Why not PyTorch's PagedAttention for flex_attention: true of torch 2.13 on a CPU and a GPU alike
+# (tests/test_kv_cache_paged.py holds the first half to the installed torch).
+NOT_FLEX = (
+    "not flex_attention's PagedAttention: without torch.compile flex_attention runs an unfused fallback "
+    "that materialises the scores over every slot of the pool, and its fused kernel needs each shape "
+    "compiled, which kvbench's eager paged mode does not do"
+)
 
 
 class BlockTableError(ValueError):
     """A block table names a block outside the pool, or shares one it does not hold a reference to."""
+
+
+def attention_path() -> str:
+    """The record's `kv_attention_path`: how attention read the blocks, and why not PagedAttention."""
+    if importlib.util.find_spec(PAGED_FLEX) is None:
+        return f"{ATTENTION_PATH}; this torch has no flex_attention PagedAttention ({PAGED_FLEX})"
+    return f"{ATTENTION_PATH}; {NOT_FLEX}"
 
 
 def seq_tokens(layout: Layout | None, batch: int, width: int, step: int) -> list[int]:

@@ -71,3 +71,27 @@ def test_a_shared_prefix_is_stored_once_and_tokens_stay_exact(model):
     assert all(t[:2] == shared for t in cache.tables) and all(cache.refs[b] == 4 for b in shared)
     final = [int(n) + 5 for n in layout.lengths]
     assert len(cache.refs) == paged_blocks(final, 4, 9) == 2 + sum(-(-(n - 8) // 4) for n in final)
+
+
+def test_the_record_says_why_not_flex_attentions_paged_attention_and_the_reason_holds():
+    import warnings
+
+    from kvbench.kv_cache_paged import ATTENTION_PATH, NOT_FLEX, PAGED_FLEX, attention_path
+
+    assert attention_path() == f"{ATTENTION_PATH}; {NOT_FLEX}"
+    paged_attention = pytest.importorskip(PAGED_FLEX).PagedAttention
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    # One sequence of 20 positions in a pool of 3 blocks of 16: eager flex_attention reads it right, unfused.
+    pool = paged_attention(3, 16, 1, device="cpu")
+    pool.reserve(torch.tensor(0), torch.tensor(20))
+    gen = torch.Generator().manual_seed(0)
+    k, v, q = (torch.randn(1, 2, n, 8, generator=gen) for n in (20, 20, 1))
+    k_pool, v_pool = torch.zeros(1, 2, 48, 8), torch.zeros(1, 2, 48, 8)
+    pool.assign(torch.tensor([0]), torch.arange(20).unsqueeze(0), k, v, k_pool, v_pool)
+    logical = create_block_mask(lambda b, h, qi, kv: kv < 20, 1, 1, 1, 32, device="cpu", BLOCK_SIZE=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = flex_attention(q, k_pool, v_pool, block_mask=pool.convert_logical_block_mask(logical))
+    assert any("unfused implementation" in str(w.message) for w in caught)
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
