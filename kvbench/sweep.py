@@ -117,6 +117,8 @@ def cells(sweep: dict) -> list[dict]:
     for c in out:  # only paged has blocks: another mode's cell is one cell whatever the block size
         if c["kv_mode"] != "paged":
             c["block_tokens"] = ""
+        if c["batch"] == 1:  # one sequence has no other to differ from or share with: the plain cell
+            c["prompt_spread"] = c["shared_prefix"] = ""
     return list({cell_path("", c): c for c in out}.values())
 
 

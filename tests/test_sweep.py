@@ -141,14 +141,14 @@ def test_job_settings_schedule_the_job_and_change_no_flag():
 
 
 def test_layout_axes_name_a_path_part_only_when_the_grid_sets_them():
-    grid = {**TINY, "prompt_len": [16], "new_tokens": [8], "kv_mode": ["static", "paged"]}
+    grid = {**TINY, "batch": [2], "prompt_len": [16], "new_tokens": [8], "kv_mode": ["static", "paged"]}
     grid.update(prompt_spread=[0.5], block_tokens=[16, 64])
     made = cells({"grid": grid})
     paths = sorted(cell_path("s", c) for c in made)
     assert [p.rsplit("/", 2)[-2:] for p in paths] == [
-        ["paged", "b1-p16-n8-sdpa-kvall-s0.5-k16.json"],
-        ["paged", "b1-p16-n8-sdpa-kvall-s0.5-k64.json"],
-        ["static", "b1-p16-n8-sdpa-kvall-s0.5.json"],  # one static cell, whatever the block size
+        ["paged", "b2-p16-n8-sdpa-kvall-s0.5-k16.json"],
+        ["paged", "b2-p16-n8-sdpa-kvall-s0.5-k64.json"],
+        ["static", "b2-p16-n8-sdpa-kvall-s0.5.json"],  # one static cell, whatever the block size
     ]
     flags = cell_flags(next(c for c in made if c["block_tokens"] == "-k64"), SETTINGS)
     assert "--block-tokens 64" in flags and "--prompt-spread 0.5" in flags and "--shared-prefix" not in flags
@@ -157,3 +157,11 @@ def test_layout_axes_name_a_path_part_only_when_the_grid_sets_them():
 def test_a_peer_engine_takes_the_model_s_own_k_v_heads_as_a_count(schema):
     grid = {**TINY, "model": ["tiny-llama"], "engine": ["hf", "ct2"], "kv_mode": ["concat"], "n_kv_head": [2]}
     check(one_sweep(grid), schema)  # tiny-llama has 2 K/V heads: the count is the model itself, nothing faked
+
+
+def test_a_batch_of_one_is_one_cell_whatever_the_spread_or_shared_prefix():
+    grid = {**TINY, "batch": [1, 2], "prompt_len": [16], "new_tokens": [8], "kv_mode": ["static"]}
+    grid.update(prompt_spread=[0, 0.5], shared_prefix=[0, 4])
+    names = sorted(cell_path("s", c).rsplit("/", 1)[-1] for c in cells({"grid": grid}))
+    assert names[0] == "b1-p16-n8-sdpa-kvall.json" and len(names) == 1 + 4  # batch 2: every spread and prefix
+    assert "--prompt-spread" not in cell_flags(cells({"grid": grid})[0], SETTINGS)
