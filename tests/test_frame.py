@@ -3,6 +3,7 @@ categoricals, models by parameter count), its per-step long form, and its pairs.
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -165,6 +166,9 @@ def test_a_paged_cells_kv_bytes_are_its_blocks_not_a_static_reservation(tmp_path
     ragged = df[df["cell.prompt_spread"].notna()].iloc[0]
     per_token = 2 * ragged["n_layer"] * ragged["kv_heads"] * ragged["head_dim"] * 4
     assert ragged["kv_formula"] < 3 * 27 * per_token  # under the static formula's batch x (prompt + new - 1)
+    blocks, rest = ex.formula_text(ragged).split(" blocks × ")  # explain writes out the blocks, not batch × tokens
+    factors = [int(blocks), *map(int, rest.split(" × "))]
+    assert factors[1] == 4 and math.prod(factors) == ragged["kv_formula"]
     long = fr.per_step(df[df["cell.prompt_spread"].notna()])
     by_step = [int(b) for b in ragged["memory.kv_bytes_reserved_by_step"].split(";")]
     assert long["kv_cache_bytes"].astype(int).tolist() == by_step[1:]

@@ -45,6 +45,10 @@ def grouped(t: pd.DataFrame, df: pd.DataFrame, extra: list[str], shown: list[str
 def formula_text(r: pd.Series) -> str:
     """The KV-cache product written out for one cell (its value comes from kv_cache_bytes)."""
     hd = r["head_dim"]
+    if r["cell.kv_mode"] == "paged":  # the blocks its sequences took (frame.paged_bytes), not batch × tokens
+        block = fr.paged_block(r)
+        blocks = int(r["kv_formula"]) // (block * 2 * int(r["n_layer"] * r["kv_heads"] * hd * r["elem_bytes"]))
+        return f"{blocks} blocks × {block} × 2 × {r['n_layer']} × {r['kv_heads']} × {hd} × {r['elem_bytes']}"
     last = f"({hd} + {INT8_SCALE_BYTES})" if r["cell.kv_mode"] == "static-int8" else f"{hd} × {r['elem_bytes']}"
     return " × ".join(["2", *(str(r[k]) for k in ("n_layer", "cell.batch", "kv_heads", "tokens")), last])
 

@@ -174,11 +174,16 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     return _memory(df).sort_values([*GRID, "record"], kind="stable").reset_index(drop=True).copy()
 
 
+def paged_block(r: pd.Series) -> int:
+    """A paged cell's positions per block (the default where its record names none)."""
+    return int(r["cell.block_tokens"]) if pd.notna(r.get("cell.block_tokens")) else BLOCK_TOKENS
+
+
 def paged_bytes(r: pd.Series) -> int:
     """A paged cell's KV bytes at its last step: each sequence's tokens (its own prompt length from
     the record, else prompt_len, plus new_tokens - 1) rounded up to whole blocks, a shared prefix's
     full blocks counted once, times the bytes of one position (K and V, every layer and K/V head)."""
-    block = int(r["cell.block_tokens"]) if pd.notna(r.get("cell.block_tokens")) else BLOCK_TOKENS
+    block = paged_block(r)
     shared = int(r["cell.shared_prefix"]) // block if pd.notna(r.get("cell.shared_prefix")) else 0
     lengths = r.get("memory.prompt_lengths")
     lengths = [int(n) for n in str(lengths).split(";")] if pd.notna(lengths) else [int(r["cell.prompt_len"])]
