@@ -65,7 +65,8 @@ class Built:
 def build(spec: CellSpec, cfg: GPTConfig, device: torch.device) -> Built:
     """The build phase: the weights (laid out for decoding) and the prompt, on the device."""
     model = build_model(spec, cfg, device)
-    info = model_info(model, prepare_for_decoding(model))
+    # Packed for oneDNN only where our eager decode runs: compiled cells pack in inductor, peers export.
+    info = model_info(model, prepare_for_decoding(model, pack=spec.engine == "kvbench" and not spec.compile))
     print(
         f"kvbench cell: built {spec.model} ({info['n_params']:,} parameters) on {device}; "
         f"measuring {spec.kv_mode} b{spec.batch} p{spec.prompt_len} n{spec.new_tokens}",

@@ -57,13 +57,15 @@ class LiveTensorBytes(TorchDispatchMode):
     def _track(self, t: object) -> None:
         if not isinstance(t, torch.Tensor) or t.device.type == "meta":
             return
-        storage = t.untyped_storage()
+        # A oneDNN-packed weight (kvbench/decode_linear.py) has no storage to share: it is its own, of its bytes.
+        storage = t if t.is_mkldnn else t.untyped_storage()
+        nbytes = t.numel() * t.element_size() if t.is_mkldnn else storage.nbytes()
         key = id(storage)
         if key in self._tracked:  # a view, an in-place result, or a tied weight
             return
         self._tracked.add(key)
-        self.live += storage.nbytes()
-        weakref.finalize(storage, self._free, key, storage.nbytes())
+        self.live += nbytes
+        weakref.finalize(storage, self._free, key, nbytes)
 
     def _free(self, key: int, nbytes: int) -> None:
         self._tracked.discard(key)

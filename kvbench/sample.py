@@ -94,7 +94,7 @@ def sample(args: argparse.Namespace, cfg, device, enc, ids: list[int], new_token
         model = checkpoint.load(args.checkpoint, device, dtype)
     else:
         model = build_random(cfg, device, dtype, args.seed)
-    prepare_for_decoding(model)
+    prepare_for_decoding(model, pack=True)
     prompt = torch.tensor([ids], device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, generator=gen, vocab_limit=enc.n_vocab)

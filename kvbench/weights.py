@@ -68,25 +68,26 @@ def store_wide_weights_input_major(model: nn.Module, keep_values: bool = True) -
             )
 
 
-def prepare_for_decoding(model: nn.Module, keep_values: bool = True) -> str:
+def prepare_for_decoding(model: nn.Module, keep_values: bool = True, pack: bool = False) -> str:
     """Choose how the weights are laid out and multiplied for decoding on the model's device; returns
     the choice's name for the record.
 
-    CPU, float32, where kvbench's small-batch kernel builds (kvbench/small_batch_linear.py): every
-    linear layer through it, weights in PyTorch's own (out, in) layout, which the kernel streams at
-    batch 1 to 8 near memory speed.
+    pack, on a float32 CPU: every linear layer through oneDNN's inner product on weights packed once
+    in its own layout (kvbench/decode_linear.py), which streams them near memory speed at batch 1
+    to 8. The caller packs only an eager kvbench model: torch.compile does its own packing
+    (inductor's freezing), and the other engines export our weights.
     CPU otherwise: widening matrices input-major (measured faster for the libraries' batch-1
     matrix-vector products, see `store_wide_weights_input_major`).
     GPU: PyTorch's own (out, in) layout, left alone because no GPU layout was measured here.
     keep_values=False: the weights are about to be initialised, so nothing is copied.
     """
-    from kvbench import small_batch_linear
+    from kvbench import decode_linear
 
     weight = next(model.parameters())
     if weight.device.type != "cpu":
         return "torch"
-    if weight.dtype == torch.float32 and small_batch_linear.why_unavailable() is None:
-        small_batch_linear.use_kernel(model)
-        return "small-batch-kernel"
+    if pack and keep_values and decode_linear.can_pack(weight):
+        decode_linear.pack(model)
+        return "onednn-packed"
     store_wide_weights_input_major(model, keep_values)
     return "wide-input-major"

@@ -1,7 +1,7 @@
 """Weight layout for decoding: strides change, values, tying and tokens do not (both families).
 
-The kernel path of `prepare_for_decoding` is tested in test_small_batch_linear.py; here the layout
-used where the kernel is not (another dtype, no compiler).
+The packed path of `prepare_for_decoding` is tested in test_decode_linear.py; here the layout of the
+CPU cells that do not pack (compiled ones, peers, other dtypes).
 """
 
 import pytest
@@ -32,15 +32,12 @@ def test_cpu_weight_layout_changes_strides_only(name):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_layout_keeps_a_tied_head_tied(monkeypatch):
-    from kvbench import small_batch_linear
-
-    monkeypatch.setattr(small_batch_linear, "why_unavailable", lambda: "no compiler")
+def test_layout_keeps_a_tied_head_tied():
     model = build_random(preset("tiny"), "cpu", torch.float32, seed=0, for_decoding=True)
     assert model.lm_head.weight is model.transformer.wte.weight and model.lm_head.weight.stride() == (1, 50257)
-    assert prepare_for_decoding(model) == "wide-input-major"  # where the kernel cannot run
+    assert prepare_for_decoding(model) == "wide-input-major"  # not asked to pack
 
 
-def test_bf16_on_the_cpu_keeps_the_library_layout():
+def test_bf16_on_the_cpu_is_not_packed():
     model = build_random(preset("tiny"), "cpu", torch.bfloat16, seed=0, for_decoding=True)
-    assert prepare_for_decoding(model) == "wide-input-major"
+    assert prepare_for_decoding(model, pack=True) == "wide-input-major"
