@@ -12,7 +12,7 @@ SNAKE_ARGS ?=
 WHEELS ?=
 PIP_FROM := $(if $(WHEELS),--no-index --find-links $(abspath $(WHEELS)))
 
-.PHONY: setup gpu-wheels run gpu gpu-check test test-fast test-twin lint format clean-results
+.PHONY: setup gpu-wheels run gpu gpu-check test test-fast test-twin lint format clean-results llamacpp
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	    $(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .; \
 	fi
 	@touch $@
+
+# Engine llamacpp's extra (not part of setup: building llama.cpp takes minutes): llama-cpp-python built from
+# source for this CPU (with CUDA where nvcc is present) and llama.cpp's converter, into the venv.
+llamacpp: setup
+	scripts/install-llamacpp.sh $(VENV)
 
 # The wheels a GPU node lacks (Snakemake, jsonschema and their dependencies; CTranslate2 if it fits
 # or CT2=1), for its Python (PY) on manylinux x86-64, into GPU_WHEELS: run where there is internet.

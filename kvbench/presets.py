@@ -21,11 +21,18 @@ SLIDING_WINDOW = 256
 SLIDING_SINKS = 4
 BLOCK_TOKENS = 16  # paged: positions per block (vLLM's default)
 ATTENTION_IMPLS = ("sdpa", "math")
-# kvbench: ours; hf: transformers' GPT-2 and ct2: CTranslate2, both on the same weights (kvbench/engines/)
-ENGINES = ("kvbench", "hf", "ct2")
+# kvbench: ours; hf: transformers' GPT-2, ct2: CTranslate2 and llamacpp: llama.cpp, all on the same weights
+# (kvbench/engines/)
+ENGINES = ("kvbench", "hf", "ct2", "llamacpp")
 # The kv modes each engine runs: transformers' GPT-2 has no int8 cache; CTranslate2 has one cache, its
-# own, which grows by concatenation (kvbench/engines/ct2.py).
-ENGINE_KV_MODES = {"kvbench": KV_MODES, "hf": ("none", "concat", "static"), "ct2": ("concat",)}
+# own, which grows by concatenation (kvbench/engines/ct2.py); llama.cpp preallocates its cache, in the
+# weights' type or its q8_0/q4_0 types (kvbench/engines/llamacpp.py).
+ENGINE_KV_MODES = {
+    "kvbench": KV_MODES,
+    "hf": ("none", "concat", "static"),
+    "ct2": ("concat",),
+    "llamacpp": ("static", "static-int8", "static-int4"),
+}
 INT8_SCALE_BYTES = 4  # static-int8 and static-fp8: one fp32 absmax scale per (token, head)
 INT4_SCALE_BYTES = 2  # static-int4: an fp16 scale and an fp16 zero point per group, as KIVI keeps them
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes per element of each dtype a cell accepts

@@ -96,6 +96,10 @@ class CellSpec:
             raise UsageError(
                 f"kv_group_size: {self.kv_group_size} must divide head_dim {cfg.head_dim} or be at least it"
             )
+        try:  # the engine's limits on the model's shape (llama.cpp's quantized caches: whole 32-value blocks)
+            engines.engine_class(self.engine).check_shape(kv_mode=self.kv_mode, head_dim=cfg.head_dim)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         if self.prompt_file is not None and not Path(self.prompt_file).is_file():
             raise UsageError(f"prompt_file: {self.prompt_file!r} does not exist")
         if self.out is not None:

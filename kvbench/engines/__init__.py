@@ -14,6 +14,7 @@ cell's settings for the engine before anything is built, with one-line messages.
     kvbench  this repository's GPT-2 (engines/kvbench.py)
     hf       Hugging Face transformers' GPT2LMHeadModel (engines/hf.py)
     ct2      CTranslate2's Generator, converted from the hf engine's model (engines/ct2.py)
+    llamacpp llama.cpp (llama-cpp-python), the hf engine's model converted to GGUF (engines/llamacpp.py)
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ class Engine(ABC):
         """Raise ValueError (one line naming the field and the allowed values) for a setting this engine lacks."""
         if kv_mode not in cls.kv_modes:
             raise ValueError(f"kv_mode (engine {cls.name}): {kv_mode!r} is not one of {', '.join(cls.kv_modes)}")
+
+    @classmethod
+    def check_shape(cls, *, kv_mode: str, head_dim: int) -> None:
+        """Raise ValueError (one line) where this engine's cache for `kv_mode` cannot hold the model's heads."""
+        return None  # every engine but llamacpp caches any head size
 
     @abstractmethod
     def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None) -> Generation:
