@@ -138,7 +138,8 @@ def by_batch(summary: dict[tuple[int, int], dict[str, dict]]) -> None:
                 ms = decode_ms(rows.get((prompt_len, b), {}).get(label, {}))
                 cells.append(f"{ms:.2f} ({floors[b] / ms:.2f})" if ms and floors.get(b) else "")
             print(f"| {label} | {prompt_len} | " + " | ".join(cells) + " |")
-        print(f"| floor | {prompt_len} | " + " | ".join(f"{floors[b]:.2f}" if floors.get(b) else "" for b in batches))
+        floor_cells = [f"{floors[b]:.2f}" if floors.get(b) else "" for b in batches]
+        print(f"| floor | {prompt_len} | " + " | ".join(floor_cells) + " |")
 
 
 def floor_ms(results: dict[str, dict]) -> float | None:
