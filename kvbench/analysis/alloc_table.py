@@ -28,6 +28,8 @@ COLUMNS = {
     "memory.kv_bytes_used": "used",
     "waste": "waste",
     "latency.decode_ms_per_token.median": "decode_ms_per_token",
+    "latency.decode_ms_per_token.min": "decode_min_ms",
+    "latency.decode_ms_per_token.max": "decode_max_ms",
     "latency.prefill_ms.median": "prefill_ms",
     # a paged cell with a shared prefix: its prefill and a static cache's, measured in turns in that cell
     "latency.prefill_ms_paged_same_batch.median": "prefill_paged_same_ms",
@@ -164,6 +166,13 @@ def gather_cost(t: pd.DataFrame) -> list[str]:
             f"`{label}`: {d.median():+.2f} ms/token against static (median over {len(d)} grid points, "
             f"{d.min():+.2f} to {d.max():+.2f}), {r.median():.2f}× static's decode time; "
             f"slower at {int((d > 0).sum())} of {len(d)} points."
+        )
+    spread = (t["decode_max_ms"] / t["decode_min_ms"]).dropna()
+    if len(spread) and out:
+        out.append(
+            f"How far one cell's own timed iterations differ (decode ms/token, slowest / fastest): median "
+            f"{spread.median():.2f}×, up to {spread.max():.2f}× over {len(spread)} cells; a gap between caches "
+            f"within that is not resolved by this sweep."
         )
     return out
 
