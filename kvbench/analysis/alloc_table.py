@@ -30,6 +30,7 @@ COLUMNS = {
     "latency.decode_ms_per_token.median": "decode_ms_per_token",
     "latency.decode_ms_per_token.min": "decode_min_ms",
     "latency.decode_ms_per_token.max": "decode_max_ms",
+    "latency.decode_ms_per_token.n": "timed_iterations",
     "latency.prefill_ms.median": "prefill_ms",
     # a paged cell with a shared prefix: its prefill and a static cache's, measured in turns in that cell
     "latency.prefill_ms_paged_same_batch.median": "prefill_paged_same_ms",
@@ -167,7 +168,8 @@ def gather_cost(t: pd.DataFrame) -> list[str]:
             f"{d.min():+.2f} to {d.max():+.2f}), {r.median():.2f}× static's decode time; "
             f"slower at {int((d > 0).sum())} of {len(d)} points."
         )
-    spread = (t["decode_max_ms"] / t["decode_min_ms"]).dropna()
+    repeated = t[t["timed_iterations"].astype(float) > 1]  # one iteration has no spread to show
+    spread = (repeated["decode_max_ms"] / repeated["decode_min_ms"]).dropna()
     if len(spread) and out:
         out.append(
             f"How far one cell's own timed iterations differ (decode ms/token, slowest / fastest): median "
