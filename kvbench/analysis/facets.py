@@ -22,7 +22,8 @@ matplotlib.use("Agg")  # seaborn's FacetGrid makes pyplot figures (none exists y
 RC = {"svg.hashsalt": "kvbench", "svg.fonttype": "path", "svg.id": None, "savefig.dpi": 110, "figure.dpi": 110}
 RC |= {"font.family": "DejaVu Sans", "axes.titlesize": "medium", "figure.titlesize": "large"}
 SAVE_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
-PALETTE = dict(zip(KV_MODES, sns.color_palette("colorblind", len(KV_MODES))))  # the kv-mode colours
+# The kv-mode colours: colorblind's ten without its grey, which is the colour of a mode it does not know.
+PALETTE = dict(zip(KV_MODES, [c for i, c in enumerate(sns.color_palette("colorblind", 10)) if i != 7]))
 FAILED = {"oom": ("#d62728", "out of memory"), "unsupported": ("#7f7f7f", "unsupported"), "error": ("#000000", "error")}
 MARKER = {"marker": "X", "s": 70, "zorder": 6, "clip_on": False, "edgecolors": "white", "linewidths": 0.5}
 MARKER_LABEL = {"xytext": (6, 0), "textcoords": "offset points", "va": "center", "fontsize": 7}
