@@ -17,7 +17,10 @@ CONVERTER=$("$PY" -c 'from kvbench.engines.llamacpp import converter_dir; print(
 converter_ok() {
     "$PY" -c 'from kvbench.engines.llamacpp import checked_converter; checked_converter()' 2>/dev/null
 }
-if "$PY" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$VERSION')" 2>/dev/null && converter_ok; then
+bindings_ok() {
+    "$PY" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$VERSION')" 2>/dev/null
+}
+if bindings_ok && converter_ok; then
     echo "llama-cpp-python $VERSION and llama.cpp's converter already in $VENV"
     exit 0
 fi
@@ -32,13 +35,17 @@ fi
 echo "$SDIST_SHA256  $SDIST" | sha256sum --check --status \
     || { echo "install-llamacpp: $SDIST is not the llama-cpp-python $VERSION sdist (sha256 differs)" >&2; exit 1; }
 
-if command -v nvcc >/dev/null 2>&1; then
-    export CMAKE_ARGS="-DGGML_CUDA=on ${CMAKE_ARGS:-}"
+if bindings_ok; then  # only the converter to restore: no rebuild
+    "$PY" -m pip install -q "$SENTENCEPIECE"
+else
+    if command -v nvcc >/dev/null 2>&1; then
+        export CMAKE_ARGS="-DGGML_CUDA=on ${CMAKE_ARGS:-}"
+    fi
+    echo "install-llamacpp: building llama-cpp-python $VERSION${CMAKE_ARGS:+ (CMAKE_ARGS=$CMAKE_ARGS)} (minutes)"
+    # --no-cache-dir: never a wheel built on another machine's CPU
+    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+        "$PY" -m pip install -q --no-cache-dir "$SDIST" "$SENTENCEPIECE"
 fi
-echo "install-llamacpp: building llama-cpp-python $VERSION${CMAKE_ARGS:+ (CMAKE_ARGS=$CMAKE_ARGS)} (minutes)"
-# --no-cache-dir: never a wheel built on another machine's CPU
-CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-    "$PY" -m pip install -q --no-cache-dir "$SDIST" "$SENTENCEPIECE"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
