@@ -30,6 +30,7 @@ VARIANTS = (
     ("hf default (DynamicCache)", "hf", "concat", False),
     ("hf static", "hf", "static", False),
     ("hf static + compile", "hf", "static", True),
+    ("llamacpp (llama.cpp, its own static cache)", "llamacpp", "static", False),
     ("ct2 (CTranslate2, its own cache)", "ct2", "concat", False),
 )
 CT2 = VARIANTS[-1][0]
