@@ -43,9 +43,16 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
 
 
 @pytest.fixture(scope="module")
-def axis_sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+def axis_tables(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+    """The model / new-tokens sweep aggregated, its figures not drawn (the tests that draw one need no more)."""
     s = Sweep(tmp_path_factory.mktemp("axes"), axis_records())
     agg.aggregate(s.paths, s.tables)
+    return s
+
+
+@pytest.fixture(scope="module")
+def axis_sweep(axis_tables: Sweep) -> Sweep:
+    s = axis_tables
     s.log = []
     s.rendered = fig.render(s.tables, s.figures, log=s.log.append)
     return s
@@ -92,9 +99,23 @@ def test_figures_written_as_png_and_svg(sweep: Sweep) -> None:
             assert b"<dc:date>" not in data and b"Matplotlib v" not in data
 
 
+def rerender_elsewhere(tables: Path, out: Path, *only: str) -> None:
+    """The figures drawn again by `kvbench.analysis.figures` in a fresh interpreter with another hash seed."""
+    args = ["--only", *only] if only else []
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvbench.analysis.figures", "--tables", str(tables), "--out", str(out), *args],
+        cwd=REPO,
+        env={"PYTHONHASHSEED": "4242", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow  # every figure of the grid drawn again in a fresh interpreter
 def test_figures_are_byte_identical_across_renders(sweep: Sweep, tmp_path: Path) -> None:
-    again = fig.render(sweep.tables, tmp_path / "again")
-    assert [p.name for p in again] == [p.name for p in sweep.rendered]
+    rerender_elsewhere(sweep.tables, tmp_path / "again")
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == sorted(p.name for p in sweep.rendered)
     for p in sweep.rendered:
         assert (tmp_path / "again" / p.name).read_bytes() == p.read_bytes(), p.name
 
@@ -131,7 +152,10 @@ def test_oom_cell_is_marked_at_the_top_edge_not_dropped(sweep: Sweep) -> None:
     assert "out of memory (not measured)" in labels
 
 
-def test_figures_skip_what_has_no_data_and_stay_deterministic(tmp_path: Path) -> None:
+@pytest.mark.slow  # five figures drawn
+def test_figures_skip_what_has_no_data(tmp_path: Path) -> None:
+    """A figure the sweep cannot draw is left out and its older copy removed (the rest render byte-identically
+    elsewhere: test_figures_are_byte_identical_across_renders)."""
     s = Sweep(tmp_path / "a", grid_records(modes=("concat", "static")))  # no none: no speedup
     agg.aggregate(s.paths, s.tables)
     s.figures.mkdir(parents=True)
@@ -139,21 +163,9 @@ def test_figures_skip_what_has_no_data_and_stay_deterministic(tmp_path: Path) ->
     first = fig.render(s.tables, s.figures)
     assert {p.stem for p in first} == ALL_STEMS - {"speedup_heatmap"}
     assert not (s.figures / "speedup_heatmap.png").exists()
-    # a second render in a fresh interpreter with another hash seed: same bytes
-    out = tmp_path / "b"
-    env = {"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "kvbench.analysis.figures", "--tables", str(s.tables), "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-    for p in first:
-        assert (out / p.name).read_bytes() == p.read_bytes(), p.name
 
 
+@pytest.mark.slow  # every figure of the model / new-tokens sweep drawn, the new ones again elsewhere
 def test_new_figures_are_drawn_deterministic_and_rerender_byte_identical(axis_sweep: Sweep, tmp_path: Path) -> None:
     # one prompt length and one batch: the heatmap has nothing to compare and is left out, saying why
     assert axis_sweep.log == [
@@ -168,33 +180,15 @@ def test_new_figures_are_drawn_deterministic_and_rerender_byte_identical(axis_sw
     expected = {axis_sweep.figures / f"{s}.{ext}" for s in NEW_STEMS for ext in ("png", "svg")}
     assert expected <= set(axis_sweep.rendered)
     out = tmp_path / "again"
-    env = {"PYTHONHASHSEED": "4242", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kvbench.analysis.figures",
-            "--tables",
-            str(axis_sweep.tables),
-            "--out",
-            str(out),
-            "--only",
-            *NEW_STEMS,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
+    rerender_elsewhere(axis_sweep.tables, out, *NEW_STEMS)
     for p in expected:
         assert (out / p.name).read_bytes() == p.read_bytes(), p.name
     with pytest.raises(ValueError, match="unknown figure"):
         fig.render(axis_sweep.tables, out, only=["no_such_figure"])
 
 
-def test_a_model_sweep_is_drawn_against_model_size_in_size_order(axis_sweep: Sweep) -> None:
-    df = frame(axis_sweep)
+def test_a_model_sweep_is_drawn_against_model_size_in_size_order(axis_tables: Sweep) -> None:
+    df = frame(axis_tables)
     df = df[(df["cell.new_tokens"] == 20) & df["cell.n_kv_head"].isna()].iloc[::-1]  # order must not matter
     with matplotlib.rc_context(fig.RC):
         figure = fig.draw("decode_ms_per_token", df)
@@ -217,9 +211,9 @@ def test_a_threads_sweep_is_drawn_against_its_threads(tmp_path: Path) -> None:
     assert "analytic floor (bytes / read bandwidth)" in [t.get_text() for t in figure.legends[0].get_texts()]
 
 
-def test_speedup_vs_model_orders_models_by_size_and_marks_the_oom(axis_sweep: Sweep) -> None:
+def test_speedup_vs_model_orders_models_by_size_and_marks_the_oom(axis_tables: Sweep) -> None:
     with matplotlib.rc_context(fig.RC):
-        figure = fig.draw("speedup_vs_model", frame(axis_sweep))
+        figure = fig.draw("speedup_vs_model", frame(axis_tables))
     bottom = [ax for ax in figure.axes if ax.get_xticklabels()]  # shared x: the bottom row carries the labels
     ticks = [t.get_text() for t in bottom[0].get_xticklabels()]
     assert ticks == ["gpt2\n124M params", "gpt2-medium\n355M params"]
@@ -231,7 +225,7 @@ def test_speedup_vs_model_orders_models_by_size_and_marks_the_oom(axis_sweep: Sw
     labels = [t.get_text() for t in figure.legends[0].get_texts()]
     assert labels[:3] == ["concat vs none", "static vs none", "static-int8 vs none"]
     assert "nanoGPT + KV Cache: T4 GPU (claimed)" in labels
-    one = frame(axis_sweep)
+    one = frame(axis_tables)
     with pytest.raises(fig.Skip, match="one model only"):
         fig.draw("speedup_vs_model", one[one["cell.model"] == "gpt2"])
 
@@ -263,6 +257,7 @@ def test_peak_memory_figure_plots_peak_beyond_weights_beside_the_formula(sweep: 
     assert "cuda_allocator" in figure.axes[0].get_ylabel()
 
 
+@pytest.mark.slow  # three figures drawn, then every figure rendered
 def test_a_third_engine_gets_its_own_panels(tmp_path: Path) -> None:
     s = Sweep(tmp_path, engine_records())
     agg.aggregate(s.paths, s.tables)
