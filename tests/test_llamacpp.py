@@ -143,6 +143,7 @@ def test_llamacpp_refuses_quantized_caches_of_partial_blocks(tmp_path, fresh_cac
 
 
 @needs_llama_cpp
+@pytest.mark.slow  # two conversions of its own
 def test_llamacpp_converts_once_and_rebuilds_a_damaged_gguf(tiny_model, fresh_cache, monkeypatch, capsys):
     from kvbench.engines import llamacpp
 
