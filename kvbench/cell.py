@@ -231,7 +231,7 @@ def run_cell(spec: CellSpec, import_s: float | None = None) -> dict:
     cfg, device = spec.check()
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
-    env = collect_environment(device)
+    env = collect_environment(device, spec.engine)
     record = functools.partial(assemble, spec.as_record_cell(device), created, env, phases_s)
     reason = dtype_unsupported_reason(device, DTYPES[spec.dtype]) or threads_unsupported_reason(spec.threads)
     if reason is None and spec.kv_mode == "static-fp8":

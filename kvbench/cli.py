@@ -79,7 +79,9 @@ def add_engine_and_output_arguments(p: argparse.ArgumentParser, d) -> None:
         default=d.engine,
         help="kvbench (this model), hf (transformers' own model of the family, GPT2LMHeadModel or "
         "LlamaForCausalLM/Qwen2ForCausalLM, on the same weights, its own caches: none, concat = DynamicCache, "
-        "static = StaticCache) or ct2 (CTranslate2 on the same weights, its own growing cache: concat)",
+        "static = StaticCache), ct2 (CTranslate2 on the same weights, its own growing cache: concat) or llamacpp "
+        "(llama.cpp on the same weights converted to GGUF, its preallocated cache: static, and q8_0/q4_0 as "
+        "static-int8/static-int4; needs `make llamacpp`)",
     )
     p.add_argument(
         "--compile",

@@ -6,6 +6,7 @@ import platform
 import socket
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -36,9 +37,25 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def collect(device: torch.device) -> dict:
+# The package each peer engine runs (kvbench's own runs on torch, recorded beside it).
+ENGINE_PACKAGES = {"hf": "transformers", "ct2": "ctranslate2", "llamacpp": "llama_cpp_python"}
+
+
+def engine_version(engine: str) -> str | None:
+    """The installed version of the package `engine` runs, or None (ours, or not installed)."""
+    package = ENGINE_PACKAGES.get(engine)
+    if package is None:
+        return None
+    try:
+        return f"{package} {metadata.version(package)}"
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def collect(device: torch.device, engine: str = "kvbench") -> dict:
     """Static facts; the cell adds clocks_before/after and throttle reasons around its timing."""
     return {
+        "engine_version": engine_version(engine),
         "kvbench_version": kvbench.__version__,
         "git_commit": git_commit(),
         "python": platform.python_version(),

@@ -145,7 +145,7 @@ def check(config: dict, schema_path: Path) -> None:
         for cell in cells(sweep):
             kv_heads = kv_head_count(cell["n_kv_head"])
             own = PRESETS[cell["model"]].kv_heads
-            if cell["engine"] in ("hf", "ct2") and kv_heads not in (None, own):
+            if cell["engine"] in ("hf", "ct2", "llamacpp") and kv_heads not in (None, own):
                 raise SweepError(
                     f"config: sweep {name!r}: grid.n_kv_head: engine {cell['engine']} runs the model's own K/V "
                     f"heads ({cell['model']}: {own}): {ALL_HEADS} or {own} only"

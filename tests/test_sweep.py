@@ -71,12 +71,13 @@ BAD = [
     ({**TINY, "n_kv_head": [3]}, None, "grid.n_kv_head: 3 must divide tiny's n_head"),
     ({**TINY, "engine": ["hf"], "n_kv_head": [2]}, None, "grid.n_kv_head: engine hf runs the model's own K/V heads"),
     ({**TINY, "model": ["tiny-llama"], "engine": ["ct2"], "n_kv_head": [1]}, None, "(tiny-llama: 2): all or 2 only"),
+    ({**TINY, "engine": ["llamacpp"], "kv_mode": ["static"], "n_kv_head": [2]}, None, "engine llamacpp runs the"),
     ({**TINY, "prompt_len": [60], "new_tokens": [8]}, None, "= 60 + 8 exceeds tiny's block_size 64"),
     (TINY, {"device": "tpu"}, "settings.device"),
 ]
 
 
-IDS = ["value", "empty", "heads", "hf-heads", "ct2-heads", "block", "device"]
+IDS = ["value", "empty", "heads", "hf-heads", "ct2-heads", "llamacpp-heads", "block", "device"]
 
 
 @pytest.mark.parametrize("grid,settings,message", BAD, ids=IDS)
