@@ -163,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--skip-compile", action="store_true", help="eager variants only")
+    p.add_argument("--engines", nargs="+", default=None, help="only these engines' variants (default: all)")
     p.add_argument("--records", default=None, help="keep the records in this folder (default: a temp dir)")
-    p.add_argument("--table-only", action="store_true", help="print the tables from the records in --records")
+    p.add_argument(
+        "--table-only", action="store_true", help="print the tables from the records in --records (those there)"
+    )
     args = p.parse_args(argv)
 
     out_dir = Path(args.records or tempfile.mkdtemp(prefix="kvbench-vs-peers-"))
@@ -174,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batch:
             results: dict[str, dict] = {}
             for label, engine, kv_mode, compiled in VARIANTS:
-                if compiled and args.skip_compile:
+                if (compiled and args.skip_compile) or (args.engines and engine not in args.engines):
                     continue
                 out = out_dir / f"p{prompt_len}-b{batch}-{engine}-{kv_mode}{'-compile' if compiled else ''}.json"
-                if args.table_only:
-                    results[label] = json.loads(out.read_text()) if out.exists() else {"status": "missing"}
+                if args.table_only:  # the variants run into this folder, in one run or several
+                    if out.exists():
+                        results[label] = json.loads(out.read_text())
                 else:
                     results[label] = run_cell(args, prompt_len, batch, engine, kv_mode, compiled, out)
             table(args, prompt_len, batch, results, out_dir)
