@@ -172,6 +172,7 @@ def test_random_init_is_seeded_tied_and_on_the_requested_dtype(tiny):
     assert tied.lm_head.weight is tied.model.embed_tokens.weight
 
 
+@pytest.mark.slow  # a cell per kv mode, in process
 def test_cell_with_a_checkpoint_checks_every_mode(tmp_path, capsys):
     hf = hf_model("Qwen2ForCausalLM", hidden_size=112, num_attention_heads=14, num_key_value_heads=2)
     hf.save_pretrained(tmp_path / "ckpt", max_shard_size="100KB")  # sharded: the index is read too
