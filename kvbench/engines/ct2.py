@@ -122,6 +122,8 @@ def convert(model: Model, compute_type: str) -> Path:
 class CT2Engine(Engine):
     name = "ct2"
     kv_modes = ENGINE_KV_MODES["ct2"]  # CTranslate2 always caches, growing it by concatenation (module docstring)
+    own_kv_heads_only = True
+    own_attention = "CTranslate2"
     owns_weights = True
     kv_cache_note = (
         "CTranslate2 manages its own cache (grown by concatenation each step); "
@@ -137,16 +139,6 @@ class CT2Engine(Engine):
     def check(cls, *, kv_mode, n_kv_head, attention, compile):
         import_ctranslate2()
         super().check(kv_mode=kv_mode, n_kv_head=n_kv_head, attention=attention, compile=compile)
-        if n_kv_head is not None:
-            raise ValueError(
-                "n_kv_head: engine ct2 runs the model's own K/V heads (a preset's or a checkpoint's): leave "
-                "it out or give that count; another count fakes grouped-query attention, which is engine kvbench's"
-            )
-        if attention != "sdpa":
-            raise ValueError(
-                f"attention (engine ct2): {attention!r} is not one of sdpa (CTranslate2 runs its own "
-                f"attention kernels; sdpa is the default that stands for them)"
-            )
         if compile:
             raise ValueError("compile: engine ct2 has no compiled form (CTranslate2 is compiled C++ already)")
 

@@ -210,16 +210,8 @@ class HFEngine(Engine):
         "the pads would be read as prompt; its DynamicCache and StaticCache are rectangular tensors "
         "(batch x the longest sequence), the reservation kvbench's concat and static measure"
     )
+    own_kv_heads_only = True
     owns_weights = True  # its own copy in its native layout (GPT-2: contiguous (in, out) Conv1D; Llama: q/k/v split)
-
-    @classmethod
-    def check(cls, *, kv_mode, n_kv_head, attention, compile):
-        super().check(kv_mode=kv_mode, n_kv_head=n_kv_head, attention=attention, compile=compile)
-        if n_kv_head is not None:
-            raise ValueError(
-                "n_kv_head: engine hf runs the model's own K/V heads (a preset's or a checkpoint's): leave "
-                "it out or give that count; another count fakes grouped-query attention, which is engine kvbench's"
-            )
 
     def __init__(self, model: Model):
         self.hf = self.module = to_hf(model)

@@ -248,6 +248,8 @@ class Context:
 class LlamaCppEngine(Engine):
     name = "llamacpp"
     kv_modes = ENGINE_KV_MODES["llamacpp"]  # llama.cpp preallocates its cache: static, and its q8_0/q4_0 types
+    own_kv_heads_only = True
+    own_attention = "llama.cpp"
     owns_weights = True
     kv_cache_note = (
         "llama.cpp manages its own cache, preallocated for the context (q8_0/q4_0: blocks of 32 values "
@@ -258,16 +260,6 @@ class LlamaCppEngine(Engine):
     def check(cls, *, kv_mode, n_kv_head, attention, compile):
         import_llama_cpp()
         super().check(kv_mode=kv_mode, n_kv_head=n_kv_head, attention=attention, compile=compile)
-        if n_kv_head is not None:
-            raise ValueError(
-                "n_kv_head: engine llamacpp runs the model's own K/V heads (a preset's or a checkpoint's); "
-                "the override is for engine kvbench"
-            )
-        if attention != "sdpa":
-            raise ValueError(
-                f"attention (engine llamacpp): {attention!r} is not one of sdpa (llama.cpp runs its own "
-                f"attention kernels; sdpa is the default that stands for them)"
-            )
         if compile:
             raise ValueError("compile: engine llamacpp has no compiled form (llama.cpp is compiled C++ already)")
 
