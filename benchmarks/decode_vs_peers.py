@@ -97,7 +97,7 @@ def table(args: argparse.Namespace, prompt_len: int, batch: int, results: dict[s
     ct2 = decode_ms(results.get(CT2, {}))
     # Every cell has the same shapes, so the same bytes per step; the floor divides them by the best read
     # bandwidth any of these cells saw (each record keeps its own probe's), so the fractions compare.
-    floor_an = max(ok, key=lambda r: r["analytic"]["bandwidth_bytes_per_s"])["analytic"] if ok else None
+    floor_an = floor_analytic(results)
     for label, rec in results.items():
         if rec.get("status") != "ok":
             print(f"| {label} | {rec.get('status')}: {rec.get('error')} | | | | | |")
@@ -143,12 +143,16 @@ def by_batch(summary: dict[tuple[int, int], dict[str, dict]]) -> None:
         print(f"| floor | {prompt_len} | " + " | ".join(floor_cells) + " |")
 
 
-def floor_ms(results: dict[str, dict]) -> float | None:
-    """The floor of one (prompt, batch): the cells' step bytes over the best bandwidth any of them measured."""
+def floor_analytic(results: dict[str, dict]) -> dict | None:
+    """The analytic section of one (prompt, batch) whose floor counts: every cell has the same step bytes, and
+    this one's probe saw the best read bandwidth of them all."""
     ok = [r for r in results.values() if r.get("status") == "ok"]
-    if not ok:
-        return None
-    return max(ok, key=lambda r: r["analytic"]["bandwidth_bytes_per_s"])["analytic"]["floor_ms_per_token"]
+    return max(ok, key=lambda r: r["analytic"]["bandwidth_bytes_per_s"])["analytic"] if ok else None
+
+
+def floor_ms(results: dict[str, dict]) -> float | None:
+    an = floor_analytic(results)
+    return an["floor_ms_per_token"] if an else None
 
 
 def main(argv: list[str] | None = None) -> int:
