@@ -30,12 +30,22 @@ from kvbench.kv_cache import StaticCache
 from kvbench.model import GPT
 
 # The CPU decode step is matrix-vector products over every weight: reading the weights is the step.
-# freezing: the weights become graph constants, prepacked for MKL's GEMV; max_autotune with the C++
-# GEMM template: per matrix shape, the faster of inductor's template and ATen's kernel (benchmarked
-# once, then cached on disk). Measured on the 2-core CI CPU, gpt2 fp32 step at prompt 128 (best of
-# 10 rounds, the same run): eager 20.1 ms, freezing 19.2 ms, freezing + autotune 18.4 ms.
-# Both keep a second, prepacked copy of the weights (the eager prefill reads the originals).
-CPU_INDUCTOR_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+# freezing: the weights become graph constants, packed once for the GEMM kernels. max_autotune with
+# only the C++ GEMM template (ATen's kernel where the template does not apply, e.g. a dtype the CPU
+# has no instructions for): autotuning between the two times each GEMM on one weight hot in cache,
+# while a decode step reads every weight cold from memory, and its timings of the template were
+# erratic besides (8-10 ms for a 0.1 ms SmolLM2 down-projection), so it chose ATen for the widest
+# matrices by noise. Measured on this 2-core CPU (smollm2-135m fp32, 30 cold copies of each matrix in
+# one compiled graph, 2026-12-06): the template 22-34 GB/s, ATen 8-17 GB/s, for every shape. Whole
+# compiled steps, alternating processes: smollm2-135m batch 1 18-21 ms against 23-26 ms with autotuned
+# choices; batch 4 and gpt2 at batch 1 and 8 level within the noise.
+# The graph keeps a second, packed copy of the weights (the eager prefill reads the originals).
+CPU_INDUCTOR_OPTIONS = {
+    "freezing": True,
+    "max_autotune": True,
+    "max_autotune_gemm_backends": "CPP",
+    "autotune_fallback_to_aten": True,
+}
 
 
 def inductor_options(device: torch.device) -> contextlib.AbstractContextManager:
