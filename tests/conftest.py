@@ -4,7 +4,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+
+# `make test` runs two workers on a two-core machine: torch's default of one OpenMP thread per core in
+# each worker (and in every CLI it starts) puts twice as many spinning threads as cores, and a step
+# of a tiny model then waits on a descheduled thread. One core's share per worker, unless set.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS: torch reads it once, at import)
 
 REPO = Path(__file__).resolve().parent.parent
 # Probes (bandwidth, matmul rate) are cached per host; keep the tests' cache out of $HOME.

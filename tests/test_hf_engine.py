@@ -219,10 +219,19 @@ def deprecations_in_hf_cells(cells: list[list[str]], inject: bool = False) -> di
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow  # a fresh interpreter running four hf cells
-def test_hf_cells_raise_no_deprecation_or_future_warning(tmp_path):
-    cells = [["--kv-mode", mode, "--out", str(tmp_path / f"{mode}.json")] for mode in ("none", "concat", "static")]
-    found = deprecations_in_hf_cells(cells, inject=True)
+@pytest.fixture(scope="module")
+def hf_cells_probed(tmp_path_factory):
+    """One fresh interpreter for both tests below: the eager cells in every mode, the compiled static
+    cell, then the first cell again with a deprecated call injected."""
+    d = tmp_path_factory.mktemp("hf-warnings")
+    cells = [["--kv-mode", mode, "--out", str(d / f"{mode}.json")] for mode in ("none", "concat", "static")]
+    cells.append(["--kv-mode", "static", "--compile", "--out", str(d / "compiled.json")])
+    return d, deprecations_in_hf_cells(cells, inject=True)
+
+
+@pytest.mark.slow  # a fresh interpreter running five hf cells
+def test_hf_cells_raise_no_deprecation_or_future_warning(hf_cells_probed):
+    _, found = hf_cells_probed
     assert found["cells"] == []
     # the probe sees a deprecated call when there is one
     injected = found["injected"]
@@ -230,10 +239,10 @@ def test_hf_cells_raise_no_deprecation_or_future_warning(tmp_path):
 
 
 @pytest.mark.slow
-def test_hf_compiled_static_cell_raises_no_deprecation_or_future_warning(tmp_path):
-    out = tmp_path / "c.json"
-    assert deprecations_in_hf_cells([["--kv-mode", "static", "--compile", "--out", str(out)]])["cells"] == []
+def test_hf_compiled_static_cell_raises_no_deprecation_or_future_warning(hf_cells_probed):
+    d, found = hf_cells_probed
+    assert found["cells"] == []  # the compiled cell is among the probed cells
     # the compiled hf cell's record: compiled, its compile timed apart, its tokens our recompute's
-    rec = json.loads(out.read_text())
+    rec = json.loads((d / "compiled.json").read_text())
     assert rec["status"] == "ok" and rec["cell"]["compile"] is True and rec["latency"]["compile_s"] > 0
     assert rec["check"]["matches_reference"] is True
