@@ -20,14 +20,19 @@ def model(request):
     return build_random(preset(request.param), "cpu", torch.float32, seed=0, for_decoding=True)
 
 
-@pytest.mark.parametrize("block_tokens", [1, 3, 16, 64])
-def test_paged_tokens_equal_static_at_every_block_size(model, block_tokens):
-    prompt = random_prompt(3, 13, model.config.vocab_size)
+@pytest.fixture(scope="module")
+def static_tokens(model):
+    """static's tokens for the block-size tests' prompt, generated once per model."""
     model.kv_options = {}
-    static = generate(model, prompt, 10, "static")
+    return generate(model, random_prompt(3, 13, model.config.vocab_size), 10, "static").tokens
+
+
+@pytest.mark.parametrize("block_tokens", [1, 3, 16, 64])
+def test_paged_tokens_equal_static_at_every_block_size(model, static_tokens, block_tokens):
+    prompt = random_prompt(3, 13, model.config.vocab_size)
     model.kv_options = {"block_tokens": block_tokens}
     paged = generate(model, prompt, 10, "paged")
-    assert torch.equal(paged.tokens, static.tokens)
+    assert torch.equal(paged.tokens, static_tokens)
     # 13 + 10 - 1 = 22 cached positions per sequence: blocks rounded up, never a static-sized reservation
     assert len(paged.cache.refs) == 3 * -(-22 // block_tokens)
 
