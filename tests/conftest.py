@@ -37,3 +37,10 @@ def tiny_model():
     from kvbench.model import build_random, preset
 
     return build_random(preset("tiny"), "cpu", torch.float32, seed=0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files holding slow tests first. `make test`'s two workers take whole files in collection order,
+    so a long file reached last (test_slurm.py, alphabetically) runs alone while the other worker idles."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: each file keeps its own order
