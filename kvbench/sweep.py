@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from kvbench.presets import ENGINE_KV_MODES, KV_MODES, PRESETS
+from kvbench.presets import ENGINE_KV_MODES, KV_MODES, OWN_KV_HEADS_ENGINES, PRESETS
 
 # The n_kv_head a config and a cell's path say for plain multi-head attention (as many K/V heads as
 # query heads); `kvbench cell` and the record take a count instead (`kv_head_count`).
@@ -145,7 +145,7 @@ def check(config: dict, schema_path: Path) -> None:
         for cell in cells(sweep):
             kv_heads = kv_head_count(cell["n_kv_head"])
             own = PRESETS[cell["model"]].kv_heads
-            if cell["engine"] in ("hf", "ct2", "llamacpp") and kv_heads not in (None, own):
+            if cell["engine"] in OWN_KV_HEADS_ENGINES and kv_heads not in (None, own):
                 raise SweepError(
                     f"config: sweep {name!r}: grid.n_kv_head: engine {cell['engine']} runs the model's own K/V "
                     f"heads ({cell['model']}: {own}): {ALL_HEADS} or {own} only"

@@ -28,7 +28,7 @@ import torch
 
 from kvbench.generate import GREEDY, Generation, Sampling
 from kvbench.model import GPT
-from kvbench.presets import ENGINES, KV_MODES
+from kvbench.presets import ENGINES, KV_MODES, OWN_KV_HEADS_ENGINES
 
 
 class Runner(Protocol):
@@ -61,8 +61,6 @@ class Engine(ABC):
     # The torch module holding the engine's weights, whose tensors the CPU allocator-peak tracker
     # counts as resident; None where the engine's memory lives outside torch.
     module: torch.nn.Module | None = None
-    # A peer runs the model's own K/V heads: an n_kv_head override (faked grouped-query attention) is refused.
-    own_kv_heads_only: ClassVar[bool] = False
     # The library whose own attention kernels the engine runs, where it does: only the default `sdpa`
     # stands for them.
     own_attention: ClassVar[str | None] = None
@@ -72,7 +70,7 @@ class Engine(ABC):
         """Raise ValueError (one line naming the field and the allowed values) for a setting this engine lacks."""
         if kv_mode not in cls.kv_modes:
             raise ValueError(f"kv_mode (engine {cls.name}): {kv_mode!r} is not one of {', '.join(cls.kv_modes)}")
-        if cls.own_kv_heads_only and n_kv_head is not None:
+        if cls.name in OWN_KV_HEADS_ENGINES and n_kv_head is not None:
             raise ValueError(
                 f"n_kv_head: engine {cls.name} runs the model's own K/V heads (a preset's or a checkpoint's): leave "
                 "it out or give that count; another count fakes grouped-query attention, which is engine kvbench's"

@@ -122,7 +122,6 @@ def convert(model: Model, compute_type: str) -> Path:
 class CT2Engine(Engine):
     name = "ct2"
     kv_modes = ENGINE_KV_MODES["ct2"]  # CTranslate2 always caches, growing it by concatenation (module docstring)
-    own_kv_heads_only = True
     own_attention = "CTranslate2"
     owns_weights = True
     kv_cache_note = (

@@ -210,7 +210,6 @@ class HFEngine(Engine):
         "the pads would be read as prompt; its DynamicCache and StaticCache are rectangular tensors "
         "(batch x the longest sequence), the reservation kvbench's concat and static measure"
     )
-    own_kv_heads_only = True
     owns_weights = True  # its own copy in its native layout (GPT-2: contiguous (in, out) Conv1D; Llama: q/k/v split)
 
     def __init__(self, model: Model):

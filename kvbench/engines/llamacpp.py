@@ -248,7 +248,6 @@ class Context:
 class LlamaCppEngine(Engine):
     name = "llamacpp"
     kv_modes = ENGINE_KV_MODES["llamacpp"]  # llama.cpp preallocates its cache: static, and its q8_0/q4_0 types
-    own_kv_heads_only = True
     own_attention = "llama.cpp"
     owns_weights = True
     kv_cache_note = (
