@@ -11,6 +11,7 @@ import os
 import resource
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,30 +26,44 @@ UNTIL_TABLES = ("--until", "aggregate")
 CELLS = {(m, p) for m in SWEEP["grid"]["kv_mode"] for p in SWEEP["grid"]["prompt_len"]}  # 4 cells of 2-3 s each
 
 
-def start(workdir: Path, *args: str) -> subprocess.Popen:
+GATED = Path(__file__).parent / "standins" / "gated-kvbench"  # a `kvbench` that holds every cell after the first
+
+
+def start(workdir: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """Snakemake in the background, its cells run by the gated stand-in: the first cell runs and writes its
+    record, every later one waits at the gate (returned) until the test opens it or signals the sweep."""
+    gate = workdir / "gate"
+    gate.mkdir()
+    real = Path(sys.executable).with_name("kvbench")
+    path = os.pathsep.join([str(GATED), str(real.parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "KVBENCH_GATE": str(gate), "KVBENCH_REAL": str(real)}
     # A session of its own, so a SIGINT to its process group reaches Snakemake and its jobs as Ctrl-C does.
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [*SNAKEMAKE, "--profile", str(REPO / "workflow/profiles/default"), *args],
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        env=env,
     )
+    return proc, gate
 
 
 def records(workdir: Path, sweep: str = "t") -> list[Path]:
     return sorted((workdir / "results" / sweep / "cells").rglob("*.json"))
 
 
-def wait_for_a_record(workdir: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_at_the_gate(workdir: Path, proc: subprocess.Popen, gate: Path, timeout: float = 600) -> None:
+    """Until the first cell's record is written and the second cell waits at the gate. Nothing races here: the
+    sweep cannot move on until the test lets it; the timeout only ends a test that would otherwise hang."""
     deadline = time.monotonic() + timeout
-    while not records(workdir):
+    while not ((gate / "held").exists() and records(workdir)):
         if proc.poll() is not None:
-            raise AssertionError(f"snakemake ended before its first record:\n{proc.stdout.read()[-3000:]}")
+            raise AssertionError(f"snakemake ended before a cell reached the gate:\n{proc.stdout.read()[-3000:]}")
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGTERM)
-            raise AssertionError("no record within the timeout")
+            raise AssertionError("no cell reached the gate within the timeout")
         time.sleep(0.05)
 
 
@@ -71,12 +86,12 @@ def tables(workdir: Path) -> dict[str, bytes]:
 def test_ctrl_c_mid_sweep_then_snakemake_again_completes_the_sweep(tmp_path):
     copy_workflow(tmp_path)
     write_config(tmp_path, SWEEP)
-    proc = start(tmp_path, *UNTIL_TABLES)
-    wait_for_a_record(tmp_path, proc)
+    proc, gate = start(tmp_path, *UNTIL_TABLES)
+    wait_at_the_gate(tmp_path, proc, gate)  # one record written, the second cell held
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole foreground process group
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, out[-2000:]
-    assert 1 <= len(records(tmp_path)) < len(CELLS), "the interrupt must land mid-sweep"
+    assert len(records(tmp_path)) == 1, "the interrupt lands after the first cell, before the second"
     assert_whole_records(tmp_path)
     assert not (tmp_path / "results/t/tables").exists()
 
@@ -119,11 +134,10 @@ def test_two_sweeps_in_one_directory_the_second_refuses_the_first_is_unharmed(tm
             sort_keys=False,
         )
     )
-    first = start(tmp_path, *UNTIL_TABLES)
-    wait_for_a_record(tmp_path, first)
-    # Frozen (its locks still held) while the others try: the cells are faster than two Snakemake start-ups,
-    # so a running first sweep could finish in between and the test would race.
-    os.killpg(first.pid, signal.SIGSTOP)
+    first, gate = start(tmp_path, *UNTIL_TABLES)
+    # Held at the gate (its locks held, its second cell waiting) while the others try: a running first sweep
+    # cannot finish in between, however fast the machine.
+    wait_at_the_gate(tmp_path, first, gate)
     try:
         # The same sweep: Snakemake's own lock (its files are locked) or ours refuses, before any job.
         same = snakemake(tmp_path, *UNTIL_TABLES, check=False)
@@ -142,7 +156,7 @@ def test_two_sweeps_in_one_directory_the_second_refuses_the_first_is_unharmed(tm
         assert "Traceback" not in second.stderr and not (tmp_path / "results/u").exists()
         assert first.poll() is None, "both refusals must happen while the first sweep runs"
     finally:
-        os.killpg(first.pid, signal.SIGCONT)
+        (gate / "open").touch()
 
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out[-3000:]

@@ -8,14 +8,15 @@ import torch
 from kvbench.timing import TokenTimer, latency, stats
 
 
-def test_token_timer_gives_one_interval_per_token_in_order():
+def test_token_timer_gives_one_interval_per_token_in_order(monkeypatch):
+    now_ns = [0]  # a clock the test moves: the intervals are exact, whatever the machine's load
+    monkeypatch.setattr(time, "perf_counter_ns", lambda: now_ns[0])
     timer = TokenTimer(torch.device("cpu"))
     timer.start()
-    for i, pause in enumerate((0.02, 0.0, 0.01)):
-        time.sleep(pause)
+    for i, pause_ns in enumerate((20_000_000, 500_000, 10_000_000)):
+        now_ns[0] += pause_ns
         timer.mark(i)
-    prefill, step1, step2 = timer.intervals_ms()
-    assert prefill >= 20 and step1 < prefill and step2 >= 10
+    assert timer.intervals_ms() == [20.0, 0.5, 10.0]  # [prefill, step 1, step 2]
     timer.start()  # a new generation starts from no marks
     assert timer.intervals_ms() == []
 
