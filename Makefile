@@ -71,6 +71,7 @@ test-fast: setup  # for developing: everything but the slow tests
 
 lint: setup
 	$(BIN)/ruff check kvbench tests benchmarks
+	$(BIN)/lint-imports  # the layers (pyproject.toml [tool.importlinter], ARCHITECTURE.md)
 	$(BIN)/ruff format --check kvbench tests benchmarks
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint

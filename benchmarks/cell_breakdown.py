@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kvbench import env_vars
+from kvbench.core import env_vars
 
 PHASES = ("import", "build", "check", "warmup", "timed", "probe")
 

@@ -157,7 +157,9 @@ def floor_ms(results: dict[str, dict]) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="gpt2", help="a preset: gpt2, ..., smollm2-135m, llama-3.1-8b (kvbench.presets)")
+    p.add_argument(
+        "--model", default="gpt2", help="a preset: gpt2, ..., smollm2-135m, llama-3.1-8b (kvbench.core.presets)"
+    )
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, nargs="+", default=[1])

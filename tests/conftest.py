@@ -17,7 +17,7 @@ import torch  # noqa: E402  (after OMP_NUM_THREADS: torch reads it once, at impo
 REPO = Path(__file__).resolve().parent.parent
 # Probes (bandwidth, matmul rate) are cached per host; keep the tests' cache out of $HOME.
 os.environ.setdefault("KVBENCH_CACHE_DIR", str(REPO / ".cache" / "test-probes"))
-# Measured once per test session, as a sweep measures once per run (kvbench.roofline.PROBE_SINCE_ENV).
+# Measured once per test session, as a sweep measures once per run (kvbench.measure.roofline.PROBE_SINCE_ENV).
 os.environ.setdefault("KVBENCH_PROBE_SINCE", str(time.time()))
 
 
@@ -34,7 +34,7 @@ def kvbench_exe() -> list[str]:
 
 @pytest.fixture()
 def tiny_model():
-    from kvbench.model import build_random, preset
+    from kvbench.models.gpt2 import build_random, preset
 
     return build_random(preset("tiny"), "cpu", torch.float32, seed=0)
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from kvbench.analysis.approx_price import NoPrice, claims, formula_bytes, price_table
-from kvbench.presets import kv_cache_bytes
+from kvbench.core.presets import kv_cache_bytes
 
 
 def frame(modes=("static", "static-int4", "sliding")) -> pd.DataFrame:

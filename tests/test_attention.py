@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kvbench.attention import attend, attend_masked, causal_mask, expand_kv
-from kvbench.generate import generate
+from kvbench.engines.generate import generate
+from kvbench.models.attention import attend, attend_masked, causal_mask, expand_kv
 
 
 def random_prompt(batch: int, length: int, vocab: int = 50257, seed: int = 1) -> torch.Tensor:

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from kvbench.cli import main
-from kvbench.record import validate
+from kvbench.core.record import validate
 
 FAST = ["--model", "tiny", "--prompt-len", "8", "--new-tokens", "6", "--warmup", "1", "--iters", "2"]
 

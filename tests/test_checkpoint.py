@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from kvbench import checkpoint
-from kvbench.generate import generate
-from kvbench.model import build_random, preset
+from kvbench.engines.generate import generate
+from kvbench.models import checkpoint
+from kvbench.models.gpt2 import build_random, preset
 
 transformers = pytest.importorskip("transformers")
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from fixtures import Sweep, make_record
 
-from kvbench import record as kvrecord
 from kvbench.analysis import aggregate as agg
 from kvbench.analysis import bundle as bnd
 from kvbench.analysis import command
 from kvbench.analysis import explain as ex
 from kvbench.analysis import figures as fig
 from kvbench.analysis import publish as pub
+from kvbench.core import record as kvrecord
 
 
 @pytest.fixture(scope="module")

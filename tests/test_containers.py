@@ -37,7 +37,7 @@ from test_slurm import (
     submitted_job_ids,
 )
 
-from kvbench import sweep as kvsweep
+from kvbench.core import sweep as kvsweep
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"

@@ -10,10 +10,10 @@ import torch
 pytest.importorskip("ctranslate2")
 pytest.importorskip("transformers")
 
-from kvbench import engines  # noqa: E402
 from kvbench.cli import main  # noqa: E402
-from kvbench.generate import generate  # noqa: E402
-from kvbench.record import validate  # noqa: E402
+from kvbench.core.record import validate  # noqa: E402
+from kvbench.engines import registry as engines  # noqa: E402
+from kvbench.engines.generate import generate  # noqa: E402
 
 CELL = [
     "cell",
@@ -71,8 +71,8 @@ def test_ct2_llama_family_tokens_and_logits_equal_ours(variant, cache_dir):
 def test_ct2_refuses_a_rope_scaling_its_converter_drops(cache_dir):
     from dataclasses import replace
 
-    from kvbench.models import build_random
-    from kvbench.presets import llama3_scaling, preset
+    from kvbench.core.presets import llama3_scaling, preset
+    from kvbench.models.family import build_random
 
     cfg = replace(preset("tiny-llama"), rope_scaling=llama3_scaling(8.0, 16))
     with pytest.raises(

@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kvbench import decode_linear, roofline
 from kvbench.cli import main
-from kvbench.generate import generate
-from kvbench.memory import LiveTensorBytes, resident_tensors
-from kvbench.models import build_random
-from kvbench.presets import preset
-from kvbench.weights import prepare_for_decoding
+from kvbench.core.presets import preset
+from kvbench.engines.generate import generate
+from kvbench.measure import roofline
+from kvbench.measure.memory import LiveTensorBytes, resident_tensors
+from kvbench.models import decode_linear
+from kvbench.models.family import build_random
+from kvbench.models.weights import prepare_for_decoding
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
 

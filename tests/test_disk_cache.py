@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from kvbench import disk_cache
+from kvbench.core import disk_cache
 
 
 @pytest.fixture()
@@ -73,7 +73,7 @@ def test_a_damaged_folder_that_cannot_be_moved_is_one_error_naming_it(kept, monk
 
 COMPILE = """
 import torch
-from kvbench import disk_cache
+from kvbench.core import disk_cache
 from kvbench.engines.kvbench import inductor_options
 with inductor_options(torch.device("cpu")):
     print(torch.compile(lambda x: x * 2 + 1)(torch.ones(8)).sum().item())

@@ -6,9 +6,9 @@ import importlib.util
 import pytest
 import torch
 
-from kvbench import engines
-from kvbench.generate import generate
-from kvbench.presets import ENGINES, KV_MODES
+from kvbench.core.presets import ENGINES, KV_MODES
+from kvbench.engines import registry as engines
+from kvbench.engines.generate import generate
 
 HAVE = {
     "kvbench": True,
@@ -62,8 +62,8 @@ def test_engines_without_grouped_query_attention_refuse_it(name):
 
 
 def test_our_engine_runs_grouped_query_attention():
-    from kvbench.models import build_random
-    from kvbench.presets import preset
+    from kvbench.core.presets import preset
+    from kvbench.models.family import build_random
 
     assert engines.check("kvbench", kv_mode="static", n_kv_head=2) is None  # accepted, not refused
     grouped = build_random(preset("tiny", n_kv_head=2), "cpu", torch.float32, seed=0)

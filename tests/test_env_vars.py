@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from kvbench import env_vars
 from kvbench.cli import main
+from kvbench.core import env_vars
 
 FAST = ["--model", "tiny", "--prompt-len", "8", "--new-tokens", "4", "--warmup", "0", "--iters", "1"]
 

@@ -5,7 +5,7 @@ from importlib import metadata
 import pytest
 import torch
 
-from kvbench.environment import collect, engine_version
+from kvbench.measure.environment import collect, engine_version
 
 
 def test_ours_names_no_peer_package_and_a_peer_names_its_own():

@@ -26,10 +26,10 @@ from fixtures import (
     make_record,
 )
 
-from kvbench import record as kvrecord
 from kvbench.analysis import aggregate as agg
 from kvbench.analysis import explain as ex
 from kvbench.analysis import frame as fr
+from kvbench.core import record as kvrecord
 
 NOT_MEASURED = "not measured in this sweep"
 

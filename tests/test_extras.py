@@ -143,7 +143,7 @@ def test_offline_gpt2_encoding_failure_says_how_to_fix_it(monkeypatch, tmp_path)
     (The download is mocked to fail: this machine may or may not reach the internet.)"""
     import tiktoken
 
-    from kvbench.tokenizer import EncodingError, load_encoding
+    from kvbench.models.tokenizer import EncodingError, load_encoding
 
     def offline(name):
         raise ConnectionError("no route to host")

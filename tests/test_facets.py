@@ -1,7 +1,7 @@
 """What every figure shares: one colour per kv mode, none of them the grey of an unknown mode."""
 
 from kvbench.analysis import facets
-from kvbench.presets import KV_MODES
+from kvbench.core.presets import KV_MODES
 
 
 def test_every_kv_mode_has_its_own_colour_and_none_is_grey():

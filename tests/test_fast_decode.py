@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from kvbench.caches.static import StaticCache
+from kvbench.engines.generate import generate
 from kvbench.engines.kvbench import CompiledStaticDecoder
-from kvbench.generate import generate
-from kvbench.kv_cache import StaticCache
 
 
 def random_prompt(batch: int, length: int, seed: int = 1) -> torch.Tensor:
@@ -52,7 +52,7 @@ def test_compiled_static_decoder_matches_eager_and_compiles_the_step_once(tiny_m
 
 @pytest.mark.slow
 def test_hf_compiled_static_gives_our_tokens(tiny_model):
-    from kvbench import engines
+    from kvbench.engines import registry as engines
 
     prompt = random_prompt(1, 6)
     ref = generate(tiny_model, prompt, 8, "none").tokens

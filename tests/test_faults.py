@@ -19,7 +19,7 @@ import pytest
 import yaml
 from test_pipeline import REPO, SNAKEMAKE, SWEEP, copy_workflow, snakemake, write_config
 
-from kvbench.record import validate
+from kvbench.core.record import validate
 
 pytestmark = pytest.mark.slow
 UNTIL_TABLES = ("--until", "aggregate")

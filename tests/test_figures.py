@@ -26,7 +26,7 @@ from fixtures import (
 from kvbench.analysis import aggregate as agg
 from kvbench.analysis import figures as fig
 from kvbench.analysis import frame as fr
-from kvbench.presets import APPROX_KV_MODES
+from kvbench.core.presets import APPROX_KV_MODES
 
 NEW_STEMS = ("speedup_vs_model", "speedup_vs_new_tokens", "kv_variants")
 APPROX = ", ".join(APPROX_KV_MODES)

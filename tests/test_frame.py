@@ -150,9 +150,9 @@ def test_aggregate_rejects_two_records_of_one_cell(tmp_path: Path) -> None:
 
 
 def test_a_paged_cells_kv_bytes_are_its_blocks_not_a_static_reservation(tmp_path: Path) -> None:
-    from kvbench.cell import run_cell
-    from kvbench.record import write_atomic
-    from kvbench.spec import CellSpec
+    from kvbench.core.record import write_atomic
+    from kvbench.measure.cell import run_cell
+    from kvbench.measure.spec import CellSpec
 
     paths = []
     for i, extra in enumerate(({"prompt_spread": 0.5, "shared_prefix": 8}, {})):

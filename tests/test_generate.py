@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kvbench.generate import generate
+from kvbench.engines.generate import generate
 
 MODES = ("none", "concat", "static")
 
@@ -33,7 +33,7 @@ def test_a_generation_may_end_exactly_at_the_block_size(tiny_model):
 
 
 def test_sampling_is_deterministic_for_a_seed_and_mode_independent(tiny_model):
-    from kvbench.generate import Sampling
+    from kvbench.engines.generate import Sampling
 
     prompt = random_prompt(1, 4)
     runs = [

@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from kvbench.cell import CellSpec, run_cell
-from kvbench.model import build_random, preset
+from kvbench.measure.cell import CellSpec, run_cell
+from kvbench.models.gpt2 import build_random, preset
 
 pytestmark = [
     pytest.mark.gpu,
@@ -55,8 +55,8 @@ def test_compiled_static_step_is_one_cuda_graph_replayed_without_recompiles():
 
 
 def test_cuda_event_timings_agree_with_a_synchronized_wall_clock():
-    from kvbench.generate import generate
-    from kvbench.timing import TokenTimer
+    from kvbench.engines.generate import generate
+    from kvbench.measure.timing import TokenTimer
 
     model = build_random(preset("gpt2"), "cuda", torch.bfloat16, 0)
     prompt = torch.randint(0, 50257, (1, 128), device="cuda")

@@ -8,8 +8,8 @@ import torch
 pytest.importorskip("transformers")
 
 from kvbench.cli import main  # noqa: E402
+from kvbench.engines.generate import generate  # noqa: E402
 from kvbench.engines.hf import hf_generate, to_hf  # noqa: E402
-from kvbench.generate import generate  # noqa: E402
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "math"])
@@ -39,8 +39,8 @@ def llama_model(variant: str):
     drawn non-zero (the random init zeroes them), so a dropped bias would show."""
     from dataclasses import replace
 
-    from kvbench.models import build_random
-    from kvbench.presets import llama3_scaling, preset
+    from kvbench.core.presets import llama3_scaling, preset
+    from kvbench.models.family import build_random
 
     over = dict(LLAMA_VARIANTS[variant][0])
     if over.get("rope_scaling"):

@@ -4,11 +4,11 @@ static and paged, rectangular and ragged, with and without a shared prefix."""
 import pytest
 import torch
 
-from kvbench import kv_alloc
-from kvbench.generate import generate
-from kvbench.models import build_random
-from kvbench.presets import preset
-from kvbench.ragged import layout_prompt
+from kvbench.caches.ragged import layout_prompt
+from kvbench.core.presets import preset
+from kvbench.engines.generate import generate
+from kvbench.measure import alloc as kv_alloc
+from kvbench.models.family import build_random
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,9 @@ def test_bytes_by_formula_equal_bytes_counted_at_every_step(model, kv_mode, spre
 
 
 def test_a_shared_prefix_cell_records_the_prefill_time_it_saved_against_static():
-    from kvbench import record as kvrecord
-    from kvbench.cell import run_cell
-    from kvbench.spec import CellSpec
+    from kvbench.core import record as kvrecord
+    from kvbench.measure.cell import run_cell
+    from kvbench.measure.spec import CellSpec
 
     common = dict(model="tiny", device="cpu", batch=3, prompt_len=24, new_tokens=4, iters=2, warmup=0)
     shared = run_cell(CellSpec(kv_mode="paged", shared_prefix=16, block_tokens=4, **common))
@@ -53,10 +53,10 @@ def test_a_shared_prefix_cell_records_the_prefill_time_it_saved_against_static()
 
 @pytest.mark.parametrize("engine", ["hf", "ct2"])
 def test_a_peer_engine_on_a_ragged_batch_records_why_it_is_not_measured(engine):
-    from kvbench import engines
-    from kvbench import record as kvrecord
-    from kvbench.cell import run_cell
-    from kvbench.spec import CellSpec
+    from kvbench.core import record as kvrecord
+    from kvbench.engines import registry as engines
+    from kvbench.measure.cell import run_cell
+    from kvbench.measure.spec import CellSpec
 
     pytest.importorskip({"hf": "transformers", "ct2": "ctranslate2"}[engine])
     for layout in ({"prompt_spread": 0.5}, {"shared_prefix": 4}):

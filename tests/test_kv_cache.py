@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from kvbench.generate import generate
-from kvbench.kv_cache import ConcatCache, StaticCache, kv_cache_bytes
+from kvbench.caches.concat import ConcatCache
+from kvbench.caches.static import StaticCache
+from kvbench.core.presets import kv_cache_bytes
+from kvbench.engines.generate import generate
 
 
 def random_prompt(batch: int, length: int, vocab: int = 50257, seed: int = 1) -> torch.Tensor:

@@ -2,9 +2,9 @@
 
 import torch
 
-from kvbench.generate import generate
-from kvbench.kv_cache_fp8 import Fp8StaticCache, fp8_unsupported_reason
-from kvbench.presets import kv_cache_bytes
+from kvbench.caches.fp8 import Fp8StaticCache, fp8_unsupported_reason
+from kvbench.core.presets import kv_cache_bytes
+from kvbench.engines.generate import generate
 
 
 def test_cpu_torch_holds_e4m3():

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from kvbench.generate import generate
-from kvbench.kv_cache import make_cache
-from kvbench.kv_cache_int4 import Int4StaticCache, pack, quantize, unpack
-from kvbench.presets import kv_bytes_per_token, kv_cache_bytes
-from kvbench.spec import CellSpec, UsageError
+from kvbench.caches.int4 import Int4StaticCache, pack, quantize, unpack
+from kvbench.caches.registry import make_cache
+from kvbench.core.presets import kv_bytes_per_token, kv_cache_bytes
+from kvbench.engines.generate import generate
+from kvbench.measure.spec import CellSpec, UsageError
 
 
 def random_prompt(batch: int, length: int, vocab: int = 50257, seed: int = 1) -> torch.Tensor:

@@ -4,11 +4,11 @@ sequences grow, and a damaged block table an error rather than a wrong answer.""
 import pytest
 import torch
 
-from kvbench.generate import generate
-from kvbench.kv_cache_paged import BlockTableError, PagedCache, paged_blocks
-from kvbench.models import build_random
-from kvbench.presets import preset
-from kvbench.ragged import layout_prompt
+from kvbench.caches.paged import BlockTableError, PagedCache, paged_blocks
+from kvbench.caches.ragged import layout_prompt
+from kvbench.core.presets import preset
+from kvbench.engines.generate import generate
+from kvbench.models.family import build_random
 
 
 def random_prompt(batch: int, length: int, vocab: int, seed: int = 1) -> torch.Tensor:
@@ -81,7 +81,7 @@ def test_a_shared_prefix_is_stored_once_and_tokens_stay_exact(model):
 def test_the_record_says_why_not_flex_attentions_paged_attention_and_the_reason_holds():
     import warnings
 
-    from kvbench.kv_cache_paged import ATTENTION_PATH, NOT_FLEX, PAGED_FLEX, attention_path
+    from kvbench.caches.paged import ATTENTION_PATH, NOT_FLEX, PAGED_FLEX, attention_path
 
     assert attention_path() == f"{ATTENTION_PATH}; {NOT_FLEX}"
     paged_attention = pytest.importorskip(PAGED_FLEX).PagedAttention

@@ -4,12 +4,12 @@ sinks at their position within the cache on rotary models."""
 import pytest
 import torch
 
-from kvbench.generate import generate
-from kvbench.kv_cache_sliding import SlidingCache, kv_note
-from kvbench.llama import Rotary
-from kvbench.models import build_random
-from kvbench.presets import kv_cache_bytes, preset
-from kvbench.spec import CellSpec, UsageError
+from kvbench.caches.sliding import SlidingCache, kv_note
+from kvbench.core.presets import kv_cache_bytes, preset
+from kvbench.engines.generate import generate
+from kvbench.measure.spec import CellSpec, UsageError
+from kvbench.models.family import build_random
+from kvbench.models.llama import Rotary
 
 
 def random_prompt(batch: int, length: int, vocab: int, seed: int = 1) -> torch.Tensor:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kvbench.kv_price import price
+from kvbench.measure.price import price
 
 
 def test_an_exact_cache_costs_nothing():

@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-from kvbench import checkpoint, llama
+from kvbench.caches.static import StaticCache
 from kvbench.cli import main
-from kvbench.generate import generate
-from kvbench.kv_cache import StaticCache
-from kvbench.models import build_random
-from kvbench.presets import PRESETS, preset
-from kvbench.record import validate
-from kvbench.spec import CellSpec, UsageError
+from kvbench.core.presets import PRESETS, preset
+from kvbench.core.record import validate
+from kvbench.engines.generate import generate
+from kvbench.measure.spec import CellSpec, UsageError
+from kvbench.models import checkpoint, llama
+from kvbench.models.family import build_random
 
 transformers = pytest.importorskip("transformers")
 
@@ -219,7 +219,7 @@ def test_compiled_static_decoder_runs_the_llama_step_once_for_every_position(tin
 
 
 def test_a_step_reads_an_untied_embedding_one_row_and_a_tied_one_whole(tiny):
-    from kvbench import roofline
+    from kvbench.measure import roofline
 
     everything = sum(p.numel() * 4 for p in tiny.parameters())
     assert roofline.step_read_bytes(tiny) == everything - tiny.model.embed_tokens.weight.numel() * 4

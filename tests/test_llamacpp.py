@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from kvbench import engines
 from kvbench.cli import main
-from kvbench.generate import generate
-from kvbench.record import validate
+from kvbench.core.record import validate
+from kvbench.engines import registry as engines
+from kvbench.engines.generate import generate
 
 # llama.cpp's fp32 CPU kernels round differently from torch's (GPT-2's GELU reads an fp16 lookup table,
 # GGML_GELU_FP16 in ggml-cpu/vec.h): measured 1.2e-4 (tiny-llama) to 1.7e-4 (tiny) from our logits, tokens equal.
@@ -115,9 +115,9 @@ def test_llamacpp_cell_record_matches_none(tmp_path, cache_dir, capsys):
 def test_llamacpp_quantized_cache_is_priced_from_its_own_logits(kv_mode, cache_dir):
     """q8_0/q4_0 caches (head_dim 32: whole blocks): the cell's token check prices them from llama.cpp's own
     logits against our no-cache forward over the same tokens, as for every approximate mode."""
-    from kvbench.models import build_random
-    from kvbench.presets import preset
-    from kvbench.token_check import token_check
+    from kvbench.core.presets import preset
+    from kvbench.measure.token_check import token_check
+    from kvbench.models.family import build_random
 
     model = build_random(preset("tiny", n_head=2), "cpu", torch.float32, seed=0)
     prompt = torch.randint(0, 50257, (2, 20), generator=torch.Generator().manual_seed(1))

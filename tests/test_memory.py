@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from kvbench.cell import run_cell
-from kvbench.memory import CPU_METHOD, LiveTensorBytes
-from kvbench.spec import CellSpec
+from kvbench.measure.cell import run_cell
+from kvbench.measure.memory import CPU_METHOD, LiveTensorBytes
+from kvbench.measure.spec import CellSpec
 
 
 def test_tracker_counts_each_storage_once_and_frees_it():

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from kvbench.generate import generate
-from kvbench.kv_cache import ConcatCache, StaticCache
-from kvbench.model import GPT, build_random, preset
+from kvbench.caches.concat import ConcatCache
+from kvbench.caches.static import StaticCache
+from kvbench.engines.generate import generate
+from kvbench.models.gpt2 import GPT, build_random, preset
 
 MODES = ("none", "concat", "static")
 

@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from kvbench import nvml
+from kvbench.measure import nvml
 
 
 class FakeNvml(types.SimpleNamespace):

@@ -1,4 +1,4 @@
-"""The phases of a cell's measurement (kvbench/phases.py), each returning what it measured."""
+"""The phases of a cell's measurement (kvbench/measure/phases.py), each returning what it measured."""
 
 import gc
 import time
@@ -7,11 +7,11 @@ import weakref
 import pytest
 import torch
 
-from kvbench import memory
-from kvbench.engines import build
-from kvbench.phases import Iteration, Timed, TokenHook, phase, timed_iterations, warm_up
-from kvbench.presets import kv_cache_bytes
-from kvbench.spec import CellSpec
+from kvbench.core.presets import kv_cache_bytes
+from kvbench.engines.registry import build
+from kvbench.measure import memory
+from kvbench.measure.phases import Iteration, Timed, TokenHook, phase, timed_iterations, warm_up
+from kvbench.measure.spec import CellSpec
 
 CPU = torch.device("cpu")
 SPEC = CellSpec(model="tiny", kv_mode="static", batch=2, prompt_len=5, new_tokens=4, warmup=3, iters=3, device="cpu")

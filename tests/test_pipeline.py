@@ -215,7 +215,7 @@ def test_changing_plotting_code_reruns_no_cell(workdir):
 
 
 def test_changing_measurement_code_reruns_every_cell(workdir):
-    edit_code(workdir / "kvbench/generate.py")
+    edit_code(workdir / "kvbench/engines/generate.py")
     assert {j for j in planned(workdir) if j[0] == "cell"} == {
         cell(m, p) for m in ("none", "static") for p in (8, 16, 24)
     }

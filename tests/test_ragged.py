@@ -7,12 +7,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kvbench.generate import generate
-from kvbench.models import build_random
-from kvbench.presets import preset
-from kvbench.ragged import layout_prompt, spread_lengths
-from kvbench.spec import CellSpec, UsageError
-from kvbench.token_check import token_check
+from kvbench.caches.ragged import layout_prompt, spread_lengths
+from kvbench.core.presets import preset
+from kvbench.engines.generate import generate
+from kvbench.measure.spec import CellSpec, UsageError
+from kvbench.measure.token_check import token_check
+from kvbench.models.family import build_random
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-llama"])

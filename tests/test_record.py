@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from fixtures import REPO, Sweep, grid_records, make_record
 
-from kvbench import record as kvrecord
 from kvbench.analysis import aggregate as agg
+from kvbench.core import record as kvrecord
 
 DAMAGE = {
     "truncated": lambda text: text[: len(text) // 2],

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from kvbench import env_vars, roofline
-from kvbench.model import build_random, preset
-from kvbench.presets import kv_cache_bytes
+from kvbench.core import env_vars
+from kvbench.core.presets import kv_cache_bytes
+from kvbench.measure import roofline
+from kvbench.models.gpt2 import build_random, preset
 
 
 def _fake(read: float, measured_at: float | None = None):

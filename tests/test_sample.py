@@ -57,7 +57,7 @@ def test_sample_encodes_and_decodes_with_the_checkpoints_tokenizer_json(llama_ch
 def test_a_named_encoding_overrides_the_checkpoints_tokenizer_json(llama_checkpoint, tmp_path, capsys):
     import base64
 
-    from kvbench.tokenizer import load_encoding
+    from kvbench.models.tokenizer import load_encoding
 
     directory, hf = llama_checkpoint
     encoding = tmp_path / "bytes.tiktoken"  # the 256 bytes (+ end-of-text): every id below the model's 320

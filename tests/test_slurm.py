@@ -170,7 +170,7 @@ def slurm_profile(dst: Path, containers: bool) -> Path:
 
 def sweep_cells(workdir: Path, sweep: str = SWEEP) -> list[str]:
     """The record paths of a sweep, computed by kvbench's own sweep code (no torch import)."""
-    from kvbench import sweep as kvsweep
+    from kvbench.core import sweep as kvsweep
 
     config = yaml.safe_load((workdir / "config/config.yaml").read_text())
     return [kvsweep.cell_path(sweep, c) for c in kvsweep.cells(config["sweeps"][sweep])]

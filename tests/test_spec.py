@@ -1,4 +1,4 @@
-"""A cell's settings (kvbench/spec.py): every field checked before anything is built, bad input one line, exit 2."""
+"""A cell's settings (measure/spec.py): every field checked before anything is built, bad input one line, exit 2."""
 
 import os
 import shutil
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kvbench.cli import main
-from kvbench.spec import CellSpec, UsageError
+from kvbench.measure.spec import CellSpec, UsageError
 
 
 def run_cli(args, capsys):
@@ -73,7 +73,7 @@ def test_malformed_checkpoint_and_unwritable_out(tmp_path, capsys):
 def test_read_only_directory_for_a_non_root_user_is_refused_before_any_work(capsys, monkeypatch):
     import tempfile
 
-    import kvbench.cell  # noqa: F401  (imported as root: `nobody` cannot read root's Python)
+    import kvbench.measure.cell  # noqa: F401  (imported as root: `nobody` cannot read root's Python)
 
     top = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's tmp_path is root-only all the way up
     try:

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from kvbench.model import build_random, preset
+from kvbench.models.gpt2 import build_random, preset
 
 PHASES = {"import", "build", "check", "warmup", "timed", "probe"}
 

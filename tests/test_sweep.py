@@ -1,4 +1,4 @@
-"""kvbench/sweep.py: a sweep's grid expanded into cells, its one-line config errors, a cell's flags and paths.
+"""kvbench/core/sweep.py: a sweep's grid expanded into cells, its one-line config errors, a cell's flags and paths.
 Plain functions, no Snakemake (tests/test_pipeline.py and tests/test_workflow.py drive the real one)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from kvbench.presets import KV_MODES
-from kvbench.sweep import (
+from kvbench.core.presets import KV_MODES
+from kvbench.core.sweep import (
     ALL_HEADS,
     AXES,
     CELL_LOG_PATTERN,

@@ -1,11 +1,11 @@
-"""Token timestamps and the record's latency summary (kvbench/timing.py)."""
+"""Token timestamps and the record's latency summary (kvbench/measure/timing.py)."""
 
 import time
 
 import pytest
 import torch
 
-from kvbench.timing import TokenTimer, latency, stats
+from kvbench.measure.timing import TokenTimer, latency, stats
 
 
 def test_token_timer_gives_one_interval_per_token_in_order(monkeypatch):

@@ -1,10 +1,10 @@
-"""The token check (kvbench/token_check.py): a cache's tokens against recomputing everything."""
+"""The token check (kvbench/measure/token_check.py): a cache's tokens against recomputing everything."""
 
 import torch
 
-from kvbench.engines import build
-from kvbench.generate import Generation
-from kvbench.token_check import check_record, token_check
+from kvbench.engines.generate import Generation
+from kvbench.engines.registry import build
+from kvbench.measure.token_check import check_record, token_check
 
 PROMPT = torch.randint(0, 50257, (2, 5), generator=torch.Generator().manual_seed(1))
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kvbench.tokenizer import EncodingError, Tiktoken, TokenizerJSON, for_model
+from kvbench.models.tokenizer import EncodingError, Tiktoken, TokenizerJSON, for_model
 
 TEXT = [
     "the quick brown fox jumps over the lazy dog",

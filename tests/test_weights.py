@@ -7,10 +7,10 @@ CPU cells that do not pack (compiled ones, peers, other dtypes).
 import pytest
 import torch
 
-from kvbench.generate import generate
-from kvbench.models import build_random
-from kvbench.presets import preset
-from kvbench.weights import prepare_for_decoding, store_wide_weights_input_major
+from kvbench.core.presets import preset
+from kvbench.engines.generate import generate
+from kvbench.models.family import build_random
+from kvbench.models.weights import prepare_for_decoding, store_wide_weights_input_major
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-llama"])

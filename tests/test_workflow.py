@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_pipeline import copy_workflow, snakemake, write_config
 
-from kvbench import record as kvrecord
-from kvbench.sweep import CELL_LOG_PATTERN, cell_path, cells
+from kvbench.core import record as kvrecord
+from kvbench.core.sweep import CELL_LOG_PATTERN, cell_path, cells
 
 pytestmark = pytest.mark.skipif(
     shutil.which("kvbench") is None and not Path(sys.executable).with_name("kvbench").exists(),

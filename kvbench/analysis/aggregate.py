@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from kvbench import record as kvrecord
 from kvbench.analysis import approx_price, command, report
 from kvbench.analysis import frame as fr
+from kvbench.core import record as kvrecord
 
 CSV_OPTS = {"index": False, "lineterminator": "\n", "na_rep": ""}
 # Each table's columns, named as in `readable` (settings without "cell.", measurements plainly).
@@ -148,10 +148,10 @@ def aggregate(record_paths: Sequence[Path], out_dir: Path) -> None:
 
 
 def sweep_records(config: Path, sweep: str) -> list[Path]:
-    """The records of a sweep's grid, as the workflow names them (kvbench.sweep)."""
+    """The records of a sweep's grid, as the workflow names them (kvbench.core.sweep)."""
     import yaml
 
-    from kvbench import sweep as kvsweep
+    from kvbench.core import sweep as kvsweep
 
     sweeps = yaml.safe_load(Path(config).read_text())["sweeps"]
     if sweep not in sweeps:

@@ -3,7 +3,7 @@
 `alloc_table` is one row per ok cell of a sweep with a `paged` cache: the bytes the cache reserved
 and the bytes real tokens used at the last step (both counted from the live cache), the waste
 between them, decode and prefill time, for `static`, `concat` and `paged` at each block size, as
-the batch grows and its prompts spread (kvbench/ragged.py) or share a prefix. `claims` says per grid
+the batch grows and its prompts spread (kvbench/caches/ragged.py) or share a prefix. `claims` says per grid
 point what paging saves and costs; `summary` says it for the sweep (what paging saves as the batch
 grows ragged, what the gather costs per decode step, the prefill a shared prefix saves, where
 `static` is still the better choice); `explained` is explanation.md's section. No matplotlib here

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kvbench.presets import APPROX_KV_MODES, kv_cache_bytes
+from kvbench.core.presets import APPROX_KV_MODES, kv_cache_bytes
 
 
 class NoPrice(Exception):

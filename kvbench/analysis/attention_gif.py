@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from kvbench.record import write_atomic_bytes  # noqa: E402
+from kvbench.core.record import write_atomic_bytes  # noqa: E402
 
 FIGSIZE, DPI = (8.0, 6.0), 80  # 640 x 480 pixels per frame
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from kvbench import record as kvrecord
 from kvbench.analysis import command
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
+from kvbench.core import record as kvrecord
 
 MANIFEST = "MANIFEST.sha256"
 INDEX = "index.md"

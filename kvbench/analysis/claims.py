@@ -13,7 +13,7 @@ import pandas as pd
 
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
-from kvbench.presets import kv_cache_bytes
+from kvbench.core.presets import kv_cache_bytes
 
 CLAIMS = pd.read_csv(Path(__file__).parent / "data" / "claims.csv", dtype={"value": str}, keep_default_na=False)
 GPT2 = {"n_layer": 12, "n_kv_head": 12, "head_dim": 64}  # GPT-2 small's shape, as write-up 002 states it

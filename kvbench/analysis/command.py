@@ -1,7 +1,7 @@
 """How every analysis command ends: the line it returns, or one line per problem and exit 1.
 
 A writer that cannot write (a read-only folder, a full disk, a folder where the file should be)
-ends in one line naming the path (kvbench.record's atomic writes name it), never a traceback; a
+ends in one line naming the path (kvbench.core.record's atomic writes name it), never a traceback; a
 damaged record is one line per file with the remedy; any other bad input one line.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from kvbench import record as kvrecord
+from kvbench.core import record as kvrecord
 
 
 def one_line(exc: BaseException) -> str:

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kvbench import record as kvrecord
 from kvbench.analysis import bundle as bnd
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
-from kvbench.presets import KV_MODES
+from kvbench.core import record as kvrecord
+from kvbench.core.presets import KV_MODES
 
 # The settings that make two cells the same cell: all of a record's cell but where and how long it ran (the
 # device is not one: comparing machines is the point; nor the seed, the iterations or a prompt file's path).

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from kvbench import record as kvrecord
 from kvbench.analysis import aggregate as agg
 from kvbench.analysis import alloc_table, approx_price, claims, command
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
-from kvbench.presets import DTYPE_BYTES, INT8_SCALE_BYTES
+from kvbench.core import record as kvrecord
+from kvbench.core.presets import DTYPE_BYTES, INT8_SCALE_BYTES
 
 TABLES = ("cells.csv", "speedup.csv", "speedup_by_model.csv", "speedup_by_length.csv", "kv_variants.csv")
 PEAK_NAMES = {"torch_peak_allocated": "torch peak allocated", "rss_peak": "process RSS peak"}

@@ -14,7 +14,7 @@ from matplotlib.ticker import LogLocator, NullLocator, StrMethodFormatter
 
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
-from kvbench.presets import KV_MODES
+from kvbench.core.presets import KV_MODES
 
 matplotlib.use("Agg")  # seaborn's FacetGrid makes pyplot figures (none exists yet); no GUI backend here
 

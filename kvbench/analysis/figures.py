@@ -26,7 +26,6 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator, StrMethodFormatter
 
-from kvbench import record as kvrecord
 from kvbench.analysis import aggregate as agg
 from kvbench.analysis import approx_figures, claims, command
 from kvbench.analysis import facets as fc
@@ -34,6 +33,7 @@ from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
 from kvbench.analysis.alloc_figures import FIGURES as ALLOC_FIGURES
 from kvbench.analysis.facets import RC, Skip  # noqa: F401 (RC: tests use it from here)
+from kvbench.core import record as kvrecord
 
 D = "latency.decode_ms_per_token"
 SPEEDUPS = {"total_speedup": "whole generation (total time)", "decode_speedup": "per decode token"}

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kvbench import record as kvrecord
 from kvbench.analysis import approx_price
-from kvbench.presets import BLOCK_TOKENS, DTYPE_BYTES, KV_MODES, kv_cache_bytes
+from kvbench.core import record as kvrecord
+from kvbench.core.presets import BLOCK_TOKENS, DTYPE_BYTES, KV_MODES, kv_cache_bytes
 
 MIB = 2**20
 STATUS_ORDER = ("ok", "oom", "unsupported", "error")

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from kvbench import disk_cache, env_vars
-from kvbench.engines import Engine
-from kvbench.generate import GREEDY, Generation, Sampling
-from kvbench.models import Model
-from kvbench.presets import ENGINE_KV_MODES
+from kvbench.core import disk_cache, env_vars
+from kvbench.core.presets import ENGINE_KV_MODES
+from kvbench.engines.base import Engine
+from kvbench.engines.generate import GREEDY, Generation, Sampling
+from kvbench.models.family import Model
 
 PIN = "ctranslate2==4.8.5"  # requirements.txt
 # CTranslate2's Llama converter carries rope_scaling's factor and low/high frequency factors but not

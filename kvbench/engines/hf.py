@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 import torch
 
-from kvbench.checkpoint import CONV1D_WEIGHTS
-from kvbench.engines import Engine, Runner, compile_mode
-from kvbench.generate import GREEDY, Generation, Sampling, check_length, decode_loop
-from kvbench.model import GPT
-from kvbench.models import Model
-from kvbench.presets import ENGINE_KV_MODES
+from kvbench.core.presets import ENGINE_KV_MODES
+from kvbench.engines.base import Engine, Runner, compile_mode
+from kvbench.engines.generate import GREEDY, Generation, Sampling, check_length, decode_loop
+from kvbench.models.checkpoint import CONV1D_WEIGHTS
+from kvbench.models.family import Model
+from kvbench.models.gpt2 import GPT
 
 HF_KV_MODES = ENGINE_KV_MODES["hf"]
 HF_ATTENTION = {"sdpa": "sdpa", "math": "eager"}  # our attention implementation -> transformers' name
@@ -38,7 +38,7 @@ def llama_to_hf(model):
     """transformers' Llama-family model (the architecture `hf_config_dict` names) on `model`'s weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from kvbench.llama import hf_config_dict, hf_state_dict
+    from kvbench.models.llama import hf_config_dict, hf_state_dict
 
     settings = hf_config_dict(model.config)
     cfg = AutoConfig.for_model(settings.pop("model_type"), **settings)

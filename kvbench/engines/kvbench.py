@@ -23,11 +23,11 @@ from collections.abc import Callable
 
 import torch
 
-from kvbench import disk_cache
-from kvbench.engines import Engine, Runner, compile_mode
-from kvbench.generate import GREEDY, Generation, Sampling, check_length, decode_loop, generate, new_cache
-from kvbench.kv_cache import StaticCache
-from kvbench.model import GPT
+from kvbench.caches.static import StaticCache
+from kvbench.core import disk_cache
+from kvbench.engines.base import Engine, Runner, compile_mode
+from kvbench.engines.generate import GREEDY, Generation, Sampling, check_length, decode_loop, generate, new_cache
+from kvbench.models.gpt2 import GPT
 
 # The CPU decode step is matrix-vector products over every weight: reading the weights is the step.
 # freezing: the weights become graph constants, packed once for the GEMM kernels. max_autotune with
@@ -70,7 +70,7 @@ class KvbenchEngine(Engine):
         self.model = self.module = model
 
     def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None, layout=None):
-        """`layout`: a ragged batch (kvbench/ragged.py), which only this engine runs."""
+        """`layout`: a ragged batch (kvbench/caches/ragged.py), which only this engine runs."""
         return generate(
             self.model,
             prompt,

@@ -17,7 +17,7 @@ The cache is llama.cpp's own, preallocated for the context (n_ctx = batch x the 
 sequence id per batch row), so kv_mode `static` holds K/V in the weights' dtype; `static-int8` and
 `static-int4` are its q8_0 and q4_0 cache types (blocks of 32 values with an fp16 scale). Every
 step's logits come from llama.cpp's own `llama_decode` calls, which is what the token check and the
-price (kvbench/kv_price.py) compare against our no-cache forward over the same tokens. Greedy
+price (kvbench/measure/price.py) compare against our no-cache forward over the same tokens. Greedy
 decoding; `on_token(i)` after token i is chosen (0 = the prefill), threads = the cell's --threads.
 Flash attention is off as in the bindings' own `Llama` class, on only where llama.cpp requires it (a
 quantized V cache).
@@ -37,12 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kvbench import disk_cache, env_vars
-from kvbench.engines import Engine
+from kvbench.core import disk_cache, env_vars
+from kvbench.core.presets import ENGINE_KV_MODES
+from kvbench.engines.base import Engine
 from kvbench.engines.ct2 import weights_hash
-from kvbench.generate import GREEDY, Generation, Sampling
-from kvbench.models import Model
-from kvbench.presets import ENGINE_KV_MODES
+from kvbench.engines.generate import GREEDY, Generation, Sampling
+from kvbench.models.family import Model
 
 PIN = "llama-cpp-python==0.3.36"  # pyproject.toml's llamacpp extra, scripts/install-llamacpp.sh
 INSTALL = "make llamacpp"

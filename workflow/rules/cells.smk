@@ -36,7 +36,7 @@ rule cell:
         '|| {{ echo "kvbench cell failed: $(tail -n 1 {log}) (log: {log})" >&2; exit 1; }}'
 
 
-# Damaged records (kvbench/record.py) moved aside to results/<sweep>/damaged/ before the cells are
+# Damaged records (kvbench/core/record.py) moved aside to results/<sweep>/damaged/ before the cells are
 # planned, so their cells count as missing and are measured again in the same run. Only in the DAG
 # when the sweep has damage (common.smk, `records`); the output lists what was moved, one per run.
 checkpoint set_aside:

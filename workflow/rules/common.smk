@@ -8,8 +8,8 @@ from pathlib import Path
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))  # kvbench importable even without `pip install -e .`
 
-from kvbench import record as kvrecord
-from kvbench import sweep as kvsweep
+from kvbench.core import record as kvrecord
+from kvbench.core import sweep as kvsweep
 
 # Jobs call `kvbench`: find it beside the Python running Snakemake (a venv's bin need not be on
 # PATH for `.venv/bin/snakemake`). Jobs inherit this; inside a container its own PATH decides.
@@ -18,7 +18,7 @@ _path = os.environ["PATH"]
 if _bin not in _path.split(os.pathsep):
     os.environ["PATH"] = os.pathsep.join([_bin, _path])
 # The bandwidth/matmul probe is measured once per host per run: a cell reuses one cached on its
-# host since this run began (kvbench/roofline.py). Cluster jobs re-read this file: keep the first value.
+# host since this run began (kvbench/measure/roofline.py). Cluster jobs re-read this file: keep the first value.
 os.environ.setdefault("KVBENCH_PROBE_SINCE", str(time.time()))
 
 
@@ -99,7 +99,7 @@ def cell_flags(wildcards):
 
 def visualize_flags(wildcards):
     # Write-up 000's dashboard (layer 5, head 0 of gpt2) for the sweep's first model, clamped to its size.
-    from kvbench.presets import PRESETS
+    from kvbench.core.presets import PRESETS
 
     model = kvsweep.sweep_axes(SWEEPS[wildcards.sweep])["model"][0]
     cfg = PRESETS[model]

@@ -1,0 +1,126 @@
+"""A 4-bit static cache, grouped as KIVI quantizes it: keys per channel, values per token.
+
+Keys have a few outlier channels, so each channel gets its own scale, shared by a group of
+`group_size` consecutive tokens; values have no such channels and are quantized per token, over
+groups of `group_size` channels. Both are asymmetric (a scale and a zero point, fp16, per group) and
+stored as 4-bit codes packed two per byte, so the bytes the cache holds are the bytes it counts. A
+key group can only be quantized once its tokens are all there: until then they wait in a
+full-precision residual of `group_size` positions (KIVI's residual), which is why a cache shorter
+than one group holds its keys exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kvbench.caches.base import KVCache
+from kvbench.core.presets import KV_GROUP_SIZE
+
+LEVELS = 15  # 4 bits: codes 0..15
+
+
+def pack(q: torch.Tensor) -> torch.Tensor:
+    """uint8 codes 0..15 (..., D) -> (..., D/2) bytes, two codes each (low nibble first)."""
+    return q[..., 0::2] | (q[..., 1::2] << 4)
+
+
+def unpack(p: torch.Tensor) -> torch.Tensor:
+    """(..., D/2) packed bytes -> (..., D) uint8 codes."""
+    return torch.stack((p & 0xF, p >> 4), dim=-1).flatten(-2)
+
+
+def quantize(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit codes of x over `dim`: (uint8 codes, fp16 scale, fp16 zero point), keepdim.
+
+    The scale and zero point are rounded to fp16 first and the codes computed from the rounded
+    values, so dequantizing with what is stored errs by at most half a step.
+    """
+    x = x.float()
+    lo, hi = x.amin(dim=dim, keepdim=True), x.amax(dim=dim, keepdim=True)
+    zero = lo.half()
+    scale = ((hi - zero.float()) / LEVELS).clamp_min(1e-6).half()
+    q = torch.round((x - zero.float()) / scale.float()).clamp_(0, LEVELS).to(torch.uint8)
+    return q, scale, zero
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale.float() + zero.float()
+
+
+class Int4StaticCache(KVCache):
+    """Preallocated for `max_len` positions; `update` returns the dequantized prefix in the model's dtype."""
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        group_size: int = KV_GROUP_SIZE,
+    ):
+        value_group = min(group_size, head_dim)
+        if head_dim % 2 or head_dim % value_group:
+            raise ValueError(f"kv_group_size: {group_size} must divide head_dim {head_dim} or be at least it")
+        self.G, self.vg, self.D = group_size, value_group, head_dim
+        self.full = max_len // group_size  # key groups that can fill; later positions stay in the residual
+        lbh = (n_layer, batch, n_kv_head)
+        u8, f16 = dict(dtype=torch.uint8, device=device), dict(dtype=torch.float16, device=device)
+        self.kq = torch.zeros(lbh + (self.full * group_size, head_dim // 2), **u8)
+        self.k_scale = torch.zeros(lbh + (self.full, 1, head_dim), **f16)
+        self.k_zero = torch.zeros(lbh + (self.full, 1, head_dim), **f16)
+        self.k_res = torch.zeros(lbh + (min(group_size, max_len), head_dim), dtype=dtype, device=device)
+        self.vq = torch.zeros(lbh + (max_len, head_dim // 2), **u8)
+        self.v_scale = torch.zeros(lbh + (max_len, head_dim // value_group, 1), **f16)
+        self.v_zero = torch.zeros(lbh + (max_len, head_dim // value_group, 1), **f16)
+        self.max_len, self.dtype = max_len, dtype
+
+    def update(self, layer, k, v, past_len):
+        end = past_len + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"static cache holds {self.max_len} positions, step needs {end}")
+        self._store_values(layer, v, past_len, end)
+        self._store_keys(layer, k, past_len, end)
+        return self._keys(layer, end), self._values(layer, end)
+
+    def _store_values(self, layer: int, v: torch.Tensor, start: int, end: int) -> None:
+        B, H, T, D = v.shape
+        q, scale, zero = quantize(v.reshape(B, H, T, D // self.vg, self.vg), dim=-1)
+        self.vq[layer, :, :, start:end] = pack(q.reshape(B, H, T, D))
+        self.v_scale[layer, :, :, start:end] = scale
+        self.v_zero[layer, :, :, start:end] = zero
+
+    def _store_keys(self, layer: int, k: torch.Tensor, start: int, end: int) -> None:
+        """Into the residual, one group at a time; a group that fills is quantized per channel."""
+        G, pos = self.G, start
+        while pos < end:
+            stop = min((pos // G + 1) * G, end)
+            self.k_res[layer, :, :, pos % G : pos % G + stop - pos] = k[:, :, pos - start : stop - start]
+            group = pos // G
+            if stop % G == 0 and group < self.full:
+                q, scale, zero = quantize(self.k_res[layer], dim=-2)  # over the group's tokens, per channel
+                self.kq[layer, :, :, group * G : stop] = pack(q)
+                self.k_scale[layer, :, :, group] = scale
+                self.k_zero[layer, :, :, group] = zero
+            pos = stop
+
+    def _keys(self, layer: int, end: int) -> torch.Tensor:
+        done = min(end // self.G, self.full)  # complete groups, already quantized
+        codes = unpack(self.kq[layer, :, :, : done * self.G])
+        B, H = codes.shape[:2]
+        grouped = codes.reshape(B, H, done, self.G, self.D)
+        k = dequantize(grouped, self.k_scale[layer, :, :, :done], self.k_zero[layer, :, :, :done])
+        rest = self.k_res[layer, :, :, : end - done * self.G]
+        return torch.cat([k.reshape(B, H, done * self.G, self.D).to(self.dtype), rest], dim=2)
+
+    def _values(self, layer: int, end: int) -> torch.Tensor:
+        codes = unpack(self.vq[layer, :, :, :end])
+        B, H, T, D = codes.shape
+        grouped = codes.reshape(B, H, T, D // self.vg, self.vg)
+        v = dequantize(grouped, self.v_scale[layer, :, :, :end], self.v_zero[layer, :, :, :end])
+        return v.reshape(B, H, T, D).to(self.dtype)
+
+    def tensors(self):
+        return [self.kq, self.k_scale, self.k_zero, self.k_res, self.vq, self.v_scale, self.v_zero]

@@ -1,0 +1,105 @@
+"""StreamingLLM's cache: the first `sinks` positions plus a ring buffer of the last `window`, so memory
+stays at `sinks + window` positions however long the stream.
+
+Position p < sinks lives in slot p; a later position in slot sinks + (p - sinks) % window, overwriting
+the position `window` before it. The prompt attends to itself in full (its keys are all at hand), and
+only what the cache keeps afterwards is bounded. A one-token step attends to every held key with no
+mask, so the ring's slot order does not matter; until the ring wraps, slots hold positions 0..p in
+order and the step is exactly the static cache's.
+
+Positions. StreamingLLM gives each key its position *within the cache* (the sinks 0..sinks-1, the
+window after them, the query last). With rotary positions a score depends only on the distance
+between query and key, and the window's distances are the same in either numbering (both are
+contiguous up to the query); only the sinks move, to sit just before the window. The model caches keys
+already rotated at their absolute position p, so a sink is rotated a further `past_len - (held - 1)`
+positions on read, which gives it exactly the rotation at its position within the cache (rotations
+compose). Learned absolute positions (GPT-2) are added to the embeddings before K,V exist, so
+nothing in the cache can move them: the window evicts, positions stay absolute (`kv_note`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kvbench.caches.base import KVCache
+from kvbench.core.presets import SLIDING_SINKS, SLIDING_WINDOW
+
+NOTES = {
+    "llama": "sliding: sink keys re-rotated to sit just before the window (positions within the cache, "
+    "as StreamingLLM assigns them); the window's distances to the query are unchanged",
+    "gpt2": "sliding: GPT-2's learned positions are added before K,V are computed, so cached keys keep "
+    "their absolute positions: the window evicts but cannot re-assign them, and a stream still ends at "
+    "block_size",
+}
+
+
+def kv_note(kv_mode: str, family: str) -> str | None:
+    """What the record says about how a sliding cache handles this family's positions."""
+    return NOTES.get(family) if kv_mode == "sliding" else None
+
+
+def rotate(x: torch.Tensor, inv_freq: torch.Tensor, by: int) -> torch.Tensor:
+    """Rotate x (..., D) by `by` positions in the half-split rotary layout (kvbench.models.llama.Rotary's)."""
+    angles = float(by) * inv_freq.float()
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class SlidingCache(KVCache):
+    """`inv_freq`: the model's rotary frequencies (None for learned positions: nothing is re-rotated)."""
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        window: int = SLIDING_WINDOW,
+        sinks: int = SLIDING_SINKS,
+        inv_freq: torch.Tensor | None = None,
+    ):
+        if window < 1 or sinks < 0:
+            raise ValueError(f"window, sinks: {window}, {sinks} must be >= 1 and >= 0")
+        self.window, self.sinks, self.inv_freq = window, sinks, inv_freq
+        self.capacity = min(max_len, sinks + window)  # never more than the stream needs
+        shape = (n_layer, batch, n_kv_head, self.capacity, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+
+    def slot(self, pos: int) -> int:
+        return pos if pos < self.sinks else self.sinks + (pos - self.sinks) % self.window
+
+    def update(self, layer, k, v, past_len):
+        T = k.size(2)
+        end = past_len + T
+        if end > self.max_len:
+            raise ValueError(f"sliding cache was built for {self.max_len} positions, step needs {end}")
+        if past_len > 0 and T > 1:
+            raise ValueError("sliding cache: after the prompt, steps feed one token at a time")
+        if T == 1:  # a decode step: one slot, written in place
+            at = self.slot(past_len)
+            self.k[layer, :, :, at : at + 1] = k
+            self.v[layer, :, :, at : at + 1] = v
+        # What stays of a prompt: the sinks and its last `window` positions.
+        elif keep := [p for p in range(past_len, end) if p < self.sinks or p >= end - self.window]:
+            src = torch.tensor([p - past_len for p in keep], device=k.device)
+            dst = torch.tensor([self.slot(p) for p in keep], device=k.device)
+            self.k[layer].index_copy_(2, dst, k.index_select(2, src))
+            self.v[layer].index_copy_(2, dst, v.index_select(2, src))
+        if past_len == 0:
+            return k, v  # the prompt attends to all of itself, as every other mode's prefill does
+        held = min(end, self.capacity)
+        k_all, v_all = self.k[layer, :, :, :held], self.v[layer, :, :, :held]
+        shift = past_len - (held - 1)  # how far the query's absolute position is past its place in the cache
+        if self.inv_freq is not None and shift > 0 and self.sinks > 0:
+            s = self.sinks
+            k_all = torch.cat([rotate(k_all[:, :, :s], self.inv_freq, shift), k_all[:, :, s:]], dim=2)
+        return k_all, v_all
+
+    def tensors(self):
+        return [self.k, self.v]

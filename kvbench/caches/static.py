@@ -1,0 +1,60 @@
+"""The preallocated cache: (B, H_kv, T_max, D) per layer once, each step's K,V written in place, as gpt-fast,
+nanochat and Hugging Face's StaticCache do."""
+
+from __future__ import annotations
+
+import torch
+
+from kvbench.caches.base import KVCache
+
+
+class StaticCache(KVCache):
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
+        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+
+    def update(self, layer, k, v, past_len):
+        end = past_len + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"static cache holds {self.max_len} positions, step needs {end}")
+        self.k[layer, :, :, past_len:end] = k
+        self.v[layer, :, :, past_len:end] = v
+        # Views of the prefix: no copy, and the buffer's storage never moves.
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def write_at(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store K,V at the positions held in the tensor `pos`; return the *whole* buffers.
+
+        The static-shape step: every call sees the same shapes whatever the position, so a
+        compiled step (a CUDA graph on GPU) replays without recompiling. The caller masks
+        the positions not written yet.
+        """
+        # One index_put_ on the whole buffer, not index_copy_ into a per-layer view: inductor turns a
+        # view's mutation into a copy of the layer's cache plus a copy back, while a whole-buffer
+        # index_put_ is written in place (measured under torch.profiler, compiled gpt2 CPU step at
+        # prompt 128: 28.5 -> 20.1 ms).
+        at = (pos.new_full(pos.shape, layer), slice(None), slice(None), pos)  # indexed dims first: (T, B, H, D)
+        self.k[at] = k.permute(2, 0, 1, 3)
+        self.v[at] = v.permute(2, 0, 1, 3)
+        return self.k[layer], self.v[layer]
+
+    def reset(self) -> None:
+        """Empty the cache in place (a compiled step keeps the buffers' addresses)."""
+        self.k.zero_()
+        self.v.zero_()
+
+    def tensors(self):
+        return [self.k, self.v]
