@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from kvbench import cli
+from kvbench.cli import dispatch as cli
 
 
 def test_an_os_error_is_one_line_naming_its_paths():

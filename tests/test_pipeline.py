@@ -214,6 +214,18 @@ def test_changing_plotting_code_reruns_no_cell(workdir):
     snakemake(workdir)
 
 
+def test_changing_another_engines_code_reruns_no_cell_of_this_one(workdir):
+    # The sweep's cells are engine kvbench's: editing a peer's engine (llama.cpp's, or the hf model that ct2 and
+    # llama.cpp convert) leaves them measured; editing kvbench's own engine file re-measures them.
+    edit_code(workdir / "kvbench/engines/llamacpp.py")
+    edit_code(workdir / "kvbench/engines/hf.py")
+    assert planned(workdir) == set()
+    edit_code(workdir / "kvbench/engines/kvbench.py")
+    assert {j for j in planned(workdir) if j[0] == "cell"} == {
+        cell(m, p) for m in ("none", "static") for p in (8, 16, 24)
+    }
+
+
 def test_changing_measurement_code_reruns_every_cell(workdir):
     edit_code(workdir / "kvbench/engines/generate.py")
     assert {j for j in planned(workdir) if j[0] == "cell"} == {

@@ -1,5 +1,5 @@
 """The command line: the dispatcher (main.py), the shared parser, one module per command."""
 
-from kvbench.cli.main import main
+from kvbench.cli.dispatch import main
 
 __all__ = ["main"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from kvbench.cli.main import main
+from kvbench.cli.dispatch import main
 
 sys.exit(main())

@@ -28,7 +28,7 @@ class RecordError(ValueError):
 
 def schema_path() -> Path:
     """Shipped inside the package (workflow/schemas/record.schema.json links to it)."""
-    return Path(__file__).resolve().parent / "schemas" / "record.schema.json"
+    return Path(__file__).resolve().parent.parent / "schemas" / "record.schema.json"
 
 
 @cache

@@ -3,7 +3,7 @@
 
 rule cell:
     input:
-        code=MEASUREMENT_CODE,
+        code=cell_code,
     output:
         record=kvsweep.CELL_PATTERN,
     log:

@@ -8,6 +8,7 @@ from pathlib import Path
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))  # kvbench importable even without `pip install -e .`
 
+from kvbench.core import code_inputs
 from kvbench.core import record as kvrecord
 from kvbench.core import sweep as kvsweep
 
@@ -33,13 +34,15 @@ envvars:
 kvsweep.check(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
 
 SWEEPS = config["sweeps"]
-PACKAGE = Path(kvsweep.__file__).parent  # the kvbench the jobs run: this checkout's, or the installed one
-# The code a cell's measurement depends on: a change here reruns cells, a plotting change does not.
-MEASUREMENT_CODE = sorted(
-    str(p)
-    for p in PACKAGE.rglob("*.py")
-    if p.name not in ("sweep.py", "sample.py") and "analysis" not in p.relative_to(PACKAGE).parts
-) + [str(PACKAGE / "schemas" / "record.schema.json")]
+PACKAGE = Path(kvsweep.__file__).parent.parent  # the kvbench the jobs run: this checkout's, or the installed one
+
+
+def cell_code(wildcards):
+    """A cell's code inputs (kvbench/core/code_inputs.py): the shared measurement code and its own engine's
+    files, so editing one peer's engine re-measures only that peer's cells, and a plotting change none."""
+    return code_inputs.cell_code(PACKAGE, wildcards.engine)
+
+
 CONFIG_FILE = workflow.configfiles[0] if workflow.configfiles else "config/config.yaml"
 
 # Names this run's list of records moved aside (workflow/rules/cells.smk, set_aside).
@@ -49,7 +52,7 @@ RUN_STAMP = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 def analysis_code(*names):
     """The analysis modules (and templates) a downstream rule runs, plus the record module they load with
     and the command wrapper every analysis command runs under."""
-    return [str(PACKAGE / "analysis" / n) for n in (*names, "command.py")] + [str(PACKAGE / "record.py")]
+    return [str(PACKAGE / "analysis" / n) for n in (*names, "command.py")] + [str(PACKAGE / "core" / "record.py")]
 
 
 def sweep_cells(sweep):

@@ -38,9 +38,9 @@ rule visualize:
     input:
         code=[
             *analysis_code("attention_gif.py"),
-            PACKAGE / "visualize.py",
-            PACKAGE / "model.py",
-            PACKAGE / "kv_cache.py",
+            PACKAGE / "cli" / "visualize.py",
+            PACKAGE / "models" / "gpt2.py",
+            PACKAGE / "engines" / "generate.py",
         ],
     output:
         gif=report("results/{sweep}/kv_attention.gif", caption="../report/kv_attention.rst", category="{sweep}"),
