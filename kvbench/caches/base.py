@@ -3,8 +3,32 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class CacheShape:
+    """What every cache of one generation is sized by: layers, sequences, K/V heads, the most positions it holds,
+    the head size, and the dtype/device of the model's K,V."""
+
+    n_layer: int
+    batch: int
+    n_kv_head: int
+    max_len: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device | str
+
+    def dims(self, max_len: int | None = None) -> tuple[int, int, int, int, int]:
+        """(layers, batch, K/V heads, positions, head size): a static buffer's shape."""
+        return (self.n_layer, self.batch, self.n_kv_head, self.max_len if max_len is None else max_len, self.head_dim)
+
+    def check_fits(self, end: int, what: str = "static cache") -> None:
+        """Raise where a step would write past the positions this cache holds."""
+        if end > self.max_len:
+            raise ValueError(f"{what} holds {self.max_len} positions, step needs {end}")
 
 
 class KVCache(ABC):
