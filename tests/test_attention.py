@@ -3,8 +3,11 @@
 import pytest
 import torch
 
-from kvbench.engines.generate import generate
-from kvbench.models.attention import attend, attend_masked, causal_mask, expand_kv
+from kvbench.caches.ragged import layout_prompt
+from kvbench.core.presets import preset
+from kvbench.engines.generate import generate, new_cache
+from kvbench.models.attention import CachedAttention, attend, attend_masked, causal_mask, expand_kv
+from kvbench.models.family import build_random
 
 
 def random_prompt(batch: int, length: int, vocab: int = 50257, seed: int = 1) -> torch.Tensor:
@@ -41,3 +44,31 @@ def test_grouped_kv_heads_equal_copying_them_to_every_query_head(t_q, past):
     torch.testing.assert_close(attend_masked(q, k, v, mask, "sdpa"), attend(q, wide_k, wide_v, past, "math"))
     with pytest.raises(ValueError, match="attention"):
         attend(q, k, v, past, "flash")
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+def test_every_family_attends_through_the_one_cached_attention(monkeypatch, name):
+    """Each layer of each family, in every kind of forward (a cache, a ragged mask, the static step),
+    reaches attention through CachedAttention.attend: a new family adds only its projections."""
+    model = build_random(preset(name), "cpu", torch.float32, seed=0)
+    calls = []
+    one_path = CachedAttention.attend
+
+    def counted(self, q, k, v, ctx):
+        calls.append(self.layer_idx)
+        return one_path(self, q, k, v, ctx)
+
+    monkeypatch.setattr(CachedAttention, "attend", counted)
+    layers = list(range(model.config.n_layer))
+    x = random_prompt(2, 6, vocab=model.config.vocab_size)
+    with torch.no_grad():
+        model(x)
+        assert calls == layers
+        cache = new_cache(model, "static", 2, 8)
+        model(x, cache, 0)
+        model.static_step(x[:, :1], torch.tensor([6]), cache)
+        assert calls == layers * 3
+        ragged = x.clone()
+        model(ragged, new_cache(model, "concat", 2, 6), 0, layout=layout_prompt(ragged, 0.5, 0, 0))
+        assert calls == layers * 4
+    assert all(type(m).attend is counted for m in model.modules() if isinstance(m, CachedAttention))

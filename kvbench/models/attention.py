@@ -1,17 +1,22 @@
-"""Causal attention shared by every model family: the masks, grouped-query K/V, SDPA or explicit math.
+"""Causal attention shared by every model family: the cache, the masks, grouped-query K/V, SDPA or math.
 
-Each family computes its own q, k, v (with or without rotary positions); from there attention is
-the same computation, so it lives here once and both families call it.
+Each family computes its own q, k, v (its projections, rotary positions or not); from there attention
+is the same computation, so it lives here once: a family's attention module subclasses
+`CachedAttention` and calls its `attend`, whichever way the forward runs (no cache, a growing cache,
+a ragged batch's mask, a static-shape step).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from kvbench.caches.base import KVCache
 from kvbench.caches.static import StaticCache
 from kvbench.core.presets import ATTENTION_IMPLS
 
@@ -90,3 +95,51 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_len: int, imp
     if impl == "math":
         return math_attention(q, *expand_kv(q, k, v), causal_mask(t_q, t_k, q.device) if t_q > 1 else None)
     raise ValueError(f"attention: {impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
+
+
+@dataclass
+class Context:
+    """What every layer of one forward shares: where the new tokens sit and what they may attend to.
+
+    Made once per forward by the model (kvbench/models/decoder.py), read by each layer's attention.
+    """
+
+    cache: KVCache | None = None  # the growing cache this forward extends (None: attend to the new tokens only)
+    past_len: int = 0  # positions the cache holds before these tokens
+    mask: torch.Tensor | None = None  # a ragged batch's (B, 1, T, T_k) mask (kvbench/caches/ragged.py)
+    step: StaticStep | None = None  # a static-shape decode step: the whole buffer, unwritten positions masked
+    # Rotary families: rotates (B, T, heads, hd) by each token's position, its tables made once per forward.
+    rotate: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+class CachedAttention(nn.Module):
+    """Self-attention from q, k, v on, the same for every family: the cache, then causal attention.
+
+    A family's attention module subclasses this, makes q (B, H, T, hd) and k, v (B, Hkv, T, hd) with
+    its own projections, calls `attend`, and projects the (B, T, H * hd) result back. The module holds
+    no weights of its own, so the family's parameter names and init order are its own.
+    """
+
+    def __init__(self, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attention = "sdpa"  # or "math" (ATTENTION_IMPLS), set by the model's set_attention
+        # Optional observer of (q, all K, all V) after the cache update; the visualizer sets it.
+        self.probe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """The new tokens' attention output (B, T, H * hd), heads side by side, after storing k, v."""
+        if ctx.step is not None:  # static shapes: the whole buffer, unwritten positions masked
+            k, v = ctx.step.cache.write_at(self.layer_idx, k, v, ctx.step.pos)
+            y = attend_masked(q, k, v, ctx.step.mask, self.attention)
+        else:
+            if ctx.cache is not None:  # all keys so far: (B, Hkv, past + T, hd)
+                k, v = ctx.cache.update(self.layer_idx, k, v, ctx.past_len)
+            if self.probe is not None:
+                self.probe(q, k, v)
+            if ctx.mask is None:
+                y = attend(q, k, v, ctx.past_len, self.attention)
+            else:  # a ragged batch: causal, never into its gap
+                y = attend_masked(q, k, v, ctx.mask, self.attention)
+        B, H, T, hd = y.shape
+        return y.transpose(1, 2).reshape(B, T, H * hd)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import torch
@@ -100,7 +101,9 @@ def _hf_config(d: Path) -> Config:
             bias=True,
         )
     except KeyError as e:
-        raise CheckpointError(f"checkpoint: config.json lacks {e}") from e
+        raise CheckpointError(f"checkpoint: {d / 'config.json'} lacks {e}") from e
+    except (TypeError, ValueError, ZeroDivisionError) as e:  # a number that is not one, or zero heads
+        raise CheckpointError(f"checkpoint: {d / 'config.json'}: {e}") from e
 
 
 def _rope(raw: dict) -> tuple[float, tuple[tuple[str, float], ...] | None]:
@@ -155,7 +158,7 @@ def _nanogpt_load(path: Path) -> dict:
         raise CheckpointError(
             f"checkpoint: {str(path)!r} is not a readable torch checkpoint ({type(e).__name__})"
         ) from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("model_args"), dict):
         raise CheckpointError(f"checkpoint: {str(path)!r} is not a nanoGPT ckpt.pt (needs 'model' and 'model_args')")
     return ckpt
 
@@ -165,27 +168,80 @@ def _nanogpt_config(args: dict) -> GPTConfig:
     missing = [k for k in keys if k not in args]
     if missing:
         raise CheckpointError(f"checkpoint: model_args lacks {', '.join(missing)}")
-    return GPTConfig(**{k: args[k] for k in keys})
+    try:
+        return GPTConfig(**{k: args[k] for k in keys})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint: model_args: {e}") from e
+
+
+def _checked(cfg: Config, where: str) -> Config:
+    """`cfg` if its numbers make a model: positive sizes, heads that split the width and share K/V heads
+    evenly. A config that does not is bad input, named here, not a failure deep in building the model."""
+    sizes = {k: getattr(cfg, k) for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")}
+    bad = next(((k, v) for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1), None)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint: {where}: {bad[0]} {bad[1]!r} must be an integer >= 1")
+    if not isinstance(cfg.kv_heads, int) or isinstance(cfg.kv_heads, bool) or cfg.kv_heads < 1:
+        raise CheckpointError(f"checkpoint: {where}: n_kv_head {cfg.kv_heads!r} must be an integer >= 1")
+    try:
+        cfg.validate()
+    except (ValueError, TypeError, ZeroDivisionError) as e:
+        raise CheckpointError(f"checkpoint: {where}: {e}") from None
+    return cfg
+
+
+def _check_weights(files: list[Path]) -> None:
+    """Each weights file whole, from its header alone (no tensor is read): a safetensors file's header
+    must cover the file exactly, a torch zip must have its central directory (at its end). A download
+    cut short fails here, naming the file, rather than deep in loading it."""
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(f), framework="pt"):
+                    pass
+            elif _starts_with(f, b"PK"):  # torch's zip format (an old pickle .bin is read whole at load)
+                zipfile.ZipFile(f).close()
+        except Exception as e:  # safetensors' own error, BadZipFile, OSError: one line naming the file
+            raise CheckpointError(f"checkpoint: {f} is damaged or cut short ({one_line(e)})") from None
+
+
+def _starts_with(f: Path, magic: bytes) -> bool:
+    with open(f, "rb") as fh:
+        return fh.read(len(magic)) == magic
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 def read_config(spec: str) -> Config:
+    """The checkpoint's model shape, from its metadata; its weights files are checked whole, not read."""
     path = _resolve(spec)
     if path.is_dir():
-        cfg = _hf_config(path)
-        _hf_weights_files(path)
+        cfg = _checked(_hf_config(path), str(path / "config.json"))
+        _check_weights(_hf_weights_files(path))
         return cfg
-    return _nanogpt_config(_nanogpt_load(path)["model_args"])
+    return _checked(_nanogpt_config(_nanogpt_load(path)["model_args"]), f"{path} model_args")
 
 
 def _hf_tensors(d: Path) -> dict[str, torch.Tensor]:
     raw: dict[str, torch.Tensor] = {}
-    for f in _hf_weights_files(d):
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    files = _hf_weights_files(d)
+    _check_weights(files)  # `load` may be called without `read_config`
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            raw.update(load_file(str(f)))
-        else:
-            raw.update(torch.load(f, map_location="cpu", weights_only=True))
+                raw.update(load_file(str(f)))
+            else:
+                raw.update(torch.load(f, map_location="cpu", weights_only=True))
+        except (OSError, MemoryError):  # the machine's problem, not the file's: said as it is
+            raise
+        except Exception as e:  # damaged past its header: safetensors' error, an unpickling one, a bad zip
+            raise CheckpointError(f"checkpoint: {f} is not readable ({one_line(e)})") from None
     return raw
 
 
@@ -204,13 +260,13 @@ def load(spec: str, device: torch.device | str, dtype: torch.dtype) -> Model:
     """Build the model a checkpoint describes, with its weights, on `device` in `dtype`."""
     path = _resolve(spec)
     if path.is_dir():
-        config = _hf_config(path)
+        config = _checked(_hf_config(path), str(path / "config.json"))
         if isinstance(config, LlamaConfig):
             return _load_llama(config, _hf_tensors(path), device, dtype)
         state = _gpt2_state_dict(_hf_tensors(path))
     else:
         ckpt = _nanogpt_load(path)
-        config = _nanogpt_config(ckpt["model_args"])
+        config = _checked(_nanogpt_config(ckpt["model_args"]), f"{path} model_args")
         state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
     model = empty_gpt(config, device, dtype)
     state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))

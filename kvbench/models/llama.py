@@ -1,10 +1,11 @@
-"""A Llama-family decoder (Llama 2/3, Qwen2, Mistral, SmolLM2, TinyLlama) beside the GPT-2 of model.py.
+"""A Llama-family decoder (Llama 2/3, Qwen2, Mistral, SmolLM2, TinyLlama) beside the GPT-2 of gpt2.py.
 
 What differs from GPT-2: rotary positions (RoPE, with Llama 3's frequency scaling) instead of a
 learned position table, RMSNorm instead of LayerNorm, a SwiGLU MLP, grouped-query attention with
 fewer K/V heads than query heads, optional q/k/v bias (Qwen2), and a head tied or not. What is the
-same: the caches, the attention (kvbench/models/attention.py) and the one decode loop, so every kv mode,
-eager or compiled, runs this model exactly as it runs GPT-2.
+same: the caches, the attention from q, k, v on (kvbench/models/attention.py), the forward and init
+(kvbench/models/decoder.py) and the one decode loop, so every kv mode, eager or compiled, runs this
+model exactly as it runs GPT-2.
 
 Parameter names are transformers' LlamaForCausalLM names, except that q/k/v and gate/up are each
 one matrix here (`qkv_proj`, `gate_up_proj`): one matrix-vector product instead of three (two) per
@@ -21,12 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kvbench.caches.base import KVCache
-from kvbench.caches.ragged import Layout
-from kvbench.caches.static import StaticCache
 from kvbench.core.presets import LlamaConfig
-from kvbench.models.attention import StaticStep, attend, attend_masked, check_impl
-from kvbench.models.weights import seeded_init, skip_default_init
+from kvbench.models.attention import CachedAttention, Context
+from kvbench.models.decoder import Decoder
+from kvbench.models.weights import seeded_init
 
 
 def rope_frequencies(cfg: LlamaConfig) -> torch.Tensor:
@@ -83,47 +82,23 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).to(x.dtype)
 
 
-class LlamaAttention(nn.Module):
+class LlamaAttention(CachedAttention):
     def __init__(self, config: LlamaConfig, layer_idx: int):
-        super().__init__()
-        self.layer_idx = layer_idx
+        super().__init__(layer_idx)
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         q_out = self.n_head * self.head_dim
         self.qkv_proj = nn.Linear(config.n_embd, q_out + 2 * self.n_kv_head * self.head_dim, config.attention_bias)
         self.o_proj = nn.Linear(q_out, config.n_embd, bias=False)
-        self.attention = "sdpa"
-        # Optional observer of (q, all K, all V) after the cache update; the visualizer sets it.
-        self.probe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: Rotary,
-        cache: KVCache | None,
-        past_len: int,
-        step: StaticStep | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         B, T, _ = x.shape
         H, Hkv = self.n_head, self.n_kv_head
         qkv = self.qkv_proj(x).view(B, T, H + 2 * Hkv, self.head_dim)
-        qk = rope.apply(qkv[:, :, : H + Hkv])  # q and k rotated together: one pass over both
+        qk = ctx.rotate(qkv[:, :, : H + Hkv])  # q and k rotated together: one pass over both
         q = qk[:, :, :H].transpose(1, 2)
         k = qk[:, :, H:].transpose(1, 2)
         v = qkv[:, :, H + Hkv :].transpose(1, 2)
-        if step is not None:  # static shapes: the whole buffer, unwritten positions masked
-            k, v = step.cache.write_at(self.layer_idx, k, v, step.pos)
-            y = attend_masked(q, k, v, step.mask, self.attention)
-        else:
-            if cache is not None:
-                k, v = cache.update(self.layer_idx, k, v, past_len)
-            if self.probe is not None:
-                self.probe(q, k, v)
-            if mask is None:
-                y = attend(q, k, v, past_len, self.attention)
-            else:  # a ragged batch's (B, 1, T, T_k) mask (kvbench/caches/ragged.py): causal, never into its gap
-                y = attend_masked(q, k, v, mask, self.attention)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
+        return self.o_proj(self.attend(q, k, v, ctx))
 
 
 class SwiGLU(nn.Module):
@@ -145,20 +120,16 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.n_embd, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: Rotary,
-        cache: KVCache | None,
-        past_len: int,
-        step: StaticStep | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, cache, past_len, step, mask)
+    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), ctx)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class Llama(nn.Module):
+class Llama(Decoder):
+    # transformers' Llama init draws every matrix from N(0, 0.02); the output projections are scaled
+    # as GPT-2's are, so activations stay O(1) through deep random stacks.
+    residual_projections = ("o_proj.weight", "down_proj.weight")
+
     def __init__(self, config: LlamaConfig):
         super().__init__()
         if config.family != "llama":
@@ -179,6 +150,14 @@ class Llama(nn.Module):
         self.register_buffer("inv_freq", torch.empty(config.head_dim // 2), persistent=False)
         self.tie_weights()
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.layers
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.norm
+
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -186,83 +165,22 @@ class Llama(nn.Module):
     def fill_buffers(self) -> None:
         self.inv_freq = rope_frequencies(self.config).to(self.inv_freq.device)
 
-    def attention_layer(self, i: int) -> LlamaAttention:
-        """Layer i's attention module (its `probe` observes q, K, V), as GPT.attention_layer."""
-        return self.model.layers[i].self_attn
+    def embed(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(idx)  # positions enter as rotations of q and k instead
 
-    def set_attention(self, impl: str) -> None:
-        for block in self.model.layers:
-            block.self_attn.attention = check_impl(impl)
+    def rotate(self, pos: torch.Tensor, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+        return Rotary(self.inv_freq, pos, dtype).apply
 
-    @torch.no_grad()
-    def init_weights(self, generator: torch.Generator) -> None:
-        """N(0, 0.02) matrices (transformers' Llama init), output projections scaled by 1/sqrt(2 n_layer)
-        as GPT-2's are, so activations stay O(1) through deep random stacks; norms 1, biases 0."""
-        std_out = 0.02 / math.sqrt(2 * self.config.n_layer)
-        for name, p in self.named_parameters():
-            if p.dim() >= 2 and not p.is_contiguous():
-                p = p.t()  # an input-major weight: fill its storage in order (8x faster than strided)
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                p.normal_(0.0, std_out, generator=generator)
-            elif p.dim() >= 2:
-                p.normal_(0.0, 0.02, generator=generator)
-            elif "norm" in name:
-                p.fill_(1.0)
-            else:
-                p.zero_()
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())  # a tied head counted once
-
-    def forward(
-        self,
-        idx: torch.Tensor,
-        cache: KVCache | None = None,
-        past_len: int = 0,
-        last_only: bool = True,
-        layout: Layout | None = None,
-    ) -> torch.Tensor:
-        """Logits for idx (B, T) placed after `past_len` cached positions (as GPT.forward)."""
-        T = idx.size(1)
-        limit = min(self.config.block_size, self.config.sliding_window or self.config.block_size)
-        if past_len + T > limit:
-            raise ValueError(f"sequence of {past_len + T} tokens exceeds {self.limit_name()} {limit}")
-        x = self.model.embed_tokens(idx)
-        if layout is None:
-            pos, mask = torch.arange(past_len, past_len + T, device=idx.device), None
-        else:  # a ragged batch (kvbench/caches/ragged.py): per-sequence positions, its gap masked
-            pos, mask = layout.positions(past_len, T), layout.mask(past_len, T)
-        rope = Rotary(self.inv_freq, pos, x.dtype)
-        for block in self.model.layers:
-            x = block(x, rope, cache, past_len, None, mask)
-        x = self.model.norm(x)
-        if last_only:
-            x = x[:, -1:, :] if layout is None else layout.last(x, past_len)
-        return self.lm_head(x)
-
-    def limit_name(self) -> str:
+    def context_limit(self) -> tuple[int, str]:
         window = self.config.sliding_window
-        return "sliding_window" if window is not None and window < self.config.block_size else "block_size"
-
-    def static_step(self, idx: torch.Tensor, pos: torch.Tensor, cache: StaticCache) -> torch.Tensor:
-        """Logits (B, 1, V) of one static-shape decode step (see GPT.static_step): `pos` is a (1,)
-        tensor, so the rotary angles are computed from data, not baked into a compiled graph."""
-        x = self.model.embed_tokens(idx)
-        rope = Rotary(self.inv_freq, pos, x.dtype)
-        step = StaticStep.at(cache, pos)
-        for block in self.model.layers:
-            x = block(x, rope, None, 0, step)
-        return self.lm_head(self.model.norm(x))
+        if window is not None and window < self.config.block_size:
+            return window, "sliding_window"
+        return self.config.block_size, "block_size"
 
 
 def empty_llama(config: LlamaConfig, device: torch.device | str, dtype: torch.dtype) -> Llama:
-    """A Llama with uninitialised weights on `device` in `dtype` (see model.empty_gpt)."""
-    with torch.device("meta"), skip_default_init():
-        model = Llama(config)
-    model = model.to(dtype=dtype).to_empty(device=torch.device(device))
-    model.tie_weights()  # to_empty materialises a shared parameter twice; tie it again
-    model.fill_buffers()
-    return model
+    """A Llama with uninitialised weights on `device` in `dtype`, its rotary table filled (Decoder.empty)."""
+    return Llama.empty(config, device, dtype)
 
 
 def build_random(
