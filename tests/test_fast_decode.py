@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from kvbench.caches.base import CacheShape
 from kvbench.caches.static import StaticCache
 from kvbench.engines.generate import generate
 from kvbench.engines.kvbench import CompiledStaticDecoder
@@ -19,7 +20,7 @@ def test_static_shape_step_equals_the_growing_step(tiny_model, attention):
     cfg = tiny_model.config
     x = random_prompt(2, 12)
     full = tiny_model(x, last_only=False)
-    cache = StaticCache(cfg.n_layer, 2, cfg.kv_heads, 12, cfg.head_dim, torch.float32, "cpu")
+    cache = StaticCache(CacheShape(cfg.n_layer, 2, cfg.kv_heads, 12, cfg.head_dim, torch.float32, "cpu"))
     tiny_model(x[:, :5], cache, 0)
     for t in range(5, 12):
         step = tiny_model.static_step(x[:, t : t + 1], torch.tensor([t]), cache)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from kvbench.caches.base import CacheShape
 from kvbench.caches.concat import ConcatCache
 from kvbench.caches.static import StaticCache
 from kvbench.core.presets import kv_cache_bytes
@@ -15,7 +16,7 @@ def random_prompt(batch: int, length: int, vocab: int = 50257, seed: int = 1) ->
 
 def test_static_cache_is_written_in_place_and_never_reallocated(tiny_model):
     cfg = tiny_model.config
-    cache = StaticCache(cfg.n_layer, 2, cfg.kv_heads, 20, cfg.head_dim, torch.float32, "cpu")
+    cache = StaticCache(CacheShape(cfg.n_layer, 2, cfg.kv_heads, 20, cfg.head_dim, torch.float32, "cpu"))
     ptrs = (cache.k.data_ptr(), cache.v.data_ptr())
     x = random_prompt(2, 20)
     tiny_model(x[:, :8], cache, 0)
@@ -32,7 +33,7 @@ def test_static_cache_is_written_in_place_and_never_reallocated(tiny_model):
 
 def test_concat_cache_grows_one_position_per_step(tiny_model):
     cfg = tiny_model.config
-    cache = ConcatCache(cfg.n_layer)
+    cache = ConcatCache(CacheShape(cfg.n_layer, 3, cfg.kv_heads, 9, cfg.head_dim, torch.float32, "cpu"))
     x = random_prompt(3, 9)
     tiny_model(x[:, :4], cache, 0)
     assert cache.k[0].shape == (3, cfg.kv_heads, 4, cfg.head_dim)

@@ -2,7 +2,7 @@
 
 import torch
 
-from kvbench.caches.fp8 import Fp8StaticCache, fp8_unsupported_reason
+from kvbench.caches.scaled import fp8_unsupported_reason, quantize_fp8
 from kvbench.core.presets import kv_cache_bytes
 from kvbench.engines.generate import generate
 
@@ -13,7 +13,7 @@ def test_cpu_torch_holds_e4m3():
 
 def test_round_trip_errs_by_at_most_e4m3s_relative_step():
     x = torch.randn(3, 2, 7, 64, generator=torch.Generator().manual_seed(0)) * 5
-    q, scale = Fp8StaticCache.quantize(x)
+    q, scale = quantize_fp8(x)
     assert q.dtype == torch.float8_e4m3fn and q.element_size() == 1
     back = q.float() * scale
     # 3 mantissa bits: half a step is 1/16 of the value; below the smallest normal, a fixed step

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from kvbench.caches.base import CacheShape
 from kvbench.caches.int4 import Int4StaticCache, pack, quantize, unpack
 from kvbench.caches.registry import make_cache
 from kvbench.core.presets import kv_bytes_per_token, kv_cache_bytes
-from kvbench.engines.generate import generate
+from kvbench.engines.generate import GenerationPlan, generate
 from kvbench.measure.spec import CellSpec, UsageError
 
 
@@ -36,7 +37,7 @@ def test_quantize_errs_by_at_most_half_a_step():
 def test_bytes_counted_equal_the_formula(prompt_len, new):
     """Short caches (one partial group), several full groups with a tail, a prefill spanning groups."""
     L, B, H, D, G = 2, 3, 2, 16, 8
-    cache = Int4StaticCache(L, B, H, prompt_len + new, D, torch.float32, "cpu", group_size=G)
+    cache = Int4StaticCache(CacheShape(L, B, H, prompt_len + new, D, torch.float32, "cpu"), kv_group_size=G)
     k = torch.randn(B, H, prompt_len, D)
     cache.update(0, k, k, 0)
     expected = kv_cache_bytes(L, B, H, prompt_len + new, D, 4, "static-int4", kv_group_size=G)
@@ -47,7 +48,7 @@ def test_bytes_counted_equal_the_formula(prompt_len, new):
 
 def test_the_cache_returns_every_position_within_a_step_and_keys_exact_until_a_group_fills():
     L, B, H, D, G = 1, 2, 2, 16, 8
-    cache = Int4StaticCache(L, B, H, 20, D, torch.float32, "cpu", group_size=G)
+    cache = Int4StaticCache(CacheShape(L, B, H, 20, D, torch.float32, "cpu"), kv_group_size=G)
     xs = torch.randn(B, H, 20, D, generator=torch.Generator().manual_seed(3))
     k, v = cache.update(0, xs[:, :, :5], xs[:, :, :5], 0)
     assert torch.equal(k, xs[:, :, :5])  # a partial group waits in full precision
@@ -62,8 +63,8 @@ def test_the_cache_returns_every_position_within_a_step_and_keys_exact_until_a_g
 
 def test_generation_bytes_match_the_formula_and_cost_about_a_sixth_of_fp32(tiny_model):
     cfg = tiny_model.config
-    tiny_model.kv_options = {"kv_group_size": 16}
-    gen = generate(tiny_model, random_prompt(2, 10), 30, "static-int4", keep_logits=True)
+    plan = GenerationPlan({"kv_group_size": 16})
+    gen = generate(tiny_model, random_prompt(2, 10), 30, "static-int4", keep_logits=True, plan=plan)
     ref = generate(tiny_model, random_prompt(2, 10), 30, "static", keep_logits=True)
     assert gen.cache.nbytes() == kv_cache_bytes(
         cfg.n_layer, 2, cfg.kv_heads, 39, cfg.head_dim, 4, "static-int4", kv_group_size=16
@@ -77,17 +78,7 @@ def test_generation_bytes_match_the_formula_and_cost_about_a_sixth_of_fp32(tiny_
 
 
 def test_make_cache_builds_it_with_the_group_size():
-    cache = make_cache(
-        "static-int4",
-        n_layer=1,
-        batch=1,
-        n_kv_head=1,
-        max_len=64,
-        head_dim=16,
-        dtype=torch.float32,
-        device="cpu",
-        kv_group_size=8,
-    )
+    cache = make_cache("static-int4", CacheShape(1, 1, 1, 64, 16, torch.float32, "cpu"), kv_group_size=8)
     assert isinstance(cache, Int4StaticCache) and cache.G == 8 and cache.kq.dtype == torch.uint8
 
 

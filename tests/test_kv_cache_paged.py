@@ -4,10 +4,12 @@ sequences grow, and a damaged block table an error rather than a wrong answer.""
 import pytest
 import torch
 
-from kvbench.caches.paged import BlockTableError, PagedCache, paged_blocks
+from kvbench.caches.base import CacheShape
+from kvbench.caches.paged import PagedCache
 from kvbench.caches.ragged import layout_prompt
+from kvbench.core.block_table import BlockTableError, blocks_needed
 from kvbench.core.presets import preset
-from kvbench.engines.generate import generate
+from kvbench.engines.generate import GenerationPlan, generate
 from kvbench.models.family import build_random
 
 
@@ -23,31 +25,29 @@ def model(request):
 @pytest.fixture(scope="module")
 def static_tokens(model):
     """static's tokens for the block-size tests' prompt, generated once per model."""
-    model.kv_options = {}
-    return generate(model, random_prompt(3, 13, model.config.vocab_size), 10, "static").tokens
+    return generate(model, random_prompt(3, 13, model.config.vocab_size), 10, "static", plan=GenerationPlan()).tokens
 
 
 @pytest.mark.parametrize("block_tokens", [1, 3, 16, 64])
 def test_paged_tokens_equal_static_at_every_block_size(model, static_tokens, block_tokens):
     prompt = random_prompt(3, 13, model.config.vocab_size)
-    model.kv_options = {"block_tokens": block_tokens}
-    paged = generate(model, prompt, 10, "paged")
+    paged = generate(model, prompt, 10, "paged", plan=GenerationPlan({"block_tokens": block_tokens}))
     assert torch.equal(paged.tokens, static_tokens)
     # 13 + 10 - 1 = 22 cached positions per sequence: blocks rounded up, never a static-sized reservation
-    assert len(paged.cache.refs) == 3 * -(-22 // block_tokens)
+    assert paged.cache.table.n_blocks == 3 * -(-22 // block_tokens)
 
 
 def test_blocks_are_taken_as_sequences_grow(model):
     cfg = model.config
-    cache = PagedCache(cfg.n_layer, 2, cfg.kv_heads, 20, cfg.head_dim, torch.float32, "cpu", block_tokens=4)
+    cache = PagedCache(CacheShape(cfg.n_layer, 2, cfg.kv_heads, 20, cfg.head_dim, torch.float32, "cpu"), block_tokens=4)
     prompt = random_prompt(2, 6, cfg.vocab_size)
     model(prompt, cache, 0)
-    assert [len(t) for t in cache.tables] == [2, 2]  # 6 tokens: 2 blocks each
+    assert [len(t) for t in cache.table.blocks] == [2, 2]  # 6 tokens: 2 blocks each
     model(prompt[:, :1], cache, 6)
     model(prompt[:, :1], cache, 7)
-    assert [len(t) for t in cache.tables] == [2, 2]  # 8 tokens still fit
+    assert [len(t) for t in cache.table.blocks] == [2, 2]  # 8 tokens still fit
     model(prompt[:, :1], cache, 8)
-    assert [len(t) for t in cache.tables] == [3, 3]
+    assert [len(t) for t in cache.table.blocks] == [3, 3]
     assert cache.bytes_reserved() == 6 * 4 * cache.token_bytes()
     assert cache.bytes_used() == 2 * 9 * cache.token_bytes()
 
@@ -55,10 +55,10 @@ def test_blocks_are_taken_as_sequences_grow(model):
 @pytest.mark.parametrize("damage", ["outside", "duplicate"])
 def test_a_damaged_block_table_is_an_error(model, damage):
     cfg = model.config
-    cache = PagedCache(cfg.n_layer, 2, cfg.kv_heads, 20, cfg.head_dim, torch.float32, "cpu", block_tokens=4)
+    cache = PagedCache(CacheShape(cfg.n_layer, 2, cfg.kv_heads, 20, cfg.head_dim, torch.float32, "cpu"), block_tokens=4)
     prompt = random_prompt(2, 6, cfg.vocab_size)
     model(prompt, cache, 0)
-    cache.tables[1][0] = 999 if damage == "outside" else cache.tables[0][0]
+    cache.table.blocks[1][0] = 999 if damage == "outside" else cache.table.blocks[0][0]
     with pytest.raises(BlockTableError, match="block"):
         model(prompt[:, :1], cache, 6)
 
@@ -66,16 +66,15 @@ def test_a_damaged_block_table_is_an_error(model, damage):
 def test_a_shared_prefix_is_stored_once_and_tokens_stay_exact(model):
     prompt = random_prompt(4, 20, model.config.vocab_size)
     layout = layout_prompt(prompt, 0.4, 9, seed=0)
-    model.kv_options = {}
-    static = generate(model, prompt, 6, "static", layout=layout)
-    model.kv_options = {"block_tokens": 4}
-    paged = generate(model, prompt, 6, "paged", layout=layout)
+    plan = GenerationPlan({"block_tokens": 4}, layout)  # static ignores paged's setting
+    static = generate(model, prompt, 6, "static", plan=plan)
+    paged = generate(model, prompt, 6, "paged", plan=plan)
     assert torch.equal(paged.tokens, static.tokens)
     cache = paged.cache
-    shared = cache.tables[0][:2]  # 9 shared tokens: two full blocks of 4, the ninth in each sequence's own
-    assert all(t[:2] == shared for t in cache.tables) and all(cache.refs[b] == 4 for b in shared)
+    shared = cache.table.blocks[0][:2]  # 9 shared tokens: two full blocks of 4, the ninth in each sequence's own
+    assert all(t[:2] == shared for t in cache.table.blocks) and all(cache.table.refs[b] == 4 for b in shared)
     final = [int(n) + 5 for n in layout.lengths]
-    assert len(cache.refs) == paged_blocks(final, 4, 9) == 2 + sum(-(-(n - 8) // 4) for n in final)
+    assert cache.table.n_blocks == blocks_needed(final, 4, 9) == 2 + sum(-(-(n - 8) // 4) for n in final)
 
 
 def test_the_record_says_why_not_flex_attentions_paged_attention_and_the_reason_holds():

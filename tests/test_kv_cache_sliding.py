@@ -4,9 +4,10 @@ sinks at their position within the cache on rotary models."""
 import pytest
 import torch
 
+from kvbench.caches.base import CacheShape
 from kvbench.caches.sliding import SlidingCache, kv_note
 from kvbench.core.presets import kv_cache_bytes, preset
-from kvbench.engines.generate import generate
+from kvbench.engines.generate import GenerationPlan, generate
 from kvbench.measure.spec import CellSpec, UsageError
 from kvbench.models.family import build_random
 from kvbench.models.llama import Rotary
@@ -23,8 +24,8 @@ def model(request):
 
 def test_a_window_that_holds_everything_gives_static_exactly(model):
     prompt = random_prompt(2, 9, model.config.vocab_size)
-    model.kv_options = {"window": 40, "sinks": 4}
-    sliding = generate(model, prompt, 30, "sliding", keep_logits=True)
+    plan = GenerationPlan({"window": 40, "sinks": 4})
+    sliding = generate(model, prompt, 30, "sliding", keep_logits=True, plan=plan)
     static = generate(model, prompt, 30, "static", keep_logits=True)
     assert torch.equal(sliding.tokens, static.tokens)
     assert all(torch.equal(a, b) for a, b in zip(sliding.logits, static.logits))
@@ -33,10 +34,10 @@ def test_a_window_that_holds_everything_gives_static_exactly(model):
 def test_memory_stays_at_sinks_plus_window_however_long_the_stream(model):
     cfg = model.config
     prompt = random_prompt(1, 12, cfg.vocab_size)  # longer than the cache: evicted right after the prefill
-    model.kv_options = {"window": 6, "sinks": 2}
+    plan = GenerationPlan({"window": 6, "sinks": 2})
     held = []
     for new in (8, 40):
-        gen = generate(model, prompt, new, "sliding", keep_logits=True)
+        gen = generate(model, prompt, new, "sliding", keep_logits=True, plan=plan)
         held.append(gen.cache.nbytes())
         assert gen.cache.k.size(3) == 8
     static = generate(model, prompt, 40, "static", keep_logits=True)
@@ -62,7 +63,9 @@ def test_sinks_sit_just_before_the_window_on_rotary_models():
     def rope(x, positions):  # x (B, H, T, D) at these positions, through the model's own Rotary
         return Rotary(inv_freq, torch.tensor(positions), x.dtype).apply(x.transpose(1, 2)).transpose(1, 2)
 
-    cache = SlidingCache(1, 1, 1, n, cfg.head_dim, torch.float32, "cpu", window=W, sinks=S, inv_freq=inv_freq)
+    cache = SlidingCache(
+        CacheShape(1, 1, 1, n, cfg.head_dim, torch.float32, "cpu"), window=W, sinks=S, inv_freq=inv_freq
+    )
     for p in range(n):
         k, _ = cache.update(0, rope(raw[:, :, p : p + 1], [p]), raw[:, :, p : p + 1], p)
     ours = (rope(q_raw, [n - 1]) @ k.transpose(-2, -1)).flatten().sort().values

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from kvbench.caches.base import CacheShape
 from kvbench.caches.static import StaticCache
 from kvbench.cli import main
 from kvbench.core.presets import PRESETS, preset
@@ -155,7 +156,7 @@ def test_static_step_with_the_position_as_a_tensor_equals_the_full_forward(tiny)
     cfg = tiny.config
     x = prompt(2, 20, 512)
     full = tiny(x, last_only=False)
-    cache = StaticCache(cfg.n_layer, 2, cfg.kv_heads, 20, cfg.head_dim, torch.float32, "cpu")
+    cache = StaticCache(CacheShape(cfg.n_layer, 2, cfg.kv_heads, 20, cfg.head_dim, torch.float32, "cpu"))
     tiny(x[:, :8], cache, 0)
     for t in range(8, 20):
         step = tiny.static_step(x[:, t : t + 1], torch.tensor([t]), cache)

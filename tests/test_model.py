@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from kvbench.caches.base import CacheShape
 from kvbench.caches.concat import ConcatCache
 from kvbench.caches.static import StaticCache
 from kvbench.engines.generate import generate
@@ -21,7 +22,7 @@ def test_offset_mask_for_several_queries_after_a_past(tiny_model, attention):
     tiny_model.set_attention(attention)
     x = random_prompt(2, 12)
     full = tiny_model(x, last_only=False)
-    cache = StaticCache(2, 2, 4, 12, 16, torch.float32, "cpu")
+    cache = StaticCache(CacheShape(2, 2, 4, 12, 16, torch.float32, "cpu"))
     tiny_model(x[:, :5], cache, 0)
     tail = tiny_model(x[:, 5:], cache, 5, last_only=False)  # 7 queries over 12 keys
     torch.testing.assert_close(tail, full[:, 5:], atol=1e-5, rtol=1e-5)
@@ -31,7 +32,7 @@ def test_position_ids_continue_from_the_cache(tiny_model):
     """Feeding tokens one at a time through a cache gives the full forward's logits at each position."""
     x = random_prompt(1, 10)
     full = tiny_model(x, last_only=False)
-    cache = ConcatCache(tiny_model.config.n_layer)
+    cache = ConcatCache(CacheShape(tiny_model.config.n_layer, 1, 4, 10, 16, torch.float32, "cpu"))
     for t in range(10):
         step = tiny_model(x[:, t : t + 1], cache, t)
         torch.testing.assert_close(step[:, 0], full[:, t], atol=1e-5, rtol=1e-5)

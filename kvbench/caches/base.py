@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
+
+if TYPE_CHECKING:  # annotations only
+    from kvbench.caches.ragged import Layout
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,12 @@ class CacheShape:
 
 
 class KVCache(ABC):
-    """Interface: `update` stores the new K,V of one layer and returns all K,V so far."""
+    """Interface: `update` stores the new K,V of one layer and returns all K,V so far.
+
+    A kind is built as `Kind(shape, **settings)`; `settings` names the keyword arguments it takes beyond the
+    shape (the registry passes it those of a cell's options, and only those)."""
+
+    settings: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def update(
@@ -45,3 +54,22 @@ class KVCache(ABC):
 
     @abstractmethod
     def tensors(self) -> list[torch.Tensor]: ...
+
+    def bytes_reserved(self) -> int:
+        """Bytes set aside for this generation's K,V: by default every tensor the cache holds."""
+        return self.nbytes()
+
+    def bytes_used(self) -> int:
+        """Bytes holding positions written so far: by default all of them (a cache that only ever grows)."""
+        return self.nbytes()
+
+    # A generation's inputs, handed to the cache by the decode loop (kvbench/engines/generate.py) so that the
+    # loop names no kind: only paged uses them today.
+    def bind(self, prompt_width: int, layout: Layout | None) -> None:
+        """Before the prefill: the prompt's padded width and a ragged batch's layout (None: rectangular)."""
+        return None
+
+    def prefill(self, model, ids: torch.Tensor, layout: Layout | None) -> torch.Tensor | None:
+        """The prompt's logits where this cache prefills in its own way (paged: a shared prefix once);
+        None: the model runs over the prompt as usual."""
+        return None

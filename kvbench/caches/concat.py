@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from kvbench.caches.base import KVCache
+from kvbench.caches.base import CacheShape, KVCache
 
 
 class ConcatCache(KVCache):
-    def __init__(self, n_layer: int):
-        self.k: list[torch.Tensor | None] = [None] * n_layer
-        self.v: list[torch.Tensor | None] = [None] * n_layer
+    """Holds exactly the positions written, so what it reserves is what it uses (the base's bytes)."""
+
+    def __init__(self, shape: CacheShape):
+        self.k: list[torch.Tensor | None] = [None] * shape.n_layer
+        self.v: list[torch.Tensor | None] = [None] * shape.n_layer
 
     def update(self, layer, k, v, past_len):
         if self.k[layer] is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from kvbench.caches.base import KVCache
+from kvbench.caches.base import CacheShape, KVCache
 from kvbench.core.presets import KV_GROUP_SIZE
 
 LEVELS = 15  # 4 bits: codes 0..15
@@ -48,41 +48,35 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torc
 
 
 class Int4StaticCache(KVCache):
-    """Preallocated for `max_len` positions; `update` returns the dequantized prefix in the model's dtype."""
+    """Preallocated for `shape.max_len` positions; `update` returns the dequantized prefix in the model's dtype."""
 
-    def __init__(
-        self,
-        n_layer: int,
-        batch: int,
-        n_kv_head: int,
-        max_len: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device | str,
-        group_size: int = KV_GROUP_SIZE,
-    ):
+    settings = ("kv_group_size",)
+
+    def __init__(self, shape: CacheShape, kv_group_size: int = KV_GROUP_SIZE):
+        group_size, head_dim, max_len = kv_group_size, shape.head_dim, shape.max_len
         value_group = min(group_size, head_dim)
         if head_dim % 2 or head_dim % value_group:
             raise ValueError(f"kv_group_size: {group_size} must divide head_dim {head_dim} or be at least it")
-        self.G, self.vg, self.D = group_size, value_group, head_dim
+        self.shape, self.G, self.vg, self.D = shape, group_size, value_group, head_dim
         self.full = max_len // group_size  # key groups that can fill; later positions stay in the residual
-        lbh = (n_layer, batch, n_kv_head)
-        u8, f16 = dict(dtype=torch.uint8, device=device), dict(dtype=torch.float16, device=device)
+        lbh = shape.dims()[:3]
+        u8, f16 = dict(dtype=torch.uint8, device=shape.device), dict(dtype=torch.float16, device=shape.device)
         self.kq = torch.zeros(lbh + (self.full * group_size, head_dim // 2), **u8)
         self.k_scale = torch.zeros(lbh + (self.full, 1, head_dim), **f16)
         self.k_zero = torch.zeros(lbh + (self.full, 1, head_dim), **f16)
-        self.k_res = torch.zeros(lbh + (min(group_size, max_len), head_dim), dtype=dtype, device=device)
+        self.k_res = torch.zeros(shape.dims(min(group_size, max_len)), dtype=shape.dtype, device=shape.device)
         self.vq = torch.zeros(lbh + (max_len, head_dim // 2), **u8)
         self.v_scale = torch.zeros(lbh + (max_len, head_dim // value_group, 1), **f16)
         self.v_zero = torch.zeros(lbh + (max_len, head_dim // value_group, 1), **f16)
-        self.max_len, self.dtype = max_len, dtype
+        self.max_len, self.dtype = max_len, shape.dtype
+        self.written = 0
 
     def update(self, layer, k, v, past_len):
         end = past_len + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"static cache holds {self.max_len} positions, step needs {end}")
+        self.shape.check_fits(end)
         self._store_values(layer, v, past_len, end)
         self._store_keys(layer, k, past_len, end)
+        self.written = end
         return self._keys(layer, end), self._values(layer, end)
 
     def _store_values(self, layer: int, v: torch.Tensor, start: int, end: int) -> None:
@@ -124,3 +118,12 @@ class Int4StaticCache(KVCache):
 
     def tensors(self):
         return [self.kq, self.k_scale, self.k_zero, self.k_res, self.vq, self.v_scale, self.v_zero]
+
+    def bytes_used(self) -> int:
+        """The written positions' bytes: every value's codes and scales; a key's codes and its group's scales once
+        its group is quantized, else its row of the residual (the residual's other rows are reserved, not used)."""
+        end, G, D = self.written, self.G, self.D
+        done = min(end // G, self.full)
+        keys = done * G * (D // 2) + done * 2 * D * 2 + (end - done * G) * D * self.k_res.element_size()
+        values = end * (D // 2 + 2 * (D // self.vg) * 2)
+        return self.shape.n_layer * self.shape.batch * self.shape.n_kv_head * (keys + values)

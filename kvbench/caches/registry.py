@@ -3,55 +3,43 @@ beside it), which import only the interface (base.py)."""
 
 from __future__ import annotations
 
-import torch
-
-from kvbench.caches.base import KVCache
+from kvbench.caches.base import CacheShape, KVCache
 from kvbench.caches.concat import ConcatCache
-from kvbench.caches.fp8 import Fp8StaticCache
 from kvbench.caches.int4 import Int4StaticCache
-from kvbench.caches.int8 import Int8StaticCache
 from kvbench.caches.paged import PagedCache
+from kvbench.caches.scaled import Fp8StaticCache, Int8StaticCache
 from kvbench.caches.sliding import SlidingCache
 from kvbench.caches.static import StaticCache
-from kvbench.core.presets import BLOCK_TOKENS, KV_GROUP_SIZE, KV_MODES, SLIDING_SINKS, SLIDING_WINDOW
+from kvbench.core.presets import KV_MODES
+
+# kv_mode -> the class that holds it ("none": no cache; the model re-reads the whole sequence each step).
+# Each class is built as `cls(shape, **settings)`, with the settings it names in `cls.settings`.
+KINDS: dict[str, type[KVCache] | None] = {
+    "none": None,
+    "concat": ConcatCache,
+    "static": StaticCache,
+    "static-int8": Int8StaticCache,
+    "static-int4": Int4StaticCache,
+    "static-fp8": Fp8StaticCache,
+    "sliding": SlidingCache,
+    "paged": PagedCache,
+}
 
 
-def make_cache(
-    kv_mode: str,
-    *,
-    n_layer: int,
-    batch: int,
-    n_kv_head: int,
-    max_len: int,
-    head_dim: int,
-    dtype: torch.dtype,
-    device: torch.device | str,
-    kv_group_size: int = KV_GROUP_SIZE,
-    window: int = SLIDING_WINDOW,
-    sinks: int = SLIDING_SINKS,
-    inv_freq: torch.Tensor | None = None,
-    block_tokens: int = BLOCK_TOKENS,
-) -> KVCache | None:
-    """A fresh cache for one generation of at most `max_len` cached positions (None for mode 'none').
+def make_cache(kv_mode: str, shape: CacheShape, **options) -> KVCache | None:
+    """A fresh cache for one generation of at most `shape.max_len` cached positions (None for mode 'none').
 
-    kv_group_size: static-int4's; window, sinks: sliding's; block_tokens: paged's; inv_freq: the model's
-    rotary frequencies (None for learned positions), with which sliding re-assigns positions within the cache.
+    `options`: a cell's cache settings (kv_group_size: static-int4's; window, sinks: sliding's; block_tokens:
+    paged's) and inv_freq, the model's rotary frequencies (None for learned positions), with which sliding
+    re-assigns positions within the cache. A kind takes those it names and ignores the rest; a kind's default
+    stands for a setting not given.
     """
-    if kv_mode == "none":
+    if kv_mode not in KINDS:
+        raise ValueError(f"kv_mode: {kv_mode!r} is not one of {', '.join(KV_MODES)}")
+    unknown = sorted(set(options) - {s for cls in KINDS.values() if cls is not None for s in cls.settings})
+    if unknown:  # a misspelt setting would otherwise fall back to the default unseen
+        raise TypeError(f"make_cache: unknown cache settings {', '.join(unknown)}")
+    cls = KINDS[kv_mode]
+    if cls is None:
         return None
-    if kv_mode == "concat":
-        return ConcatCache(n_layer)
-    shape = (n_layer, batch, n_kv_head, max_len, head_dim, dtype, device)
-    if kv_mode == "static":
-        return StaticCache(*shape)
-    if kv_mode == "static-int8":
-        return Int8StaticCache(*shape)
-    if kv_mode == "static-int4":
-        return Int4StaticCache(*shape, group_size=kv_group_size)
-    if kv_mode == "static-fp8":
-        return Fp8StaticCache(*shape)
-    if kv_mode == "sliding":
-        return SlidingCache(*shape, window=window, sinks=sinks, inv_freq=inv_freq)
-    if kv_mode == "paged":
-        return PagedCache(*shape, block_tokens=block_tokens)
-    raise ValueError(f"kv_mode: {kv_mode!r} is not one of {', '.join(KV_MODES)}")
+    return cls(shape, **{name: options[name] for name in cls.settings if name in options})

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from kvbench.caches.base import KVCache
+from kvbench.caches.base import CacheShape, KVCache
 from kvbench.core.presets import SLIDING_SINKS, SLIDING_WINDOW
 
 NOTES = {
@@ -49,15 +49,11 @@ def rotate(x: torch.Tensor, inv_freq: torch.Tensor, by: int) -> torch.Tensor:
 class SlidingCache(KVCache):
     """`inv_freq`: the model's rotary frequencies (None for learned positions: nothing is re-rotated)."""
 
+    settings = ("window", "sinks", "inv_freq")
+
     def __init__(
         self,
-        n_layer: int,
-        batch: int,
-        n_kv_head: int,
-        max_len: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device | str,
+        shape: CacheShape,
         window: int = SLIDING_WINDOW,
         sinks: int = SLIDING_SINKS,
         inv_freq: torch.Tensor | None = None,
@@ -65,11 +61,11 @@ class SlidingCache(KVCache):
         if window < 1 or sinks < 0:
             raise ValueError(f"window, sinks: {window}, {sinks} must be >= 1 and >= 0")
         self.window, self.sinks, self.inv_freq = window, sinks, inv_freq
-        self.capacity = min(max_len, sinks + window)  # never more than the stream needs
-        shape = (n_layer, batch, n_kv_head, self.capacity, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.max_len = max_len
+        self.capacity = min(shape.max_len, sinks + window)  # never more than the stream needs
+        self.k = torch.zeros(shape.dims(self.capacity), dtype=shape.dtype, device=shape.device)
+        self.v = torch.zeros(shape.dims(self.capacity), dtype=shape.dtype, device=shape.device)
+        self.max_len = shape.max_len
+        self.written = 0  # positions streamed through so far (the slots hold the last `capacity` of them)
 
     def slot(self, pos: int) -> int:
         return pos if pos < self.sinks else self.sinks + (pos - self.sinks) % self.window
@@ -91,6 +87,7 @@ class SlidingCache(KVCache):
             dst = torch.tensor([self.slot(p) for p in keep], device=k.device)
             self.k[layer].index_copy_(2, dst, k.index_select(2, src))
             self.v[layer].index_copy_(2, dst, v.index_select(2, src))
+        self.written = end
         if past_len == 0:
             return k, v  # the prompt attends to all of itself, as every other mode's prefill does
         held = min(end, self.capacity)
@@ -103,3 +100,7 @@ class SlidingCache(KVCache):
 
     def tensors(self):
         return [self.k, self.v]
+
+    def bytes_used(self) -> int:
+        """The slots holding a position: every slot once the stream has filled them."""
+        return self.nbytes() // self.capacity * min(self.written, self.capacity)

@@ -5,31 +5,29 @@ from __future__ import annotations
 
 import torch
 
-from kvbench.caches.base import KVCache
+from kvbench.caches.base import CacheShape, KVCache
 
 
 class StaticCache(KVCache):
-    def __init__(
-        self,
-        n_layer: int,
-        batch: int,
-        n_kv_head: int,
-        max_len: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device | str,
-    ):
-        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.max_len = max_len
+    """`written`: the positions `update` has stored (`write_at` leaves it to its caller: its positions are a
+    tensor, which a compiled step cannot read back without a device sync)."""
+
+    def __init__(self, shape: CacheShape):
+        self.shape = shape
+        self.k = torch.zeros(shape.dims(), dtype=shape.dtype, device=shape.device)
+        self.v = torch.zeros(shape.dims(), dtype=shape.dtype, device=shape.device)
+        self.written = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.shape.max_len
 
     def update(self, layer, k, v, past_len):
         end = past_len + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"static cache holds {self.max_len} positions, step needs {end}")
+        self.shape.check_fits(end)
         self.k[layer, :, :, past_len:end] = k
         self.v[layer, :, :, past_len:end] = v
+        self.written = end
         # Views of the prefix: no copy, and the buffer's storage never moves.
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
@@ -55,6 +53,11 @@ class StaticCache(KVCache):
         """Empty the cache in place (a compiled step keeps the buffers' addresses)."""
         self.k.zero_()
         self.v.zero_()
+        self.written = 0
 
     def tensors(self):
         return [self.k, self.v]
+
+    def bytes_used(self) -> int:
+        """The written positions' share of the buffers (every sequence, layer and K/V head)."""
+        return self.nbytes() // self.max_len * self.written
