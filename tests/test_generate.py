@@ -41,3 +41,29 @@ def test_sampling_is_deterministic_for_a_seed_and_mode_independent(tiny_model):
         for m in MODES
     ]
     assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+def test_a_plan_carries_the_cache_settings_and_the_layout(tiny_model):
+    from kvbench.caches.ragged import layout_prompt
+    from kvbench.engines.generate import GenerationPlan
+
+    prompt = random_prompt(3, 12)
+    layout = layout_prompt(prompt, 0.5, 5, seed=0)
+    plan = GenerationPlan({"block_tokens": 2}, layout)
+    paged = generate(tiny_model, prompt, 4, "paged", plan=plan)
+    assert paged.cache.block_tokens == 2 and paged.cache.layout is layout  # the plan's, bound before the prefill
+    assert torch.equal(paged.tokens, generate(tiny_model, prompt, 4, "none", layout=layout).tokens)
+    with pytest.raises(ValueError, match="not both"):
+        generate(tiny_model, prompt, 4, "paged", plan=plan, layout=layout)
+
+
+def test_the_loop_hands_a_cache_its_inputs_through_the_interface_alone(tiny_model, monkeypatch):
+    """A kind that overrides bind and prefill gets them; the loop names no kind."""
+    from kvbench.caches.static import StaticCache
+
+    seen = []
+    monkeypatch.setattr(StaticCache, "bind", lambda self, width, layout: seen.append(("bind", width, layout)))
+    monkeypatch.setattr(StaticCache, "prefill", lambda self, model, ids, layout: seen.append(("prefill", ids.shape)))
+    tokens = generate(tiny_model, random_prompt(2, 5), 3, "static").tokens
+    assert seen == [("bind", 5, None), ("prefill", (2, 5))]  # prefill said None: the model ran as usual
+    assert torch.equal(tokens, generate(tiny_model, random_prompt(2, 5), 3, "none").tokens)

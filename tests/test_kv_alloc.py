@@ -4,9 +4,9 @@ static and paged, rectangular and ragged, with and without a shared prefix."""
 import pytest
 import torch
 
-from kvbench.caches.ragged import layout_prompt
-from kvbench.core.presets import preset
-from kvbench.engines.generate import generate
+from kvbench.caches.ragged import Layout, layout_prompt
+from kvbench.core.presets import kv_bytes_per_token, preset
+from kvbench.engines.generate import GenerationPlan, generate
 from kvbench.measure import alloc as kv_alloc
 from kvbench.models.family import build_random
 
@@ -20,18 +20,60 @@ def model():
 @pytest.mark.parametrize("spread, prefix", [(0.0, 0), (0.5, 0), (0.5, 6)])
 def test_bytes_by_formula_equal_bytes_counted_at_every_step(model, kv_mode, spread, prefix):
     cfg = model.config
-    per_token = kv_alloc.token_bytes(cfg.n_layer, cfg.kv_heads, cfg.head_dim, 4)
+    per_token = kv_bytes_per_token(cfg.n_layer, cfg.kv_heads, cfg.head_dim, 4, kv_mode)
     prompt = torch.randint(0, cfg.vocab_size, (3, 14), generator=torch.Generator().manual_seed(0))
     layout = layout_prompt(prompt, spread, prefix, seed=0)
-    model.kv_options = {"block_tokens": 4} if kv_mode == "paged" else {}
+    plan = GenerationPlan({"block_tokens": 4} if kv_mode == "paged" else {}, layout)
     for new in (2, 5, 9):  # a generation of `new` tokens ends at step new - 1
-        gen = generate(model, prompt, new, kv_mode, layout=layout)
+        gen = generate(model, prompt, new, kv_mode, plan=plan)
         reserved, used = kv_alloc.by_step(kv_mode, per_token, 3, 14, new, layout, 4)
         assert kv_alloc.counted(gen.cache, layout) == (reserved[-1], used[-1])
         assert gen.cache.nbytes() == reserved[-1] or kv_mode != "concat"
     if kv_mode == "paged" and spread:
         static = kv_alloc.by_step("static", per_token, 3, 14, 9, layout, 4)[0]
         assert reserved[-1] < static[-1]
+
+
+# paged's bytes by step, 96 bytes a token, as the formula gave them before the accounting asked the block table
+# (kvbench/core/block_table.py): (batch, width, new_tokens, lengths, shared prefix, block_tokens), reserved, used.
+PAGED_GOLDEN = [
+    (
+        (3, 14, 9, None, 0, 4),
+        [4608, 4608, 4608, 5760, 5760, 5760, 5760, 6912, 6912],
+        [4032, 4320, 4608, 4896, 5184, 5472, 5760, 6048, 6336],
+    ),
+    (
+        (3, 14, 9, [7, 14, 10], 0, 4),
+        [3456, 3456, 3840, 4608, 4608, 4608, 4992, 5760, 5760],
+        [2976, 3264, 3552, 3840, 4128, 4416, 4704, 4992, 5280],
+    ),
+    (
+        (3, 14, 9, [7, 14, 10], 6, 4),
+        [2688, 2688, 3072, 3840, 3840, 3840, 4224, 4992, 4992],
+        [2208, 2496, 2784, 3072, 3360, 3648, 3936, 4224, 4512],
+    ),
+    (
+        (4, 20, 30, [12, 20, 17, 15], 9, 16),
+        [9216, 9216, 10752, 10752, 10752]
+        + [12288] * 8
+        + [13824] * 3
+        + [15360] * 2
+        + [16896] * 3
+        + [18432] * 8
+        + [19968],
+        [6144 + 384 * i for i in range(30)],
+    ),
+    ((2, 24, 5, [24, 18], 16, 1), [2496, 2688, 2880, 3072, 3264], [2496, 2688, 2880, 3072, 3264]),
+]
+
+
+@pytest.mark.parametrize("case, reserved, used", PAGED_GOLDEN)
+def test_paged_bytes_by_step_are_what_they_were(case, reserved, used):
+    batch, width, new, lengths, prefix, block = case
+    layout = None if lengths is None else Layout(torch.tensor(lengths), width, prefix)
+    assert kv_alloc.by_step("paged", 96, batch, width, new, layout, block) == (reserved, used)
+    static = kv_alloc.by_step("static", 96, batch, width, new, layout, block)[0]
+    assert static == [batch * (width + new - 1) * 96] * new  # every sequence the longest one's room, from step 0
 
 
 def test_a_shared_prefix_cell_records_the_prefill_time_it_saved_against_static():

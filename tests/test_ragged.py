@@ -9,7 +9,7 @@ import torch
 
 from kvbench.caches.ragged import layout_prompt, spread_lengths
 from kvbench.core.presets import preset
-from kvbench.engines.generate import generate
+from kvbench.engines.generate import GenerationPlan, generate
 from kvbench.measure.spec import CellSpec, UsageError
 from kvbench.measure.token_check import token_check
 from kvbench.models.family import build_random
@@ -34,7 +34,6 @@ def alone(model):
     def get(prompt: torch.Tensor) -> torch.Tensor:
         key = tuple(prompt.flatten().tolist())
         if key not in tokens:
-            model.kv_options = {}
             tokens[key] = generate(model, prompt, 5, "none").tokens
         return tokens[key]
 
@@ -49,9 +48,8 @@ def test_each_sequence_gets_the_tokens_it_gets_alone(model, alone, kv_mode, shar
     prompt = torch.randint(0, model.config.vocab_size, (4, 18), generator=torch.Generator().manual_seed(2))
     layout = layout_prompt(prompt, 0.6, shared_prefix, seed=1)
     assert len(set(layout.lengths.tolist())) > 1
-    model.kv_options = {"block_tokens": 4} if kv_mode == "paged" else {}
-    batch = generate(model, prompt, 5, kv_mode, layout=layout).tokens
-    model.kv_options = {}
+    plan = GenerationPlan({"block_tokens": 4} if kv_mode == "paged" else {}, layout)
+    batch = generate(model, prompt, 5, kv_mode, plan=plan).tokens
     for b, n in enumerate(layout.lengths.tolist()):
         assert torch.equal(batch[b : b + 1], alone(prompt[b : b + 1, :n])), f"sequence {b} (length {n})"
 
@@ -86,8 +84,7 @@ def test_bad_ragged_settings_are_one_line_errors(fields, field):
 def test_the_token_check_reads_each_sequence_after_its_own_prompt(model):
     prompt = torch.randint(0, model.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(4))
     layout = layout_prompt(prompt, 0.5, 3, seed=0)
-    model.kv_options = {"block_tokens": 4}
-    run = functools.partial(generate, model, layout=layout)
+    run = functools.partial(generate, model, plan=GenerationPlan({"block_tokens": 4}, layout))
     checked = token_check(model, lambda *a, **k: run(*a, **k), prompt, "paged", 4, True, layout=layout)
     assert checked.fields["matches_reference"] is True
     rectangular = replace(layout, lengths=torch.full_like(layout.lengths, 12))  # the pads read as prompt

@@ -2,7 +2,7 @@
 
 import torch
 
-from kvbench.engines.generate import Generation
+from kvbench.engines.generate import Generation, GenerationPlan
 from kvbench.engines.registry import build
 from kvbench.measure.token_check import check_record, token_check
 
@@ -55,8 +55,9 @@ def test_every_cached_cell_is_priced_an_exact_one_at_nothing(tiny_model):
 
 def test_an_approximate_cell_is_priced_over_the_whole_generation(tiny_model):
     """A 2 + 3 sliding window over a 5-token prompt and 24 steps: it forgets, and the price says so."""
-    tiny_model.kv_options = {"window": 3, "sinks": 2}
-    run = build("kvbench", tiny_model).generate
+    engine = build("kvbench", tiny_model)
+    engine.plan = GenerationPlan({"window": 3, "sinks": 2})  # as a cell sets its engine's plan
+    run = engine.generate
     fields = token_check(tiny_model, run, PROMPT, "sliding", 24, runs_our_model=True).fields
     assert 0.0 <= fields["agreement_rate"] <= 1.0 and fields["kl_mean"] > 1e-4
     assert fields["kl_max"] >= fields["kl_mean"] and fields["logit_diff_max"] >= (fields["max_logit_diff"] or 0)

@@ -9,12 +9,11 @@ where the benchmark takes its timestamps: the loop itself has no timing code in 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from kvbench.caches.base import KVCache
-from kvbench.caches.paged import PagedCache, prefill_shared
+from kvbench.caches.base import CacheShape, KVCache
 from kvbench.caches.ragged import Layout
 from kvbench.caches.registry import make_cache
 from kvbench.models.family import Model
@@ -53,20 +52,27 @@ class Generation:
     logits: list[torch.Tensor] | None  # per token, (B, V) float32, when asked for
 
 
-def new_cache(model: Model, kv_mode: str, batch: int, max_len: int) -> KVCache | None:
+@dataclass(frozen=True)
+class GenerationPlan:
+    """What a cell fixes for every generation it runs, handed to `generate` rather than hung on the model.
+
+    kv_options: the cache settings, as make_cache takes them (a kind ignores those of other kinds, so a paged
+    cell's plan also runs the static generation it is compared with); layout: a ragged batch or a shared prefix
+    (kvbench/caches/ragged.py), None for a rectangular batch. The kv mode stays each call's own argument."""
+
+    kv_options: dict = field(default_factory=dict)
+    layout: Layout | None = None
+
+
+def new_cache(model: Model, kv_mode: str, batch: int, max_len: int, options: dict | None = None) -> KVCache | None:
     cfg = model.config
     w = model.lm_head.weight  # every family has a head, in the model's dtype and on its device
+    shape = CacheShape(cfg.n_layer, batch, cfg.kv_heads, max_len, cfg.head_dim, w.dtype, w.device)
     return make_cache(
         kv_mode,
-        n_layer=cfg.n_layer,
-        batch=batch,
-        n_kv_head=cfg.kv_heads,
-        max_len=max_len,
-        head_dim=cfg.head_dim,
-        dtype=w.dtype,
-        device=w.device,
+        shape,
         inv_freq=getattr(model, "inv_freq", None),  # rotary models: sliding re-rotates its sinks
-        **getattr(model, "kv_options", {}),  # the cell's cache settings (window, sinks, kv_group_size)
+        **(options or {}),  # the plan's cache settings (window, sinks, kv_group_size, block_tokens)
     )
 
 
@@ -119,17 +125,23 @@ def generate(
     keep_logits: bool = False,
     on_token: Callable[[int], None] | None = None,
     layout: Layout | None = None,
+    plan: GenerationPlan | None = None,
 ) -> Generation:
-    """Generate `new_tokens` tokens after `prompt` (B, P); `layout`: a ragged batch's lengths (caches/ragged.py)."""
+    """Generate `new_tokens` tokens after `prompt` (B, P) as `plan` says; `layout` alone: a plan of just a
+    ragged batch's lengths (caches/ragged.py), with each kind's default settings."""
+    if plan is not None and layout is not None:
+        raise ValueError("generate: give the layout in the plan or on its own, not both")
+    options = None if plan is None else plan.kv_options
+    layout = layout if plan is None else plan.layout
     total = check_length(prompt, new_tokens, model.config.block_size)
     # The last generated token is never fed back: the cache needs total - 1 positions.
-    cache = new_cache(model, kv_mode, prompt.size(0), total - 1)
-    if isinstance(cache, PagedCache) and layout is not None:
+    cache = new_cache(model, kv_mode, prompt.size(0), total - 1, options)
+    if cache is not None:
         cache.bind(prompt.size(1), layout)
 
     def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
-        if start == 0 and isinstance(cache, PagedCache) and cache.shared_prefix:
-            return prefill_shared(model, cache, ids, layout)  # the prefix's blocks computed once
+        if start == 0 and cache is not None and (out := cache.prefill(model, ids, layout)) is not None:
+            return out  # the cache's own prefill (paged: a shared prefix's blocks computed once)
         return model(ids, cache, start) if layout is None else model(ids, cache, start, layout=layout)
 
     tokens, kept = decode_loop(forward, prompt, new_tokens, cache is None, sampling, keep_logits, on_token)

@@ -26,8 +26,17 @@ import torch
 from kvbench.caches.static import StaticCache
 from kvbench.core import disk_cache
 from kvbench.engines.base import Engine, Runner, compile_mode
-from kvbench.engines.generate import GREEDY, Generation, Sampling, check_length, decode_loop, generate, new_cache
-from kvbench.models.gpt2 import GPT
+from kvbench.engines.generate import (
+    GREEDY,
+    Generation,
+    GenerationPlan,
+    Sampling,
+    check_length,
+    decode_loop,
+    generate,
+    new_cache,
+)
+from kvbench.models.family import Model
 
 # The CPU decode step is matrix-vector products over every weight: reading the weights is the step.
 # freezing: the weights become graph constants, packed once for the GEMM kernels. max_autotune with
@@ -66,11 +75,13 @@ def inductor_options(device: torch.device) -> contextlib.AbstractContextManager:
 class KvbenchEngine(Engine):
     name = "kvbench"
 
-    def __init__(self, model: GPT):
+    def __init__(self, model: Model, plan: GenerationPlan | None = None):
         self.model = self.module = model
+        # The cell's cache settings and ragged layout, for every generation this engine runs, compiled or not
+        # (the cell sets it; only this engine runs a ragged batch). None: each kind's defaults, a rectangular batch.
+        self.plan = plan
 
-    def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None, layout=None):
-        """`layout`: a ragged batch (kvbench/caches/ragged.py), which only this engine runs."""
+    def generate(self, prompt, new_tokens, kv_mode, *, sampling=GREEDY, keep_logits=False, on_token=None):
         return generate(
             self.model,
             prompt,
@@ -79,20 +90,20 @@ class KvbenchEngine(Engine):
             sampling=sampling,
             keep_logits=keep_logits,
             on_token=on_token,
-            layout=layout,
+            plan=self.plan,
         )
 
     def compiled_runner(self, kv_mode: str, prompt: torch.Tensor, new_tokens: int) -> Runner:
         if kv_mode == "static":
             return CompiledStaticDecoder(self.model, prompt.size(0), prompt.size(1) + new_tokens - 1)
         compiled = torch.compile(self.model, dynamic=True)  # growing caches: one graph for every length
-        return functools.partial(generate, compiled)
+        return functools.partial(generate, compiled, plan=self.plan)
 
 
 class CompiledStaticDecoder:
     """kvbench's static cache with a compiled static-shape decode step; one per cell (fixed batch and length)."""
 
-    def __init__(self, model: GPT, batch: int, max_len: int):
+    def __init__(self, model: Model, batch: int, max_len: int):
         self.model = model
         cache = new_cache(model, "static", batch, max_len)
         assert isinstance(cache, StaticCache)

@@ -1,6 +1,6 @@
 """The engines by name: what runs a cell's generation. One module per engine, one small interface.
 
-A cell builds its weights once (our GPT: random or a checkpoint) and hands them to an engine:
+A cell builds its weights once (our model, either family: random or a checkpoint) and hands them to an engine:
 
     engine = engines.build(name, model)            # its own copy/conversion of the same weights
     run = engine.generate                          # or engine.compiled_runner(kv_mode, prompt, n)

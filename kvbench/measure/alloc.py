@@ -15,9 +15,11 @@ import statistics
 
 from kvbench.caches.base import KVCache
 from kvbench.caches.concat import ConcatCache
-from kvbench.caches.paged import PagedCache, attention_path, paged_blocks, seq_tokens
+from kvbench.caches.paged import PagedCache, attention_path, seq_tokens
 from kvbench.caches.ragged import Layout
 from kvbench.caches.static import StaticCache
+from kvbench.core.block_table import BlockTable
+from kvbench.core.presets import kv_bytes_per_token
 from kvbench.measure.devices import DTYPES
 from kvbench.measure.timing import TokenTimer, stats
 
@@ -29,11 +31,6 @@ PEERS_NOTE = (
 )
 
 
-def token_bytes(n_layer: int, n_kv_head: int, head_dim: int, element_bytes: int) -> int:
-    """K and V of one position of one sequence, every layer and K/V head."""
-    return 2 * n_layer * n_kv_head * head_dim * element_bytes
-
-
 def by_step(
     kv_mode: str,
     per_token: int,
@@ -43,22 +40,26 @@ def by_step(
     layout: Layout | None,
     block_tokens: int,
 ) -> tuple[list[int], list[int]] | None:
-    """(reserved, used) bytes at each step 0..new_tokens-1 by formula; None for a mode not listed here."""
+    """(reserved, used) bytes at each step 0..new_tokens-1 by formula; None for a mode not listed here.
+
+    paged's come from the cache's own allocator (a BlockTable) replayed on the lengths alone, step by step."""
     if kv_mode not in ALLOC_KV_MODES:
         return None
     max_len = width + new_tokens - 1  # the last token is chosen, never fed
     shared = 0 if layout is None else layout.shared_prefix
+    table = BlockTable.for_lengths(seq_tokens(layout, batch, width, max_len - width), block_tokens, shared)
     reserved, used = [], []
     for step in range(new_tokens):
         real = seq_tokens(layout, batch, width, step)
-        if kv_mode == "static":
-            reserved.append(batch * max_len * per_token)
-        elif kv_mode == "concat":
-            reserved.append(batch * (width + step) * per_token)
-        else:
-            reserved.append(paged_blocks(real, block_tokens, shared) * block_tokens * per_token)
-        once = (shared // block_tokens) * block_tokens if kv_mode == "paged" else 0  # stored once, not per sequence
-        used.append((sum(real) - once * (batch - 1)) * per_token)
+        if kv_mode == "paged":
+            for seq, tokens in enumerate(real):
+                table.allocate(seq, tokens)
+            table.check()
+            reserved.append(table.blocks_taken() * block_tokens * per_token)
+            used.append(table.tokens_stored() * per_token)  # the shared prefix's blocks stored once
+            continue
+        reserved.append(batch * (max_len if kv_mode == "static" else width + step) * per_token)
+        used.append(sum(real) * per_token)
     return reserved, used
 
 
@@ -112,7 +113,7 @@ def record_fields(built, spec, run) -> dict:
     if spec.kv_mode not in ALLOC_KV_MODES or spec.engine != "kvbench":
         return out
     cfg = built.model.config
-    per_token = token_bytes(cfg.n_layer, cfg.kv_heads, cfg.head_dim, DTYPES[spec.dtype].itemsize)
+    per_token = kv_bytes_per_token(cfg.n_layer, cfg.kv_heads, cfg.head_dim, DTYPES[spec.dtype].itemsize, spec.kv_mode)
     reserved_steps, used_steps = by_step(
         spec.kv_mode, per_token, spec.batch, spec.prompt_len, spec.new_tokens, built.layout, spec.block_tokens
     )
