@@ -8,15 +8,16 @@ import subprocess
 import pytest
 
 from kvbench.cli import dispatch as cli
+from kvbench.core.record import os_error_line
 
 
 def test_an_os_error_is_one_line_naming_its_paths():
-    assert cli.os_error_line(FileNotFoundError(errno.ENOENT, "No such file or directory", "/r/t.csv")) == (
+    assert os_error_line(FileNotFoundError(errno.ENOENT, "No such file or directory", "/r/t.csv")) == (
         "/r/t.csv: No such file or directory"
     )
     moved = OSError(errno.EXDEV, "Invalid cross-device link", "/a/r.json", None, "/b/r.json")
-    assert cli.os_error_line(moved) == "/a/r.json -> /b/r.json: Invalid cross-device link"
-    assert cli.os_error_line(OSError("the cache at /c is damaged")) == "the cache at /c is damaged"
+    assert os_error_line(moved) == "/a/r.json -> /b/r.json: Invalid cross-device link"
+    assert os_error_line(OSError("the cache at /c is damaged")) == "the cache at /c is damaged"
 
 
 @pytest.mark.parametrize("command", sorted(cli.DELEGATED))
@@ -48,7 +49,10 @@ def test_a_file_size_limit_hit_while_writing_a_gif_is_one_line(tmp_path, kvbench
 def test_check_records_of_a_folder_that_is_not_there_is_one_line_and_fails(tmp_path, capsys):
     assert cli.main(["check-records", str(tmp_path / "nonexistent")]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("kvbench check-records: error: no such folder")
+    assert (
+        err
+        == f"kvbench check-records: error: {tmp_path / 'nonexistent'}: no such folder (give results/<sweep>/cells)\n"
+    )
 
 
 def test_the_help_names_what_each_command_and_option_takes(capsys):

@@ -152,4 +152,6 @@ def test_bad_input_is_one_line_naming_the_path(runs, tmp_path: Path, capsys: pyt
     assert "nothing to compare" in capsys.readouterr().err
     (tmp_path / "a-file").write_text("")  # --out where a folder cannot be made
     assert cmp.main([str(a.dir), str(a.dir), "--out", str(tmp_path / "a-file" / "out")]) == 2
-    assert capsys.readouterr().err == f"compare: error: {tmp_path / 'a-file' / 'out'}: Not a directory\n"
+    err = capsys.readouterr().err  # which part of the path is the file, too
+    blocker = tmp_path / "a-file"
+    assert err == f"compare: error: {blocker / 'out'}: Not a directory ({blocker} is a file, not a folder)\n"

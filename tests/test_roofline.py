@@ -15,7 +15,7 @@ def _fake(read: float, measured_at: float | None = None):
     return lambda d, t: {
         "read_bandwidth_bytes_per_s": read,
         "copy_bandwidth_bytes_per_s": read,
-        "peak_flops_per_s": 1.0,
+        "peak_flops_per_s": 1e9,  # low, yet plausible: a cached value outside roofline.PLAUSIBLE is measured again
         "measured_at": measured_at or time.time(),
     }
 
@@ -139,3 +139,37 @@ def test_a_probe_cache_that_cannot_be_written_is_named_and_the_cell_goes_on(tmp_
     assert limits["read_bandwidth_bytes_per_s"] == 5e10
     err = capsys.readouterr().err
     assert f"kvbench: probe cache {path} cannot be written (" in err
+
+
+@pytest.mark.parametrize(
+    "field,value,says",
+    [
+        ("read_bandwidth_bytes_per_s", 1e20, "implausible read_bandwidth_bytes_per_s 1e+20"),
+        ("copy_bandwidth_bytes_per_s", 10.0, "implausible copy_bandwidth_bytes_per_s 10"),
+        ("peak_flops_per_s", 1e25, "implausible peak_flops_per_s 1e+25"),
+        ("measured_at", 4e12, "implausible measured_at"),  # the year 128,000: reused by every sweep to come
+    ],
+)
+def test_an_implausible_probe_cache_is_named_discarded_measured_again_and_rewritten(
+    field, value, says, tmp_path, monkeypatch, capsys
+):
+    """Valid JSON, positive numbers, yet no device shows them: trusted, it would set every later floor."""
+    import json
+
+    monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(env_vars.PROBE_SINCE, "0")  # any sound cache would be reused
+    monkeypatch.setattr(roofline, "probe", _fake(5e10))
+    roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
+    (path,) = tmp_path.glob("probe-*.json")
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    capsys.readouterr()
+    limits = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"kvbench: probe cache {path} holds an {says}"), err
+    assert "measuring the device again" in err
+    # Measured again, and the impossible value neither used nor merged back by the max.
+    assert limits["probe_reused"] is False and limits["read_bandwidth_bytes_per_s"] == 5e10
+    assert limits["peak_flops_per_s"] == 1e9
+    assert json.loads(path.read_text())[field] != value
+    again = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
+    assert again["probe_reused"] is True and capsys.readouterr().err == ""

@@ -149,14 +149,38 @@ def aggregate(record_paths: Sequence[Path], out_dir: Path) -> None:
 
 def sweep_records(config: Path, sweep: str) -> list[Path]:
     """The records of a sweep's grid, as the workflow names them (kvbench.core.sweep)."""
-    import yaml
-
     from kvbench.core import sweep as kvsweep
 
-    sweeps = yaml.safe_load(Path(config).read_text())["sweeps"]
+    sweeps = read_sweeps(config)
     if sweep not in sweeps:
         raise ValueError(f"sweep: {sweep!r} is not defined in {config} (defined: {', '.join(sweeps)})")
-    return [Path(kvsweep.cell_path(sweep, c)) for c in kvsweep.cells(sweeps[sweep])]
+    if not isinstance(sweeps[sweep], dict) or not all(isinstance(sweeps[sweep].get(k, {}), dict) for k in SWEEP_KEYS):
+        raise ValueError(f"{config}: sweep {sweep!r} is not a sweep ({', '.join(SWEEP_KEYS)}: mappings)")
+    try:
+        return [Path(kvsweep.cell_path(sweep, c)) for c in kvsweep.cells(sweeps[sweep])]
+    except (TypeError, KeyError, AttributeError) as e:  # a grid of the wrong shape: the workflow's check names it
+        raise ValueError(f"{config}: sweep {sweep!r} is not a valid sweep ({type(e).__name__}: {e})") from None
+
+
+SWEEP_KEYS = ("grid", "settings")  # what a sweep holds (workflow/schemas/config.schema.yaml)
+
+
+def read_sweeps(config: Path) -> dict:
+    """The `sweeps:` of a config file; ValueError, naming the file, for one that is not a sweep config."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"{config}: not valid YAML{at} ({getattr(e, 'problem', None) or type(e).__name__})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{config}: not a text file") from None
+    sweeps = loaded.get("sweeps") if isinstance(loaded, dict) else None
+    if not isinstance(sweeps, dict):
+        raise ValueError(f"{config}: not a sweep config (no `sweeps:` mapping of sweep names to grids)")
+    return sweeps
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,8 +132,8 @@ def verify_bundle(bundle_zip: Path) -> list[str]:
         for name in dict.fromkeys(names):
             try:
                 data[name] = zf.read(name)
-            except (zipfile.BadZipFile, OSError, ValueError) as exc:  # CRC or inflate failure
-                problems.append(f"{name}: unreadable: {exc}")
+            except (zipfile.BadZipFile, zlib.error, OSError, ValueError) as exc:  # a bad header, CRC or inflate
+                problems.append(f"{name}: unreadable (its compressed bytes are damaged): {exc}")
     if MANIFEST not in data:
         return problems
     lines = enumerate(data[MANIFEST].decode("utf-8", "replace").splitlines(), 1)
@@ -141,7 +142,8 @@ def verify_bundle(bundle_zip: Path) -> list[str]:
     listed = {m.group(2): m.group(1) for _, _, m in matched if m}
     for name, digest in listed.items():
         if name not in data:
-            problems.append(f"{name}: in the manifest but not in the archive")
+            if name not in names:  # one that is there but unreadable has been said already
+                problems.append(f"{name}: in the manifest but not in the archive")
         elif hashlib.sha256(data[name]).hexdigest() != digest:
             problems.append(f"{name}: sha256 differs from the manifest")
     unlisted = [n for n in data if n != MANIFEST and n not in listed]

@@ -335,10 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(f"compare: refused: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. --out not writable: the path and what the system said
-        print(
-            f"compare: error: {exc.filename}: {exc.strerror}" if exc.filename else f"compare: error: {exc}",
-            file=sys.stderr,
-        )
+        print(f"compare: error: {kvrecord.os_error_line(exc)}", file=sys.stderr)
         return 2
     except (CompareError, ValueError) as exc:
         print(f"compare: error: {exc}", file=sys.stderr)

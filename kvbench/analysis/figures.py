@@ -393,7 +393,7 @@ def render(
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     df = fr.read_cells(tables_dir / "cells.csv")
     steps_csv = tables_dir / "per_step.csv"
-    steps = pd.read_csv(steps_csv) if steps_csv.is_file() and steps_csv.stat().st_size else None
+    steps = fr.read_table(steps_csv) if steps_csv.is_file() and steps_csv.stat().st_size else None
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85), matplotlib.rc_context(RC):

@@ -9,6 +9,8 @@ table and figure is a selection of this frame or of `pairs` (each cached cell be
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -128,11 +130,43 @@ def from_records(paths: list[Path]) -> pd.DataFrame:
     return df
 
 
+# What derive cannot do without: which record, how it ended, and the grid coordinates. (Other CORE
+# columns may be missing from a cells.csv written before they existed: derive adds them empty.)
+REQUIRED = ("record", "status", *CELL[:7])
+AGAIN = "run `kvbench aggregate` again to rewrite it"
+
+
+def read_table(path: Path, required: tuple[str, ...] = (), **read_csv) -> pd.DataFrame:
+    """A table kvbench wrote, checked whole before it is trusted: pandas fills a row cut off mid-way
+    with blanks, and a missing column would fail later without a name. TableError names the file,
+    the line or the column, and the remedy."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such table")
+    text = path.read_text(encoding="utf-8")
+    try:
+        rows = list(csv.reader(io.StringIO(text), strict=True))
+    except csv.Error as e:  # e.g. a quoted field the file ends inside
+        raise TableError(f"{path}: not a whole CSV table ({e}); {AGAIN}") from None
+    if not rows:
+        raise TableError(f"{path}: empty (no header); {AGAIN}")
+    width = len(rows[0])
+    short = next((i for i, row in enumerate(rows[1:], 2) if len(row) != width), None)
+    if short is not None or not text.endswith("\n"):  # kvbench ends every line, the last one too
+        line = short or len(rows)
+        raise TableError(f"{path}: cut off at line {line} (a row of {len(rows[line - 1])} of {width} fields); {AGAIN}")
+    if missing := [c for c in required if c not in rows[0]]:
+        raise TableError(f"{path}: no column {', '.join(missing)}; {AGAIN}")
+    return pd.read_csv(io.StringIO(text), **read_csv)
+
+
+class TableError(ValueError):
+    """A damaged table: one line naming the file and what is wrong."""
+
+
 def read_cells(path: Path) -> pd.DataFrame:
     """The frame again from cells.csv (figures and explain run from the tables alone)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no cells table")
-    return derive(pd.read_csv(path, dtype={"cell.checkpoint": object, "error": object}))
+    return derive(read_table(path, REQUIRED, dtype={"cell.checkpoint": object, "error": object}))
 
 
 def _ordered(values: pd.Series, order) -> pd.Categorical:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kvbench.core.presets import KV_MODE_OPTIONS
+
 
 def add_cell_parser(sub) -> None:
     from kvbench.core.presets import PRESETS
@@ -51,10 +53,30 @@ def add_cell_parser(sub) -> None:
     p.add_argument(
         "--check-steps", type=int, default=d.check_steps, help="tokens compared against the 'none' mode (0 = no check)"
     )
-    p.add_argument("--window", type=int, default=d.window, help="sliding: recent positions the cache keeps")
-    p.add_argument("--sinks", type=int, default=d.sinks, help="sliding: first positions it keeps (attention sinks)")
-    p.add_argument("--kv-group-size", type=int, default=d.kv_group_size, help="static-int4: values per scale")
-    p.add_argument("--block-tokens", type=int, default=d.block_tokens, help="paged: positions per block")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"sliding: recent positions the cache keeps (default {d.window})",
+    )
+    p.add_argument(
+        "--sinks",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"sliding: first positions it keeps (attention sinks) (default {d.sinks})",
+    )
+    p.add_argument(
+        "--kv-group-size",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"static-int4: values per scale (default {d.kv_group_size})",
+    )
+    p.add_argument(
+        "--block-tokens",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"paged: positions per block (default {d.block_tokens})",
+    )
     p.add_argument(
         "--prompt-spread", type=float, default=d.prompt_spread, help="ragged batch: shortest (1 - this) x longest"
     )
@@ -97,23 +119,37 @@ def add_engine_and_output_arguments(p: argparse.ArgumentParser, d) -> None:
     p.add_argument("--out", default=None, help="record path (.json); written atomically. Default: print to stdout")
 
 
+# Each kv mode's own options and the mode that uses them (core/presets.KV_MODE_OPTIONS). Parsed with no default
+# (argparse.SUPPRESS): one not given is absent, so one given can be told from it, even typed as the default.
+MODE_OPTIONS = {option: mode for mode, options in KV_MODE_OPTIONS.items() for option in options}
+
+
+def unused_options(spec, given) -> list[str]:
+    """A line for each kv mode option given that the cell's kv mode does not use. Said, not refused (a sweep
+    passes each cell only its own mode's options: core/sweep.cell_flags)."""
+    used = spec.kv_options()
+    return [
+        f"--{k.replace('_', '-')} applies to kv_mode {mode} only; ignored for {spec.kv_mode}"
+        for k, mode in MODE_OPTIONS.items()
+        if k in given and k not in used
+    ]
+
+
 def cmd_cell(args: argparse.Namespace, import_s: float | None = None) -> int:
     import json
     from pathlib import Path
 
     from kvbench.core.record import write_atomic
     from kvbench.measure.cell import run_cell
-    from kvbench.measure.spec import CellSpec, UsageError
+    from kvbench.measure.spec import CellSpec
 
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
     if fields["model"] is None:
         fields["model"] = Path(args.checkpoint.rstrip("/")).name if args.checkpoint else CellSpec.model
-    spec = CellSpec(**fields)
-    try:
-        record = run_cell(spec, import_s)
-    except UsageError as e:
-        print(f"kvbench cell: error: {e}", file=sys.stderr)
-        return 2
+    spec = CellSpec(**fields)  # a kv mode option not given is absent from `fields`: CellSpec's default
+    for line in unused_options(spec, fields):
+        print(f"kvbench cell: warning: {line}", file=sys.stderr)
+    record = run_cell(spec, import_s)  # bad input raises UsageError: one line, exit 2 (kvbench.cli.ending)
     if spec.out is not None:
         try:  # e.g. the disk filled: write_atomic has removed its temp file, so no partial record is left
             write_atomic(Path(spec.out), record)

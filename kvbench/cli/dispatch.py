@@ -8,6 +8,7 @@ import time
 
 from kvbench import __version__
 from kvbench.cli.cell import add_cell_parser, cmd_cell
+from kvbench.cli.ending import ending
 from kvbench.cli.parser import OneLineParser
 
 # Commands whose module parses its own arguments (and imports nothing heavy until it runs).
@@ -34,21 +35,19 @@ DELEGATED = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; an OSError anywhere in it is one line naming the path, exit code 1, no traceback."""
+    """Run a command; whatever stops it that it did not report itself (Ctrl-C, an OSError, a damaged
+    archive or checkpoint, bad input) ends in one line and the documented exit code (kvbench.cli.ending)."""
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv and (argv[0] in DELEGATED or argv[0] == "cell") else None
     try:
         return run_command(argv)
-    except OSError as e:
-        print(f"kvbench{' ' + command if command else ''}: error: {os_error_line(e)}", file=sys.stderr)
-        return 1
-
-
-def os_error_line(e: OSError) -> str:
-    """The path(s) an OSError names and what the system said, on one line."""
-    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
-    what = e.strerror or str(e)
-    return f"{paths}: {what}" if paths else what
+    except BaseException as e:
+        ended = ending(command, e)
+        if ended is None:  # a bug: its traceback is the report
+            raise
+        code, line = ended
+        print(line, file=sys.stderr)
+        return code
 
 
 def run_command(argv: list[str]) -> int:

@@ -12,17 +12,18 @@ import statistics
 import sys
 import time
 
-from kvbench.cli.parser import OneLineParser
+from kvbench.cli.parser import OneLineParser, number
 from kvbench.core.presets import KV_MODES, PRESETS
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = OneLineParser(prog="kvbench sample", description="Sample text from a model in any decode mode.")
     p.add_argument("--start", "--prompt", default="\n", help="prompt text, or FILE:<path> to read it from a file")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=200)
+    p.add_argument("--num-samples", type=number(int, 1), default=1)
+    p.add_argument("--max-new-tokens", type=number(int, 1), default=64)
+    # Sampling divides the logits by it: a negative one would invert them, so 0 (greedy) is the least.
+    p.add_argument("--temperature", type=number(float, 0, "0 = greedy"), default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=number(int, 1), default=200)
     p.add_argument("--kv-mode", default="static", help=", ".join(KV_MODES))
     p.add_argument("--model", default="gpt2", help=f"random-weight preset ({', '.join(PRESETS)}) when no --checkpoint")
     p.add_argument("--checkpoint", default=None, help="transformers model directory, nanoGPT ckpt.pt, or hf:<name>")
@@ -45,12 +46,8 @@ def fail(msg: str) -> int:
 
 def check_args(args: argparse.Namespace) -> str | None:
     """The first bad option as one line, or None."""
-    if args.kv_mode not in KV_MODES:
+    if args.kv_mode not in KV_MODES:  # the numbers are checked as they are parsed (parser.number)
         return f"kv_mode: {args.kv_mode!r} is not one of {', '.join(KV_MODES)}"
-    if args.num_samples < 1 or args.max_new_tokens < 1:
-        return "num_samples and max_new_tokens must be >= 1"
-    if args.top_k is not None and args.top_k < 1:
-        return f"top_k: {args.top_k} must be >= 1"
     return None
 
 

@@ -11,7 +11,7 @@ import math
 import sys
 from pathlib import Path
 
-from kvbench.cli.parser import OneLineParser
+from kvbench.cli.parser import OneLineParser, number
 from kvbench.core.presets import PRESETS
 
 
@@ -19,14 +19,14 @@ def parse(argv: list[str]):
     p = OneLineParser(prog="kvbench visualize", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny", help=", ".join(PRESETS))
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--layer", type=int, default=0)
-    p.add_argument("--head", type=int, default=0)
+    p.add_argument("--layer", type=number(int, 0), default=0)
+    p.add_argument("--head", type=number(int, 0), default=0)
     p.add_argument("--prompt-len", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=24)
     p.add_argument("--kv-mode", default="static", help="concat or static")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frame-ms", type=int, default=250)
-    p.add_argument("--out", required=True, help="GIF path")
+    p.add_argument("--frame-ms", type=number(int, 1), default=250, help="milliseconds each frame shows")
+    p.add_argument("--out", required=True, help="GIF path (.gif)")
     return p.parse_args(argv)
 
 
@@ -56,7 +56,7 @@ def capture(model, prompt, new_tokens: int, kv_mode: str, layer: int, head: int)
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    from kvbench.measure.spec import CellSpec, UsageError
+    from kvbench.measure.spec import CellSpec, UsageError, check_writable
 
     def fail(msg: str) -> int:
         print(f"kvbench visualize: error: {msg}", file=sys.stderr)
@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         new_tokens=args.new_tokens,
         device="cpu",
         seed=args.seed,
-        out=args.out,
     )
     try:
         cfg, device = spec.check()
+        check_writable(Path(args.out), ".gif")
     except UsageError as e:
         return fail(str(e))
     if not 0 <= args.layer < cfg.n_layer:

@@ -15,6 +15,9 @@ from typing import ClassVar
 KV_MODES = ("none", "concat", "static", "static-int8", "static-int4", "static-fp8", "sliding", "paged")
 # The modes that trade accuracy for memory: their records carry the price (kvbench/measure/price.py).
 APPROX_KV_MODES = ("static-int8", "static-int4", "static-fp8", "sliding")
+# The settings each kv mode takes (its cache class declares the same as `settings`, a test keeps them equal):
+# a cell's flags and record carry a mode's own settings only.
+KV_MODE_OPTIONS = {"sliding": ("window", "sinks"), "static-int4": ("kv_group_size",), "paged": ("block_tokens",)}
 # Their settings' defaults: KIVI's group size, StreamingLLM's four sinks, and a window.
 KV_GROUP_SIZE = 32
 SLIDING_WINDOW = 256

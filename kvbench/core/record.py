@@ -10,6 +10,7 @@ measures it again (`kvbench check-records`: the workflow's set_aside job, when i
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -54,6 +55,30 @@ def validate(record: dict) -> None:
 
 def now_utc() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def os_error_line(e: OSError) -> str:
+    """The path(s) an OSError names and what the system said, on one line.
+
+    A path that goes under a regular file fails with "Not a directory", or with "File exists" where
+    mkdir met the file: neither says which part is the file. That part is named, and mkdir's
+    "File exists" (true of the file, misleading about the folder wanted) said as what it means.
+    """
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    what = e.strerror or str(e)
+    if e.errno in (errno.EEXIST, errno.ENOTDIR) and e.filename is not None:
+        blocking = _file_in_the_way(Path(e.filename), itself=e.errno == errno.EEXIST)  # mkdir's EEXIST: itself
+        if blocking is not None:
+            what = f"Not a directory ({blocking} is a file, not a folder)"
+    return f"{paths}: {what}" if paths else what
+
+
+def _file_in_the_way(path: Path, itself: bool) -> Path | None:
+    """The first of `path`'s parents (and `path` itself) that exists as something other than a folder, or None."""
+    for parent in [*reversed(path.parents), *([path] if itself else [])]:
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
 
 
 def write_atomic_bytes(path: Path, data: bytes) -> None:
@@ -162,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kvbench check-records", description=quarantine.__doc__)
     p.add_argument("cells", nargs="+", type=Path, help="results/<sweep>/cells folders")
     args = p.parse_args(argv)
-    missing = [str(cells) for cells in args.cells if not cells.is_dir()]
-    if missing:  # a mistyped path would otherwise read as "nothing damaged"
-        print(f"kvbench check-records: error: no such folder: {', '.join(missing)}", file=sys.stderr)
-        return 1
+    for cells in args.cells:  # a mistyped path would otherwise read as "nothing damaged"
+        if not cells.is_dir():
+            what = "is a file, not a folder" if cells.exists() else "no such folder"
+            print(f"kvbench check-records: error: {cells}: {what} (give results/<sweep>/cells)", file=sys.stderr)
+            return 1
     for cells in args.cells:
         for line in quarantine(cells):
             print(f"kvbench check-records: {line}", file=sys.stderr)

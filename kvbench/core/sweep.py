@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from kvbench.core.presets import ENGINE_KV_MODES, KV_MODES, OWN_KV_HEADS_ENGINES, PRESETS
+from kvbench.core.presets import ENGINE_KV_MODES, KV_MODE_OPTIONS, KV_MODES, OWN_KV_HEADS_ENGINES, PRESETS
 
 # The n_kv_head a config and a cell's path say for plain multi-head attention (as many K/V heads as
 # query heads); `kvbench cell` and the record take a count instead (`kv_head_count`).
@@ -175,11 +175,14 @@ def cell_path(sweep_name: str, cell: dict) -> str:
 def cell_flags(cell: dict, settings: dict) -> str:
     """The `kvbench cell` flags of one cell: every setting that changes its result."""
     kv_heads = kv_head_count(cell["n_kv_head"])
+    # A mode's own settings (a window, a group size) go to its cells only: another mode's cell would ignore them.
+    own = KV_MODE_OPTIONS.get(cell["kv_mode"], ())
+    others = [k for options in KV_MODE_OPTIONS.values() for k in options if k not in own]
     merged = {
         **{k: v for k, v in cell.items() if k not in ("n_kv_head", "threads", *LAYOUT_PARTS)},
         **{k: str(cell[k]).removeprefix(p) for k, p in LAYOUT_PARTS.items() if cell.get(k) not in (None, "")},
         **({} if kv_heads is None else {"n_kv_head": kv_heads}),  # all heads: no flag, the model's own count
-        **{k: v for k, v in settings.items() if v is not None and k not in (*JOB_SETTINGS, "compile")},
+        **{k: v for k, v in settings.items() if v is not None and k not in (*JOB_SETTINGS, "compile", *others)},
     }
     if (threads := thread_count(cell.get("threads"))) is not None:  # the grid's over the settings'
         merged["threads"] = threads

@@ -16,12 +16,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from kvbench.caches.fp8 import fp8_unsupported_reason
 from kvbench.caches.ragged import Layout, layout_prompt
-from kvbench.core.presets import GPTConfig, kv_bytes_per_token, kv_cache_bytes
+from kvbench.caches.scaled import fp8_unsupported_reason
+from kvbench.core.presets import kv_bytes_per_token, kv_cache_bytes
 from kvbench.core.record import SCHEMA_VERSION, now_utc
 from kvbench.engines import registry as engines
 from kvbench.engines.base import Runner
+from kvbench.engines.generate import GenerationPlan
 from kvbench.measure import alloc as kv_alloc
 from kvbench.measure import memory, roofline
 from kvbench.measure.devices import DTYPES, dtype_unsupported_reason, threads_unsupported_reason
@@ -31,8 +32,7 @@ from kvbench.measure.spec import CellSpec, UsageError, make_prompt
 from kvbench.measure.timing import latency
 from kvbench.measure.token_check import check_record, token_check
 from kvbench.models import checkpoint
-from kvbench.models.family import build_random, prepare_for_decoding
-from kvbench.models.gpt2 import GPT
+from kvbench.models.family import Config, Model, build_random, prepare_for_decoding
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -42,15 +42,17 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
-def build_model(spec: CellSpec, cfg: GPTConfig, device: torch.device) -> GPT:
+def build_model(spec: CellSpec, cfg: Config, device: torch.device) -> Model:
     """The cell's weights on `device` in its dtype: a checkpoint's, or random from the seed."""
     dtype = DTYPES[spec.dtype]
     if spec.checkpoint is not None:
-        model = checkpoint.load(spec.checkpoint, device, dtype)
+        try:  # weights that do not load are bad input, as a bad config is: exit 2, no record
+            model = checkpoint.load(spec.checkpoint, device, dtype)
+        except checkpoint.CheckpointError as e:
+            raise UsageError(str(e)) from None
     else:
         model = build_random(cfg, device, dtype, spec.seed, for_decoding=True)
     model.set_attention(spec.attention)
-    model.kv_options = spec.kv_options()  # the cache settings every generation's cache is made with
     return model
 
 
@@ -58,14 +60,14 @@ def build_model(spec: CellSpec, cfg: GPTConfig, device: torch.device) -> GPT:
 class Built:
     """What the build phase made: the weights on the device, the prompt, and what the record keeps of them."""
 
-    model: GPT
+    model: Model
     prompt: torch.Tensor
     model_info: dict
     weights_bytes: int  # every parameter held, counted before an engine with its own weights frees ours
     layout: Layout | None = None  # a ragged batch or a shared prefix (kvbench/caches/ragged.py)
 
 
-def build(spec: CellSpec, cfg: GPTConfig, device: torch.device) -> Built:
+def build(spec: CellSpec, cfg: Config, device: torch.device) -> Built:
     """The build phase: the weights (laid out for decoding) and the prompt, on the device."""
     model = build_model(spec, cfg, device)
     # Packed for oneDNN only where our eager decode runs: compiled cells pack in inductor, peers export.
@@ -84,7 +86,7 @@ def build(spec: CellSpec, cfg: GPTConfig, device: torch.device) -> Built:
     return Built(model, prompt.to(device), info, weights_bytes, layout)
 
 
-def model_info(model: GPT, weight_layout: str) -> dict:
+def model_info(model: Model, weight_layout: str) -> dict:
     c = model.config
     return {
         "family": c.family,
@@ -99,7 +101,7 @@ def model_info(model: GPT, weight_layout: str) -> dict:
     }
 
 
-def cache_bytes(cfg: GPTConfig, spec: CellSpec, batch: int, tokens: int) -> int:
+def cache_bytes(cfg: Config, spec: CellSpec, batch: int, tokens: int) -> int:
     """The cell's KV cache for `batch` sequences of `tokens` positions, by its formula (presets.kv_cache_bytes)."""
     element = DTYPES[spec.dtype].itemsize
     if spec.kv_mode == "paged":  # the blocks its pool holds at the last step (kvbench/measure/alloc.py)
@@ -135,8 +137,10 @@ def measure(built: Built, spec: CellSpec, device: torch.device, device_name: str
     model, prompt = built.model, built.prompt
     read_bytes = roofline.step_read_bytes(model)
     engine = engines.build(spec.engine, model)  # ours, or the engine's own copy/conversion of the same weights
-    if built.layout is not None:  # every phase's generation runs the ragged batch (spec allows engine kvbench only)
-        engine.generate = functools.partial(engine.generate, layout=built.layout)
+    # Every phase's generation gets the cell's cache settings and ragged batch; the peers keep their own caches
+    # and run rectangular batches only (peer_ragged_reason). Named, not imported: a peer's cell reads no kvbench.py.
+    if spec.engine == "kvbench":
+        engine.plan = GenerationPlan(spec.kv_options(), built.layout)
     run: Runner = engine.generate
     if spec.compile:
         with phase(phases_s, "compile"):

@@ -23,7 +23,7 @@ import torch
 from kvbench.core import env_vars
 from kvbench.core.record import write_atomic_text
 from kvbench.measure.devices import synchronize
-from kvbench.models.gpt2 import GPTConfig
+from kvbench.models.family import Config
 
 # Vendor datasheet peak memory bandwidth (bytes/s), by a substring of the device name. For context only.
 GPU_SPEC_BANDWIDTH = {
@@ -53,7 +53,7 @@ def spec_bandwidth(device_name: str | None) -> float | None:
 
 
 def decode_step_cost(
-    cfg: GPTConfig, batch: int, context: float, kv_bytes_per_token: int, step_read_bytes: int
+    cfg: Config, batch: int, context: float, kv_bytes_per_token: int, step_read_bytes: int
 ) -> tuple[float, float]:
     """(FLOPs, bytes) of one cached decode step for the whole batch at `context` keys per query.
 
@@ -78,6 +78,15 @@ def step_read_bytes(model: torch.nn.Module) -> int:
 
 
 LIMIT_KEYS = ("read_bandwidth_bytes_per_s", "copy_bandwidth_bytes_per_s", "peak_flops_per_s")
+# What any device kvbench runs on can show, with room either side: bytes/s from a slow laptop's RAM
+# (~1e9) to a GPU's HBM (H200: 4.8e12); FLOP/s from one CPU core in fp32 (~1e9) to a GPU's dense
+# matmul (H100 bf16: ~1e15). A cached rate outside is not a measurement: it would set every later
+# cell's floor, so it is discarded and the device measured again.
+PLAUSIBLE = {
+    "read_bandwidth_bytes_per_s": (1e8, 1e14),
+    "copy_bandwidth_bytes_per_s": (1e8, 1e14),
+    "peak_flops_per_s": (1e8, 1e17),
+}
 
 
 def _cache_path(device: torch.device, device_name: str, dtype: torch.dtype) -> Path:
@@ -142,7 +151,20 @@ def _read_cache(path: Path) -> dict | None:
     if not all(math.isfinite(v) and v > 0 for v in limits.values()):
         warn(f"probe cache {path} holds a rate that is not a positive number; measuring the device again")
         return None
+    if (why := implausible(limits)) is not None:
+        warn(f"probe cache {path} holds an implausible {why}; discarding it and measuring the device again")
+        return None
     return limits
+
+
+def implausible(limits: dict) -> str | None:
+    """What in cached limits no device can have shown (a rate outside PLAUSIBLE, a time yet to come), or None."""
+    for key, (low, high) in PLAUSIBLE.items():
+        if not low <= limits[key] <= high:
+            return f"{key} {limits[key]:.3g} (expected {low:.0e} to {high:.0e})"
+    if limits["measured_at"] > time.time() + 86400:  # a day of clock skew; later would be reused forever
+        return f"measured_at {limits['measured_at']:.0f} (in the future)"
+    return None
 
 
 def warn(message: str) -> None:
@@ -183,7 +205,7 @@ def device_limits(device: torch.device, device_name: str, dtype: torch.dtype) ->
 
 
 def analyse(
-    cfg: GPTConfig,
+    cfg: Config,
     batch: int,
     prompt_len: int,
     new_tokens: int,

@@ -15,11 +15,20 @@ import torch
 
 from kvbench.caches.ragged import RAGGED_KV_MODES, min_length
 from kvbench.core import env_vars
-from kvbench.core.presets import BLOCK_TOKENS, ENGINES, KV_GROUP_SIZE, KV_MODES, SLIDING_SINKS, SLIDING_WINDOW
+from kvbench.core.presets import (
+    BLOCK_TOKENS,
+    ENGINES,
+    KV_GROUP_SIZE,
+    KV_MODE_OPTIONS,
+    KV_MODES,
+    SLIDING_SINKS,
+    SLIDING_WINDOW,
+)
 from kvbench.engines import registry as engines
 from kvbench.measure.devices import DTYPES, resolve_device
 from kvbench.models import checkpoint
-from kvbench.models.gpt2 import ATTENTION_IMPLS, PRESETS, GPTConfig, preset
+from kvbench.models.family import Config
+from kvbench.models.gpt2 import ATTENTION_IMPLS, PRESETS, preset
 
 
 class UsageError(ValueError):
@@ -66,7 +75,7 @@ class CellSpec:
     prompt_spread: float = 0.0  # ragged batch: prompt lengths spread from (1 - this) x prompt_len up to it
     shared_prefix: int = 0  # first prompt tokens every sequence of the batch shares
 
-    def check(self) -> tuple[GPTConfig, torch.device]:
+    def check(self) -> tuple[Config, torch.device]:
         """Validate every field and every environment setting; return the model config and device.
 
         Raises UsageError, before anything is built.
@@ -102,7 +111,8 @@ class CellSpec:
         except ValueError as e:
             raise UsageError(str(e)) from None
         if self.prompt_file is not None and not Path(self.prompt_file).is_file():
-            raise UsageError(f"prompt_file: {self.prompt_file!r} does not exist")
+            what = "is a directory" if Path(self.prompt_file).is_dir() else "does not exist"
+            raise UsageError(f"prompt_file: {self.prompt_file!r} {what}; give a text file")
         if self.out is not None:
             check_writable(Path(self.out))
         return cfg, device
@@ -158,7 +168,7 @@ class CellSpec:
         if self.kv_mode not in RAGGED_KV_MODES or self.compile:
             raise UsageError(f"prompt_spread, shared_prefix: run uncompiled, kv_mode {', '.join(RAGGED_KV_MODES)}")
 
-    def config(self) -> GPTConfig:
+    def config(self) -> Config:
         """The model's shape: the checkpoint's own, or the preset's with this cell's overrides."""
         if self.checkpoint is not None:
             if self.n_kv_head is not None or self.block_size is not None:
@@ -201,28 +211,23 @@ class CellSpec:
 
     def kv_options(self) -> dict:
         """The cache settings this cell's kv mode uses, as make_cache takes them (the record's too)."""
-        if self.kv_mode == "sliding":
-            return {"window": self.window, "sinks": self.sinks}
-        if self.kv_mode == "static-int4":
-            return {"kv_group_size": self.kv_group_size}
-        if self.kv_mode == "paged":
-            return {"block_tokens": self.block_tokens}
-        return {}
+        return {k: getattr(self, k) for k in KV_MODE_OPTIONS.get(self.kv_mode, ())}
 
 
-def check_writable(out: Path) -> None:
-    """Prove the record can be written where it goes: create (and remove) a file beside it.
+def check_writable(out: Path, kind: str = ".json") -> None:
+    """Prove the output (a record; `kind`: the suffix it takes) can be written where it goes: create
+    (and remove) a file beside it.
 
     `os.access` is not proof: as root it says yes to read-only mounts and to /proc, and a cell
     would be measured in full only to fail at the end.
     """
     if out.is_dir():
-        raise UsageError(f"out: {str(out)!r} is a directory; give a file path ending in .json")
+        raise UsageError(f"out: {str(out)!r} is a directory; give a file path ending in {kind}")
     parent = out.parent
     while not parent.exists():  # the nearest existing ancestor must let us create the rest
         parent = parent.parent
     if not parent.is_dir():
-        raise UsageError(f"out: {str(out)!r} is not writable ({str(parent)!r} is not a directory)")
+        raise UsageError(f"out: {str(out)!r} is not writable ({str(parent)!r} is a file, not a folder)")
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=parent)
         os.close(fd)

@@ -14,7 +14,7 @@ from kvbench.caches.ragged import Layout
 from kvbench.caches.sliding import kv_note
 from kvbench.engines.base import Runner
 from kvbench.measure.price import price
-from kvbench.models.gpt2 import GPT
+from kvbench.models.family import Model
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class TokenCheck:
 
 
 def token_check(
-    model: GPT,
+    model: Model,
     run: Runner,
     prompt: torch.Tensor,
     kv_mode: str,
