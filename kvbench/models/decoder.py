@@ -49,8 +49,9 @@ class Decoder(nn.Module):
         """The residual stream (B, T, C) for tokens idx (B, T) at positions pos ((T,) or a ragged (B, T))."""
         raise NotImplementedError
 
-    def rotate(self, pos: torch.Tensor, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """Rotary families: what rotates q and k by these positions (see attention.Context); else None."""
+    def rotate(self, pos: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Rotary families: what rotates q and k by these positions, in the residual stream's dtype (see
+        attention.Context); else None."""
         return None
 
     def context_limit(self) -> tuple[int, str]:
@@ -121,8 +122,10 @@ class Decoder(nn.Module):
             pos, mask = torch.arange(past_len, past_len + T, device=idx.device), None
         else:
             pos, mask = layout.positions(past_len, T), layout.mask(past_len, T)
-        x = self.embed(idx, pos)
-        x = self.run(x, Context(cache, past_len, mask=mask, rotate=self.rotate(pos, x.dtype)))
+        ctx = Context(cache, past_len, mask=mask, rotate=self.rotate(pos))
+        # The embedding is handed over, not kept in a local: the first block's output replaces it, so it is
+        # freed there (a prefill's peak memory holds one (B, T, C) stream less).
+        x = self.run(self.embed(idx, pos), ctx)
         if last_only:
             x = x[:, -1:, :] if layout is None else layout.last(x, past_len)
         return self.lm_head(x)
@@ -135,9 +138,8 @@ class Decoder(nn.Module):
         too). Attention reads the whole preallocated buffer with the positions after `pos` masked:
         every step has the same shapes, so a compiled step (a CUDA graph on GPU) replays without recompiling.
         """
-        x = self.embed(idx, pos)
-        ctx = Context(step=StaticStep.at(cache, pos), rotate=self.rotate(pos, x.dtype))
-        return self.lm_head(self.run(x, ctx))
+        ctx = Context(step=StaticStep.at(cache, pos), rotate=self.rotate(pos))
+        return self.lm_head(self.run(self.embed(idx, pos), ctx))
 
     @classmethod
     def empty(cls: type[D], config: GPTConfig | LlamaConfig, device: torch.device | str, dtype: torch.dtype) -> D:

@@ -168,8 +168,8 @@ class Llama(Decoder):
     def embed(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(idx)  # positions enter as rotations of q and k instead
 
-    def rotate(self, pos: torch.Tensor, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
-        return Rotary(self.inv_freq, pos, dtype).apply
+    def rotate(self, pos: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        return Rotary(self.inv_freq, pos, self.model.embed_tokens.weight.dtype).apply  # the stream's dtype
 
     def context_limit(self) -> tuple[int, str]:
         window = self.config.sliding_window
