@@ -53,35 +53,25 @@ def add_cell_parser(sub) -> None:
     p.add_argument(
         "--check-steps", type=int, default=d.check_steps, help="tokens compared against the 'none' mode (0 = no check)"
     )
-    p.add_argument(
-        "--window",
-        type=int,
-        default=argparse.SUPPRESS,
-        help=f"sliding: recent positions the cache keeps (default {d.window})",
-    )
-    p.add_argument(
-        "--sinks",
-        type=int,
-        default=argparse.SUPPRESS,
-        help=f"sliding: first positions it keeps (attention sinks) (default {d.sinks})",
-    )
-    p.add_argument(
-        "--kv-group-size",
-        type=int,
-        default=argparse.SUPPRESS,
-        help=f"static-int4: values per scale (default {d.kv_group_size})",
-    )
-    p.add_argument(
-        "--block-tokens",
-        type=int,
-        default=argparse.SUPPRESS,
-        help=f"paged: positions per block (default {d.block_tokens})",
-    )
+    add_kv_mode_options(p, d)
     p.add_argument(
         "--prompt-spread", type=float, default=d.prompt_spread, help="ragged batch: shortest (1 - this) x longest"
     )
     p.add_argument("--shared-prefix", type=int, default=d.shared_prefix, help="first tokens every sequence shares")
     add_engine_and_output_arguments(p, d)
+
+
+def add_kv_mode_options(p: argparse.ArgumentParser, d) -> None:
+    """Each kv mode's own settings (MODE_OPTIONS): no default in the namespace, so one given can be told apart."""
+    helps = {
+        "window": "sliding: recent positions the cache keeps",
+        "sinks": "sliding: first positions it keeps (attention sinks)",
+        "kv_group_size": "static-int4: values per scale",
+        "block_tokens": "paged: positions per block",
+    }
+    for name, text in helps.items():
+        flag = f"--{name.replace('_', '-')}"
+        p.add_argument(flag, type=int, default=argparse.SUPPRESS, help=f"{text} (default {getattr(d, name)})")
 
 
 def add_engine_and_output_arguments(p: argparse.ArgumentParser, d) -> None:
