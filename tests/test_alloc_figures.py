@@ -3,7 +3,8 @@
 import pytest
 from test_alloc_table import frame
 
-from kvbench.analysis.alloc_figures import FIGURES, Skip, alloc_table, bytes_figure, decode_figure, main
+from kvbench.analysis.alloc_figures import FIGURES, alloc_table, bytes_figure, decode_figure, main
+from kvbench.analysis.facets import Skip
 
 
 def test_both_figures_draw():

@@ -7,30 +7,19 @@ token of each mode. `main` writes the table, both figures and the sentences from
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
-from kvbench.analysis import command
 from kvbench.analysis.alloc_table import NoPaged, alloc_table, claims, markdown
-from kvbench.analysis.facets import Skip, color
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from kvbench.analysis.facets import color
+from kvbench.analysis.table_figures import TableFigures, pyplot
 
 
 def bytes_figure(t: pd.DataFrame):
     """Reserved (solid) and used (dashed) KV MiB against the prompt spread, at the largest batch, a panel
     per shared prefix."""
-    plt = _plt()
+    plt = pyplot()
     top = t[t["batch"] == t["batch"].max()]
     prefixes = sorted(top["shared_prefix"].unique())
     fig, axes = plt.subplots(1, len(prefixes), figsize=(4.6 * len(prefixes), 3.8), squeeze=False, sharey=True)
@@ -53,7 +42,7 @@ def bytes_figure(t: pd.DataFrame):
 
 def decode_figure(t: pd.DataFrame):
     """Decode ms/token against batch, one line per mode (and block size), a panel per spread."""
-    plt = _plt()
+    plt = pyplot()
     spreads = sorted(t["prompt_spread"].unique())
     fig, axes = plt.subplots(1, len(spreads), figsize=(4.6 * len(spreads), 3.8), squeeze=False, sharey=True)
     plain = t[t["shared_prefix"] == t["shared_prefix"].min()]
@@ -71,41 +60,20 @@ def decode_figure(t: pd.DataFrame):
     return fig
 
 
-def _drawn(draw):
-    """A figure of the frame; Skip (kvbench figures' one-line reason) where there is no paged cell."""
-
-    def figure(df: pd.DataFrame):
-        try:
-            return draw(alloc_table(df))
-        except NoPaged as why:
-            raise Skip(str(why)) from None
-
-    return figure
-
-
-FIGURES = {"kv_alloc_bytes": _drawn(bytes_figure), "kv_alloc_decode": _drawn(decode_figure)}
-
-
-def write(records: Path, out: Path) -> str:
-    """kv_alloc.csv, kv_alloc.md (the table and a sentence per grid point) and both figures in `out`."""
-    from kvbench.analysis import frame as fr
-
-    t = alloc_table(fr.from_records(sorted(records.rglob("*.json"))))
-    out.mkdir(parents=True, exist_ok=True)
-    t.to_csv(out / "kv_alloc.csv", index=False)
-    for name, fig in (("kv_alloc_bytes", bytes_figure(t)), ("kv_alloc_decode", decode_figure(t))):
-        fig.savefig(out / f"{name}.png", bbox_inches="tight")
-    (out / "kv_alloc.md").write_text(markdown(t) + "\n\n" + "\n".join(f"- {c}" for c in claims(t)) + "\n")
-    return f"alloc_figures: {len(t)} cells -> {out}"
+SIDE = TableFigures(
+    "alloc_figures",
+    alloc_table,
+    NoPaged,
+    {"kv_alloc_bytes": bytes_figure, "kv_alloc_decode": decode_figure},
+    markdown,
+    claims,
+)
+FIGURES = SIDE.figures()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m kvbench.analysis.alloc_figures RECORDS_DIR OUT_DIR`: the table, both figures, the claims."""
-    p = argparse.ArgumentParser(prog="alloc_figures", description=main.__doc__)
-    p.add_argument("records", type=Path)
-    p.add_argument("out", type=Path)
-    args = p.parse_args(argv)
-    return command.run("alloc_figures", lambda: write(args.records, args.out))
+    return SIDE.main(argv, "kv_alloc")
 
 
 if __name__ == "__main__":

@@ -10,24 +10,13 @@ from a folder of records.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
-from kvbench.analysis import command
 from kvbench.analysis.approx_price import NoPrice, claims, markdown, price_table
 from kvbench.analysis.facets import Skip, color
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from kvbench.analysis.table_figures import TableFigures, pyplot
 
 
 def pareto_figure(t: pd.DataFrame):
@@ -36,7 +25,7 @@ def pareto_figure(t: pd.DataFrame):
     t = t[(t["kv_bytes_per_token"] > 0) & t["kl_mean"].notna()]
     if t.empty:
         raise Skip("no cached cell in this sweep carries both its counted KV bytes and its KL")
-    plt = _plt()
+    plt = pyplot()
     lengths = sorted(t["new_tokens"].unique())
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.6), squeeze=False, sharey=True)
     for ax, n in zip(axes[0], lengths):
@@ -59,7 +48,7 @@ def pareto_figure(t: pd.DataFrame):
 
 def length_figure(t: pd.DataFrame):
     """Bytes held and mean KL against the number of new tokens, one line per mode."""
-    plt = _plt()
+    plt = pyplot()
     fig, (mem, acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     labelled = set()
     for (mode, *_), g in t.groupby(["kv_mode", "model", "dtype", "engine", "batch", "prompt_len"], sort=False):
@@ -79,42 +68,20 @@ def length_figure(t: pd.DataFrame):
     return fig
 
 
-def _drawn(draw):
-    """A figure of the frame; Skip (kvbench figures' one-line reason) where there is nothing to price."""
-
-    def figure(df: pd.DataFrame):
-        try:
-            return draw(price_table(df))
-        except NoPrice as why:
-            raise Skip(str(why)) from None
-
-    return figure
-
-
-# The figures of a sweep's frame, for kvbench figures.
-FIGURES = {"kv_pareto": _drawn(pareto_figure), "kv_memory_length": _drawn(length_figure)}
-
-
-def write(records: Path, out: Path) -> str:
-    """kv_price.csv, kv_price.md (the table and the sentences) and both figures in `out`."""
-    from kvbench.analysis import frame as fr
-
-    t = price_table(fr.from_records(sorted(records.rglob("*.json"))))
-    out.mkdir(parents=True, exist_ok=True)
-    t.to_csv(out / "kv_price.csv", index=False)
-    for name, fig in (("kv_pareto", pareto_figure(t)), ("kv_memory_length", length_figure(t))):
-        fig.savefig(out / f"{name}.png", bbox_inches="tight")
-    (out / "kv_price.md").write_text(markdown(t) + "\n\n" + "\n".join(f"- {c}" for c in claims(t)) + "\n")
-    return f"approx_figures: {len(t)} cells -> {out}"
+SIDE = TableFigures(
+    "approx_figures",
+    price_table,
+    NoPrice,
+    {"kv_pareto": pareto_figure, "kv_memory_length": length_figure},
+    markdown,
+    claims,
+)
+FIGURES = SIDE.figures()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m kvbench.analysis.approx_figures RECORDS_DIR OUT_DIR`: the table, both figures, the claims."""
-    p = argparse.ArgumentParser(prog="approx_figures", description=main.__doc__)
-    p.add_argument("records", type=Path)
-    p.add_argument("out", type=Path)
-    args = p.parse_args(argv)
-    return command.run("approx_figures", lambda: write(args.records, args.out), NoPrice, Skip)
+    return SIDE.main(argv, "kv_price")
 
 
 if __name__ == "__main__":
