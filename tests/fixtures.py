@@ -339,3 +339,12 @@ def rewrite_zip(src: Path, dst: Path, change: dict[str, bytes | None], add: dict
                 zout.writestr(info, zin.read(info))
         for name, data in (add or {}).items():
             zout.writestr(name, data)
+
+
+def broken_links(page: Path) -> list[str]:
+    """The relative link and image targets of a markdown page that name no file or folder beside it."""
+    import re
+
+    targets = re.findall(r"\]\(([^)\s]+)\)", page.read_text())
+    local = [t.split("#")[0] for t in targets if not re.match(r"^[a-z]+://|^#|^mailto:", t)]
+    return [t for t in local if t and not (page.parent / t).exists()]

@@ -1,8 +1,10 @@
 """Copy a verified bundle to results/published/<device>/<sweep>/ for committing to git.
 
-Beside bundle.zip go its figures, tables and index unpacked, so they can be browsed on GitHub.
-A published result is a claim: an identical bundle again is a no-op, a different one is
-refused rather than silently replacing numbers someone may already cite.
+Beside bundle.zip go its PNG figures, tables and explanation unpacked, and a README.md saying what the run is
+(device, date, commit, cells, the headline: published_index.py), so they can be browsed on a code host; the
+index of every published run, results/published/README.md, is written again each time. A published result
+is a claim: an identical bundle again is a no-op (the index aside), a different one is refused rather than
+silently replacing numbers someone may already cite.
 """
 
 from __future__ import annotations
@@ -18,12 +20,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kvbench.analysis import command
-from kvbench.analysis.bundle import ENVIRONMENT, INDEX, META, verify_bundle
+from kvbench.analysis import published_index as pi
+from kvbench.analysis.bundle import ENVIRONMENT, META, verify_bundle
 
 DEFAULT_DEST = Path("results/published")
-# What is unpacked next to the zip: what a browser of the repository wants to see.
-UNPACKED_PREFIXES = ("figures/", "tables/")
-UNPACKED_FILES = (INDEX, ENVIRONMENT, META)
+EXPLANATION = "extra/explanation.md"
+# What is unpacked next to the zip: what a browser of the repository wants to see. PNG figures only (the SVGs,
+# and the records, stay in the zip: a repository's size is what every clone pays).
+UNPACKED_FILES = (ENVIRONMENT, META, EXPLANATION)
+
+
+def unpacked(name: str) -> bool:
+    return (
+        (name.startswith("figures/") and name.endswith(".png")) or name.startswith("tables/") or name in UNPACKED_FILES
+    )
 
 
 class PublishError(RuntimeError):
@@ -65,24 +75,31 @@ def publish(
         target = dest / "bundle.zip"
         if dest.exists():
             if target.is_file() and target.read_bytes() == bundle_zip.read_bytes():
-                return dest, False  # the same bundle again: nothing to do
+                pi.write_index(dest_root)
+                return dest, False  # the same bundle again: nothing to do but the index
             what = "a different bundle" if target.is_file() else "a folder that is not a published bundle"
             raise PublishError(
                 f"refusing to overwrite {dest}: it holds {what}; remove it first or publish with another --device"
             )
-        unpack(bundle_zip, zf, dest)
+        unpack(bundle_zip, zf, dest, pi.facts(zf, dest.parent.name, dest.name))
+    pi.write_index(dest_root)
     return dest, True
 
 
-def unpack(bundle_zip: Path, zf: zipfile.ZipFile, dest: Path) -> None:
+def unpack(bundle_zip: Path, zf: zipfile.ZipFile, dest: Path, facts: dict) -> None:
     """Build the whole folder beside its final place, then rename it in one step: a reader or a
     second publisher never sees half a publication. Once renamed, there is nothing left to clean up."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent, ignore_cleanup_errors=True) as tmp:
             shutil.copyfile(bundle_zip, Path(tmp, "bundle.zip"))
-            wanted = [n for n in zf.namelist() if n.startswith(UNPACKED_PREFIXES) or n in UNPACKED_FILES]
-            zf.extractall(tmp, [n for n in wanted if not n.endswith("/")])  # names were checked safe by verify_bundle
+            wanted = [n for n in zf.namelist() if unpacked(n) and not n.endswith("/")]
+            zf.extractall(tmp, wanted)  # names were checked safe by verify_bundle
+            Path(tmp, pi.FACTS).write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
+            figures = [n.removeprefix("figures/").removesuffix(".png") for n in wanted if n.startswith("figures/")]
+            tables = [n.removeprefix("tables/") for n in wanted if n.startswith("tables/")]
+            readme = pi.folder_readme(facts, figures, tables, EXPLANATION in wanted)
+            Path(tmp, pi.README).write_text(readme)
             for p in [Path(tmp), *Path(tmp).rglob("*")]:
                 os.chmod(p, 0o755 if p.is_dir() else 0o644)
             try:
