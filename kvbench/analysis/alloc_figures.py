@@ -2,7 +2,8 @@
 
 The table and the sentences are kvbench/analysis/alloc_table.py. `bytes_figure` draws reserved
 (solid) against used (dotted) as the batch grows more ragged; `decode_figure` the decode time per
-token of each mode. `main` writes the table, both figures and the sentences from a folder of records.
+token of each mode. Each cache (paged at each block size its own) keeps one colour and marker in both.
+`main` writes the table, both figures and the sentences from a folder of records.
 """
 
 from __future__ import annotations
@@ -10,53 +11,77 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
+from matplotlib.lines import Line2D
 
-from kvbench.analysis.alloc_table import NoPaged, alloc_table, claims, markdown
-from kvbench.analysis.facets import color
+from kvbench.analysis import facets as fc
+from kvbench.analysis.alloc_table import MODES, NoPaged, alloc_table, claims, markdown
 from kvbench.analysis.table_figures import TableFigures, pyplot
 
 
+def caches(t: pd.DataFrame) -> dict[str, str]:
+    """Each cache's label and kv mode in drawing order: static, concat, then paged by block size. Both figures
+    draw them in this order, so a cache keeps its colour and marker in both."""
+    first = t.drop_duplicates("label")
+    blocks = pd.to_numeric(first["label"].str.extract(r"-(\d+)$")[0]).fillna(0)
+    order = first.assign(rank=first["kv_mode"].map(MODES.index), blocks=blocks).sort_values(["rank", "blocks"])
+    return dict(zip(order["label"], order["kv_mode"]))
+
+
+def legend(fig, looks: dict[str, dict], keys: Sequence[Line2D] = ()) -> None:
+    """One legend right of the panels: an entry per cache, then what each line style means."""
+    handles = [Line2D([], [], label=label, **look) for label, look in looks.items()]
+    fig.legend(handles=[*handles, *keys], loc="upper left", bbox_to_anchor=(1.0, 0.9), fontsize=8)
+
+
 def bytes_figure(t: pd.DataFrame):
-    """Reserved (solid) and used (dashed) KV MiB against the prompt spread, at the largest batch, a panel
+    """Reserved (solid) and used (dotted) KV MiB against the prompt spread, at the largest batch, a panel
     per shared prefix."""
     plt = pyplot()
-    top = t[t["batch"] == t["batch"].max()]
+    top, modes = t[t["batch"] == t["batch"].max()], caches(t)
+    # used on top of every reserved line (the two coincide where a cache holds only what it uses), thinner
+    looks, used = fc.styles(modes), fc.styles(modes, width=2.2, size=6.0, zorder=3.0)
     prefixes = sorted(top["shared_prefix"].unique())
     fig, axes = plt.subplots(1, len(prefixes), figsize=(4.6 * len(prefixes), 3.8), squeeze=False, sharey=True)
     for ax, prefix in zip(axes[0], prefixes):
-        for label, g in top[top["shared_prefix"] == prefix].groupby("label", sort=False):
-            g = g.sort_values("prompt_spread")
-            c = color(g["kv_mode"].iloc[0])
-            style = "-" if label != "paged-64" else "-."
-            ax.plot(g["prompt_spread"], g["reserved"] / 2**20, style, marker="o", color=c, label=f"{label} reserved")
-            ax.plot(g["prompt_spread"], g["used"] / 2**20, ":", marker="x", color=c, alpha=0.7)
+        panel = top[top["shared_prefix"] == prefix]
+        for label, look in looks.items():
+            g = panel[panel["label"] == label].sort_values("prompt_spread")
+            ax.plot(g["prompt_spread"], g["reserved"] / 2**20, label=label, **look)
+            ax.plot(g["prompt_spread"], g["used"] / 2**20, **used[label] | {"linestyle": ":"})
+        fc.x_at(ax, panel["prompt_spread"])
         ax.set_title(f"batch {int(top['batch'].max())}, shared prefix {int(prefix)}")
         ax.set_xlabel("prompt spread (shortest = (1 - spread) x longest)")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("KV MiB at the last step (solid reserved, dotted used)")
-    axes[0][0].legend(fontsize=7)
     fig.suptitle("KV bytes reserved vs used as the batch grows more ragged (counted from the caches)")
     fig.tight_layout()
+    keys = [
+        Line2D([], [], color="0.3", linestyle="-", label="solid: reserved"),
+        Line2D([], [], color="0.3", linestyle=":", label="dotted: used (by the tokens held)"),
+    ]
+    legend(fig, looks, keys)
     return fig
 
 
 def decode_figure(t: pd.DataFrame):
     """Decode ms/token against batch, one line per mode (and block size), a panel per spread."""
     plt = pyplot()
-    spreads = sorted(t["prompt_spread"].unique())
+    spreads, looks = sorted(t["prompt_spread"].unique()), fc.styles(caches(t), dashed=True)
     fig, axes = plt.subplots(1, len(spreads), figsize=(4.6 * len(spreads), 3.8), squeeze=False, sharey=True)
     plain = t[t["shared_prefix"] == t["shared_prefix"].min()]
     for ax, spread in zip(axes[0], spreads):
-        for label, g in plain[plain["prompt_spread"] == spread].groupby("label", sort=False):
-            g = g.sort_values("batch")
-            ax.plot(g["batch"], g["decode_ms_per_token"], marker="o", color=color(g["kv_mode"].iloc[0]), label=label)
+        panel = plain[plain["prompt_spread"] == spread]
+        for label, look in looks.items():
+            g = panel[panel["label"] == label].sort_values("batch")
+            ax.plot(g["batch"], g["decode_ms_per_token"], label=label, **look)
+        fc.x_at(ax, panel["batch"])  # a spread only a batch of several has: one batch, one tick
         ax.set_title(f"prompt spread {spread:g}")
         ax.set_xlabel("batch")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("decode ms/token (median)")
-    axes[0][0].legend(fontsize=8)
     fig.suptitle("What the block gather costs per decode step")
     fig.tight_layout()
+    legend(fig, looks)
     return fig
 
 

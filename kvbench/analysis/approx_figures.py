@@ -3,9 +3,9 @@
 The table (`price_table`) has one row per cached cell of a sweep with an approximate cache: KV bytes
 held and per cached position, decode time, and the price measured against the exact model on the
 same context (kvbench/analysis/approx_price.py). `pareto_figure` puts bytes per position against KL,
-one point per mode at each length; `length_figure` shows the bytes held and the KL as the stream grows
-(flat for `sliding`, growing for the others). `main` writes the table, both figures and the sentences
-from a folder of records.
+one point per mode (its colour and marker) at each length; `length_figure` shows the bytes held and
+the KL as the stream grows (flat for `sliding`, growing for the others). `main` writes the table,
+both figures and the sentences from a folder of records.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
+from matplotlib.lines import Line2D
 
+from kvbench.analysis import facets as fc
 from kvbench.analysis.approx_price import NoPrice, claims, markdown, price_table
-from kvbench.analysis.facets import Skip, color
+from kvbench.analysis.facets import Skip
 from kvbench.analysis.table_figures import TableFigures, pyplot
 
 
@@ -27,14 +29,15 @@ def pareto_figure(t: pd.DataFrame):
         raise Skip("no cached cell in this sweep carries both its counted KV bytes and its KL")
     plt = pyplot()
     lengths = sorted(t["new_tokens"].unique())
+    # each mode its own marker, in a legend: two modes' points can all but coincide, and names beside them collide
+    looks = {m: look | {"linestyle": "none"} for m, look in fc.styles(fc.in_order(t["kv_mode"]), size=11).items()}
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.6), squeeze=False, sharey=True)
     for ax, n in zip(axes[0], lengths):
-        for mode, g in t[t["new_tokens"] == n].groupby("kv_mode", sort=False):
-            ax.scatter(g["kv_bytes_per_token"], g["kl_mean"], color=color(mode), label=mode, s=45, zorder=3)
-            for _, row in g.iterrows():
-                at = (row["kv_bytes_per_token"], row["kl_mean"])
-                ax.annotate(mode, at, xytext=(5, 3), textcoords="offset points", fontsize=7)
+        for mode, look in looks.items():
+            g = t[(t["new_tokens"] == n) & (t["kv_mode"] == mode)]
+            ax.plot(g["kv_bytes_per_token"], g["kl_mean"], label=mode, **look)
         ax.set_xscale("log")
+        fc.x_at(ax, t.loc[t["new_tokens"] == n, "kv_bytes_per_token"], every=False)  # measured: one value, one tick
         ax.set_yscale("symlog", linthresh=1e-9)
         ax.set_title(f"{n} new tokens")
         ax.set_xlabel("KV bytes per cached position (counted)")
@@ -43,6 +46,8 @@ def pareto_figure(t: pd.DataFrame):
     model = ", ".join(sorted(t["model"].unique()))
     fig.suptitle(f"Memory bought against accuracy lost ({model}; teacher-forced against the exact model)")
     fig.tight_layout()
+    handles = [Line2D([], [], label=m, **look) for m, look in looks.items()]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.9), fontsize=8)
     return fig
 
 
@@ -50,19 +55,20 @@ def length_figure(t: pd.DataFrame):
     """Bytes held and mean KL against the number of new tokens, one line per mode."""
     plt = pyplot()
     fig, (mem, acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    labelled = set()
+    looks, labelled = fc.styles(fc.in_order(t["kv_mode"]), dashed=True), set()  # two modes' KL can coincide
     for (mode, *_), g in t.groupby(["kv_mode", "model", "dtype", "engine", "batch", "prompt_len"], sort=False):
         g, label = g.sort_values("new_tokens"), None if mode in labelled else mode
         labelled.add(mode)
-        mem.plot(g["new_tokens"], g["kv_bytes"] / 2**20, marker="o", color=color(mode), label=label)
-        acc.plot(g["new_tokens"], g["kl_mean"], marker="o", color=color(mode), label=label)
+        mem.plot(g["new_tokens"], g["kv_bytes"] / 2**20, label=label, **looks[mode])
+        acc.plot(g["new_tokens"], g["kl_mean"], label=label, **looks[mode])
     mem.set_ylabel("KV cache held (MiB, counted)")
     acc.set_ylabel("mean KL(exact || cache), nats")
     acc.set_yscale("symlog", linthresh=1e-9)
     for ax in (mem, acc):
+        fc.x_at(ax, t["new_tokens"])
         ax.set_xlabel("new tokens generated")
         ax.grid(True, alpha=0.3)
-    mem.legend(fontsize=8)
+    mem.legend(handles=[Line2D([], [], label=m, **look) for m, look in looks.items()], fontsize=8)  # modes' order
     fig.suptitle("Memory and accuracy as the stream grows")
     fig.tight_layout()
     return fig

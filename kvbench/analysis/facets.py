@@ -1,14 +1,16 @@
-"""What every figure shares: reproducible bytes, one kv-mode palette, the one failed-cell marker,
-the panels' rows (a row per combination of the settings that vary besides the axes), and the x axis
-a line figure is drawn along (the prompt, the generation length, or the model by parameter count)."""
+"""What every figure shares: reproducible bytes, one kv-mode palette (and a style per variant of a mode), the one
+failed-cell marker, the panels' rows (a row per combination of the settings that vary besides the axes), and the x
+axis a line figure is drawn along (the prompt, the generation length, or the model by parameter count), a tick at
+each value a setting takes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 import pandas as pd
 import seaborn as sns
+from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogLocator, NullLocator, StrMethodFormatter
 
@@ -25,6 +27,9 @@ SAVE_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": Non
 # The kv-mode colours: colorblind's ten without its grey, which is the colour of a mode it does not know.
 PALETTE = dict(zip(KV_MODES, [c for i, c in enumerate(sns.color_palette("colorblind", 10)) if i != 7]))
 FAILED = {"oom": ("#d62728", "out of memory"), "unsupported": ("#7f7f7f", "unsupported"), "error": ("#000000", "error")}
+# A variant's own marker, in drawing order ("X" is the failed cell's).
+MARKERS = ("o", "s", "^", "D", "v", "P", "h", "*")
+DASHES = ("-", (0, (5, 2)), (0, (3, 1.5, 1, 1.5)), (0, (1.5, 1.5)), (0, (6, 1.5, 1, 1.5, 1, 1.5)))
 MARKER = {"marker": "X", "s": 70, "zorder": 6, "clip_on": False, "edgecolors": "white", "linewidths": 0.5}
 MARKER_LABEL = {"xytext": (6, 0), "textcoords": "offset points", "va": "center", "fontsize": 7}
 XLABELS = {
@@ -46,6 +51,37 @@ class Skip(Exception):
 
 def color(mode) -> str | tuple:  # the one palette (grey: a mode it does not know)
     return PALETTE.get(str(mode), "0.4")
+
+
+def in_order(modes) -> dict[str, str]:  # each kv mode once, in KV_MODES' order: styles' argument
+    known = sorted(set(map(str, modes)), key=lambda m: (KV_MODES.index(m) if m in KV_MODES else len(KV_MODES), m))
+    return dict(zip(known, known))
+
+
+def darker(c, by: float) -> tuple:  # the colour `by` of the way to black
+    return tuple((1 - by) * v for v in to_rgb(c))
+
+
+def styles(
+    modes: Mapping[str, str], width: float = 3.2, size: float = 10.0, dashed: bool = False, zorder: float = 2.0
+) -> dict[str, dict]:
+    """ax.plot's keywords for each variant (`modes`: label -> its kv mode, in drawing order). The first variant of a
+    mode is in the mode's colour, the next ones (paged-64 beside paged-16) in darker shades of it; each has its own
+    marker (and, `dashed`, its own dashes). The first drawn is the widest with the largest markers, each later one
+    narrower and smaller on top, so lines that coincide (concat exactly on static) both show: the one beneath as a
+    rim around the one above (and in its dashes' gaps)."""
+    out, n = {}, len(modes)
+    for i, (label, mode) in enumerate(modes.items()):
+        kin = [other for other, m in modes.items() if m == mode]
+        k = kin.index(label)
+        scale = 1 - 0.5 * i / max(n - 1, 1)  # 1 for the first drawn, half that for the last
+        c = color(mode) if k == 0 else darker(color(mode), 0.45 * k / (len(kin) - 1))
+        out[label] = {
+            "color": c, "marker": MARKERS[i % len(MARKERS)], "linestyle": DASHES[i % len(DASHES)] if dashed else "-",
+            "linewidth": width * scale, "markersize": size * scale, "zorder": zorder + i / n,
+            "markeredgecolor": darker(c, 0.4), "markeredgewidth": 0.8,  # a pale marker (paged's yellow) on white
+        }  # fmt: skip
+    return out
 
 
 def failed(status) -> tuple[str, str]:  # the marker's colour and legend label
@@ -98,20 +134,38 @@ def titles(g: sns.FacetGrid, col_title: str) -> None:
 
 def x_ticks(g: sns.FacetGrid, data: pd.DataFrame, x: str) -> None:
     """Models by size at 0, 1, 2 ... labelled with their size; numbers as they are on a log2 axis."""
-    if x.endswith("model"):
-        models = data[x].cat.remove_unused_categories()
-        params = data["n_params"].astype(float).groupby(models, observed=True).max().fillna(0)
-        where = {f"{m}\n{params[m] / 1e6:.0f}M params" if params[m] > 0 else m: i for i, m in enumerate(params.index)}
-        lim = (-0.5, len(where) - 0.5)
-    else:
-        where = {str(v): float(v) for v in data[x].drop_duplicates().sort_values()}
-        lim = (min(where.values()) / 1.4, max(where.values()) * 1.4)
-    for ax in g.axes.flat:
-        if not x.endswith("model"):
+    if not x.endswith("model"):
+        for ax in g.axes.flat:
             ax.set_xscale("log", base=2)
+            x_at(ax, data[x])
+        return
+    models = data[x].cat.remove_unused_categories()
+    params = data["n_params"].astype(float).groupby(models, observed=True).max().fillna(0)
+    where = {f"{m}\n{params[m] / 1e6:.0f}M params" if params[m] > 0 else m: i for i, m in enumerate(params.index)}
+    for ax in g.axes.flat:
         ax.set_xticks(list(where.values()), list(where), fontsize=8)
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlim(*lim)
+        ax.set_xlim(-0.5, len(where) - 0.5)
+
+
+def number(v: float) -> str:  # a setting's value as the sweep names it: 8, not 8.0; 0.5 as it is
+    return f"{v:.0f}" if float(v).is_integer() else f"{v:g}"
+
+
+def x_at(ax, values, every: bool = True) -> None:
+    """A numeric x axis: a tick at each value the setting takes (batch, spread, length), labelled as the value.
+    A panel whose points all sit at one x shows them above that one tick, mid-panel, as on a category: left to
+    matplotlib, a single batch 8 sits on an axis of decimals from 7.6 to 8.4. `every`: False along a measured x
+    (bytes per position), whose ticks matplotlib places, unless one value is all there is."""
+    at = sorted({float(v) for v in values if pd.notna(v)})
+    if not at or not every and len(at) > 1:
+        return
+    ax.set_xticks(at, [number(v) for v in at], fontsize=8)
+    ax.xaxis.set_minor_locator(NullLocator())
+    if ax.get_xscale() == "log":
+        ax.set_xlim(at[0] / 1.4, at[-1] * 1.4)
+    elif len(at) == 1:
+        ax.set_xlim(at[0] - 1, at[0] + 1)
 
 
 def y_scale(g: sns.FacetGrid, values: pd.Series, log: bool | None = None, fmt: str = "{x:g}") -> None:

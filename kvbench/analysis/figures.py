@@ -336,13 +336,19 @@ def per_token_figure(df: pd.DataFrame, steps: pd.DataFrame | None) -> plt.Figure
     sel = steps[steps["setting"] == chosen["setting"]]
     fig, ax = plt.subplots(figsize=(8.5, 5.2), layout="constrained")
     ax2 = ax.twinx()
-    handles = []
-    for m in [m for m in df["cell.kv_mode"].cat.categories if m in set(sel["cell.kv_mode"])]:
-        d, c = sel[sel["cell.kv_mode"] == m].sort_values("step"), fc.color(m)
-        handles += ax.plot(d["step"], d["decode_ms"], color=c, marker="o", markersize=3, label=f"{m}: decode ms / step")
-        mib = d["kv_cache_mib"]
-        if mib.notna().any():
-            handles += ax2.plot(d["step"], mib, color=c, linestyle="--", label=f"{m}: KV cache MiB (right)")
+    modes = [m for m in df["cell.kv_mode"].cat.categories if m in set(sel["cell.kv_mode"])]
+    looks = fc.styles(dict(zip(modes, modes)), width=2.4, size=6.0)
+    every = max(1, sel["step"].nunique() // 12)  # a marker every so many steps: thousands would blot out the line
+    for m in modes:
+        d = sel[sel["cell.kv_mode"] == m].sort_values("step")
+        ax.plot(d["step"], d["decode_ms"], label=m, markevery=every, **looks[m])
+        if d["kv_cache_mib"].notna().any():  # the cache's bytes of two modes coincide: layered as the lines are
+            ax2.plot(d["step"], d["kv_cache_mib"], markevery=every, **looks[m] | {"linestyle": "--"})
+    # an entry per mode (its colour and marker on both axes), then what each line style means
+    handles = [Line2D([], [], label=m, **looks[m]) for m in modes]
+    handles.append(Line2D([], [], color="0.3", label="solid: decode ms / step (left)"))
+    if sel["kv_cache_mib"].notna().any():
+        handles.append(Line2D([], [], color="0.3", linestyle="--", label="dashed: KV cache MiB (right)"))
     bad = df[(setting == chosen["setting"]) & ~df["ok"]]
     handles += [
         Line2D([], [], marker="X", color=fc.failed(s)[0], linestyle="none", label=f"{m}: {s} (no data)")
@@ -353,6 +359,7 @@ def per_token_figure(df: pd.DataFrame, steps: pd.DataFrame | None) -> plt.Figure
     ax2.set(ylabel="KV cache, MiB (formula, whole batch)", ylim=(0, None))
     ax2.grid(False)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fc.x_at(ax, sel["step"], every=False)  # a single decode step: that one tick
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8, frameon=False)
     keys = ("model", "dtype", "attention", "batch", "prompt_len", "new_tokens")
     where = ", ".join(f"{k} {rp.setting(chosen[f'cell.{k}'])}" for k in keys)
