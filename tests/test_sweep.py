@@ -3,6 +3,8 @@ Plain functions, no Snakemake (tests/test_pipeline.py and tests/test_workflow.py
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -132,6 +134,21 @@ def test_sweep_compile_setting_compiles_the_listed_modes_only():
     assert "--compile" in cell_flags({**cell, "kv_mode": "none"}, sweep_settings({"settings": {"compile": True}}))
     # off: the flags are exactly those of a sweep that never named `compile` (its cells do not rerun)
     assert cell_flags(cell, sweep_settings({"settings": {"compile": False}})) == cell_flags(cell, sweep_settings({}))
+    # a peer that is compiled C++ already (llama.cpp, CTranslate2) runs its static cells as they are
+    assert "--compile" not in cell_flags({**cell, "engine": "llamacpp"}, some)
+    assert "--compile" in cell_flags({**cell, "engine": "hf"}, some)
+
+
+def test_every_cell_of_the_shipped_sweeps_gets_flags_its_engine_accepts():
+    """What `make run SWEEP=vs-peers-cpu` once failed on: each compiled cell's engine has a compiled form."""
+
+    from kvbench.core.presets import COMPILED_ENGINES
+
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "config.yaml").read_text())
+    for name, sweep in config["sweeps"].items():
+        for c in cells(sweep):
+            if "--compile" in cell_flags(c, sweep_settings(sweep)).split():
+                assert c["engine"] in COMPILED_ENGINES, (name, c)
 
 
 def test_job_settings_schedule_the_job_and_change_no_flag():

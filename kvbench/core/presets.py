@@ -39,6 +39,9 @@ ENGINE_KV_MODES = {
 # The peers run the model's own K/V heads: an n_kv_head override (grouped-query attention faked on
 # random weights) is engine kvbench's alone.
 OWN_KV_HEADS_ENGINES = ("hf", "ct2", "llamacpp")
+# The engines with a compiled form (`--compile`): ours and transformers' through torch.compile. CTranslate2 and
+# llama.cpp are compiled C++ already, so a sweep's `compile` setting leaves their cells as they are.
+COMPILED_ENGINES = ("kvbench", "hf")
 INT8_SCALE_BYTES = 4  # static-int8 and static-fp8: one fp32 absmax scale per (token, head)
 INT4_SCALE_BYTES = 2  # static-int4: an fp16 scale and an fp16 zero point per group, as KIVI keeps them
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes per element of each dtype a cell accepts

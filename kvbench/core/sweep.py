@@ -10,7 +10,14 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from kvbench.core.presets import ENGINE_KV_MODES, KV_MODE_OPTIONS, KV_MODES, OWN_KV_HEADS_ENGINES, PRESETS
+from kvbench.core.presets import (
+    COMPILED_ENGINES,
+    ENGINE_KV_MODES,
+    KV_MODE_OPTIONS,
+    KV_MODES,
+    OWN_KV_HEADS_ENGINES,
+    PRESETS,
+)
 
 # The n_kv_head a config and a cell's path say for plain multi-head attention (as many K/V heads as
 # query heads); `kvbench cell` and the record take a count instead (`kv_head_count`).
@@ -193,6 +200,8 @@ def cell_flags(cell: dict, settings: dict) -> str:
 
 
 def compiled(cell: dict, settings: dict) -> bool:
-    """`compile: true` compiles every cell, a list of kv modes only those modes' cells."""
+    """`compile: true` compiles every cell, a list of kv modes only those modes' cells; of the engines that have a
+    compiled form (a peer that is compiled C++ already runs as it is beside them)."""
     setting = settings.get("compile", False)
-    return setting is True or (isinstance(setting, list) and cell["kv_mode"] in setting)
+    chosen = setting is True or (isinstance(setting, list) and cell["kv_mode"] in setting)
+    return chosen and cell.get("engine", "kvbench") in COMPILED_ENGINES
