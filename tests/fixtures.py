@@ -236,6 +236,18 @@ def grid_records(modes: tuple[str, ...] = MODES) -> list[dict[str, Any]]:
     ]
 
 
+def peers_records() -> list[dict[str, Any]]:
+    """vs-peers' shape: engine setups side by side along the batch at one prompt; hf's static cell at batch 4 oom."""
+    recs = []
+    for engine, mode, compiled in (("kvbench", "static", True), ("kvbench", "concat", False), ("hf", "static", True),
+                                   ("llamacpp", "static", False), ("ct2", "concat", False)):  # fmt: skip
+        for b in (1, 2, 4):
+            rec = make_record(mode, b, 64, engine=engine, status="oom" if (engine, b) == ("hf", 4) else "ok")
+            rec["cell"]["compile"] = compiled
+            recs.append(rec)
+    return recs
+
+
 # A second synthetic sweep over the axes of write-ups 002/003 and 002's extensions: two models,
 # two generation lengths, every kv mode, and a grouped-query variant (none and static at 4 K/V
 # heads). One oom cell, and one int8 cell whose greedy tokens diverge.

@@ -12,7 +12,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pytest
 import seaborn as sns
-from fixtures import Sweep, axis_records, grid_records
+from fixtures import Sweep, axis_records, grid_records, peers_records
 from matplotlib.collections import PathCollection
 from matplotlib.colors import to_hex, to_rgb
 from test_alloc_table import frame as alloc_frame
@@ -39,7 +39,7 @@ def kv_alloc_cpu():
 def drawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], matplotlib.figure.Figure]]:
     """Every figure of the registry, each drawn from every table that has something for it."""
     cases = []
-    for name, records in (("grid", grid_records()), ("axis", axis_records())):
+    for name, records in (("grid", grid_records()), ("axis", axis_records()), ("peers", peers_records())):
         s = Sweep(tmp_path_factory.mktemp(name), records)
         agg.aggregate(s.paths, s.tables)
         steps = fr.read_table(s.tables / "per_step.csv")

@@ -92,8 +92,9 @@ def test_broken_links_finds_a_missing_target(tmp_path: Path) -> None:
     assert broken_links(page) == ["y.csv"]
 
 
-def test_publish_names_cpu_runs_by_cpu_and_refuses_broken_bundles(tmp_path: Path) -> None:
-    s = Sweep(tmp_path / "cpu", [make_record("static", 1, 8, device_name=None)])
+@pytest.mark.parametrize("device_name", [None, "cpu"])  # a CPU record names its device "cpu": the CPU names the folder
+def test_publish_names_cpu_runs_by_cpu_and_refuses_broken_bundles(tmp_path: Path, device_name) -> None:
+    s = Sweep(tmp_path / "cpu", [make_record("static", 1, 8, device_name=device_name)])
     agg.aggregate(s.paths, s.tables)
     zpath = s.dir / "bundle.zip"
     bnd.build_bundle(s.dir, zpath, None, [])

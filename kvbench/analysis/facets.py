@@ -210,8 +210,9 @@ def by_batch(data: pd.DataFrame) -> tuple[dict, list[Line2D]]:
     """The batches' colours (viridis, its pale end left out) and their legend entries."""
     levels = list(dict.fromkeys(data.sort_values("cell.batch")["hue"]))
     colors = dict(zip(levels, sns.color_palette("viridis", len(levels) + 1)))
-    handles = [Line2D([], [], color=c, marker="o", label=f"batch {h}") for h, c in colors.items()]
-    return colors, handles if levels != ["all"] else []
+    if levels == ["all"]:  # along the batch itself: one line per panel, the cells measured
+        return colors, [Line2D([], [], color=colors["all"], marker="o", label="measured (each cell a point)")]
+    return colors, [Line2D([], [], color=c, marker="o", label=f"batch {h}") for h, c in colors.items()]
 
 
 def size(data: pd.DataFrame) -> dict:  # a panel's inches: wider with more points along x

@@ -49,10 +49,14 @@ def slugify(text: str) -> str:
 
 
 def bundle_device(zf: zipfile.ZipFile) -> str:
-    """The records' environment.device_name (the CPU's name where a record has none)."""
+    """The records' accelerator (environment.device_name), or on a CPU run the CPU's model: runs on an Intel and
+    an AMD machine are different devices, not both 'cpu'."""
     records = [i for i in zf.infolist() if i.filename.startswith("cells/") and i.filename.endswith(".json")]
     envs = [json.loads(zf.read(i)).get("environment") or {} for i in records]
-    names = {env.get("device_name") or env.get("cpu") or "cpu" for env in envs}
+    names = {
+        env.get("device_name") if env.get("device_name") not in (None, "", "cpu") else env.get("cpu") or "cpu"
+        for env in envs
+    }
     if not names:
         raise PublishError("the bundle holds no cell records to name a device from")
     if len(names) > 1:
