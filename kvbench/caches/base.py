@@ -63,6 +63,20 @@ class KVCache(ABC):
         """Bytes holding positions written so far: by default all of them (a cache that only ever grows)."""
         return self.nbytes()
 
+    # Decode attention that reads the cache as it is stored (kvbench/caches/fused.py): a compressed kind overrides
+    # these to attend over its codes instead of handing back a dequantized copy. None: the attention module
+    # takes what `update` (or a static-shape kind's `write_at`) returns and runs SDPA over it. `attention_path`
+    # names the path the last decode step took (the record says it).
+    attention_path: str = "sdpa"
+
+    def attend_decode(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_len: int):
+        """One new token per sequence: store its k, v (B, Hkv, 1, D) and return its attention (B, H, 1, D)."""
+        return None
+
+    def attend_at(self, layer: int, q, k, v, pos: torch.Tensor, mask: torch.Tensor):
+        """The static-shape step's: store k, v at the positions in `pos`, attend over every position `mask` allows."""
+        return None
+
     # A generation's inputs, handed to the cache by the decode loop (kvbench/engines/generate.py) so that the
     # loop names no kind: only paged uses them today.
     def bind(self, prompt_width: int, layout: Layout | None) -> None:

@@ -5,6 +5,10 @@ costs shows up in the logits (recorded by the cell's token check).
 int8 rounds each vector scaled to its absmax onto -127..127; fp8 stores it as float8 e4m3, as vLLM and
 TensorRT-LLM store an fp8 KV cache: e4m3 keeps 3 mantissa bits over a wide range, so a vector scaled to its
 absmax loses little. The two differ only in the storage dtype and the quantizer, so one class holds both.
+
+A decode step attends over the codes themselves (kvbench/caches/fused.py: the scales folded into the scores and
+probabilities, the dequantize fused into the dot products), so it reads the compressed bytes; the prefill, and
+attention that a probe watches, take the dequantized prefix from `update`. Both compute the same quantities.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from kvbench.caches import fused
 from kvbench.caches.base import CacheShape, KVCache
 
 E4M3_MAX = 448.0  # the largest finite float8_e4m3fn
@@ -65,7 +70,8 @@ class ScaledStaticCache(KVCache):
     def max_len(self) -> int:
         return self.shape.max_len
 
-    def update(self, layer, k, v, past_len):
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, past_len: int) -> int:
+        """Quantize the new K,V (each in one vectorized operation) into positions past_len..; the end."""
         end = past_len + k.size(2)
         self.shape.check_fits(end)
         for buf, scales, x in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
@@ -73,9 +79,55 @@ class ScaledStaticCache(KVCache):
             buf[layer, :, :, past_len:end] = q
             scales[layer, :, :, past_len:end] = s
         self.written = end
-        k_all = (self.k[layer, :, :, :end].float() * self.k_scale[layer, :, :, :end]).to(self.dtype)
-        v_all = (self.v[layer, :, :, :end].float() * self.v_scale[layer, :, :, :end]).to(self.dtype)
-        return k_all, v_all
+        return end
+
+    def update(self, layer, k, v, past_len):
+        end = self.store(layer, k, v, past_len)
+        if k.size(2) == 1:  # a decode step that did not take the fused path (a probe, math attention)
+            self.attention_path = fused.DEQUANTIZE
+        return self.dequantized(layer, end)
+
+    def attend_decode(self, layer, q, k, v, past_len):
+        end = self.store(layer, k, v, past_len)
+        at = (layer, slice(None), slice(None), slice(0, end))
+        y = fused.fused_decode(q, self.k[at], self.k_scale[at], self.v[at], self.v_scale[at])
+        if y is not None:
+            self.attention_path = fused.FUSED
+        else:  # no compiler here: the reference way, over the codes just stored
+            k_all, v_all = self.dequantized(layer, end)
+            y = torch.nn.functional.scaled_dot_product_attention(q, k_all, v_all, enable_gqa=k_all.size(1) != q.size(1))
+            self.attention_path = fused.DEQUANTIZE
+        return y
+
+    def write_at(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor):
+        """The static-shape step: the new codes at the positions in `pos`; the whole buffers, dequantized."""
+        self.store_at(layer, k, v, pos)
+        return self.dequantized(layer, self.max_len)
+
+    def attend_at(self, layer, q, k, v, pos, mask):
+        """The static-shape step over the codes themselves, inside the compiled step (inductor fuses it)."""
+        self.store_at(layer, k, v, pos)
+        self.attention_path = fused.FUSED
+        return fused.scaled_attention(q, self.k[layer], self.k_scale[layer], self.v[layer], self.v_scale[layer], mask)
+
+    def store_at(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
+        """One index_put_ per buffer on the whole buffer (as StaticCache.write_at: in place when compiled)."""
+        at = (pos.new_full(pos.shape, layer), slice(None), slice(None), pos)  # indexed dims first: (T, B, H, D)
+        for buf, scales, x in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
+            q, s = self.quantize(x)
+            buf[at] = q.permute(2, 0, 1, 3)
+            scales[at] = s.permute(2, 0, 1, 3)
+
+    def dequantized(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        at = (layer, slice(None), slice(None), slice(0, end))
+        k_all = (self.k[at].float() * self.k_scale[at]).to(self.dtype)
+        return k_all, (self.v[at].float() * self.v_scale[at]).to(self.dtype)
+
+    def reset(self) -> None:
+        """Empty the cache in place (a compiled step keeps the buffers' addresses)."""
+        for t in self.tensors():
+            t.zero_()
+        self.written = 0
 
     def tensors(self):
         return [self.k, self.v, self.k_scale, self.v_scale]

@@ -1,8 +1,10 @@
-"""Engine `kvbench`: this repository's GPT-2 and its caches (kv_mode none, concat, static, static-int8).
+"""Engine `kvbench`: this repository's models (GPT-2, the Llama family) and every cache kind.
 
-`--compile` for kv_mode `static` is gpt-fast's recipe: the prompt is prefilled eagerly, and the
-one-token decode step, whose shapes never change (the whole preallocated cache, the unwritten
-positions masked, the position passed as a tensor), is compiled once with `torch.compile` —
+`--compile` for the preallocated caches (`static`, and the 8-bit `static-int8` and `static-fp8`, whose step
+attends over the codes with the dequantize fused in: kvbench/caches/fused.py) is gpt-fast's recipe: the
+prompt is prefilled eagerly, and the one-token decode step, whose shapes never change (the whole
+preallocated cache, the unwritten positions masked, the position passed as a tensor),
+is compiled once with `torch.compile` —
 with CUDA graphs on a GPU (`mode="reduce-overhead"`), so a step is one graph replay instead of
 hundreds of kernel launches from Python. A CUDA graph holds its buffers' addresses, so the cache
 is allocated once per cell and reset in place before each generation, as HF's StaticCache.reset
@@ -10,7 +12,7 @@ does; a fresh allocation would re-record the graph inside a timing. On a CPU the
 by inductor with the weights frozen into the graph and each matrix product autotuned
 (`CPU_INDUCTOR_OPTIONS`); inductor's on-disk caches make the next cell's compile cheap.
 
-The growing caches (`none`, `concat`, `static-int8`) change shape every step; they are compiled
+The other kinds (`none`, `concat`, `static-int4`, `sliding`, `paged`) change shape every step; they are compiled
 with dynamic shapes instead, which saves less but never recompiles per step.
 """
 
@@ -23,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 
+from kvbench.caches.scaled import ScaledStaticCache
 from kvbench.caches.static import StaticCache
 from kvbench.core import disk_cache
 from kvbench.engines.base import Engine, Runner, compile_mode
@@ -72,6 +75,10 @@ def inductor_options(device: torch.device) -> contextlib.AbstractContextManager:
     return torch._inductor.config.patch(CPU_INDUCTOR_OPTIONS)
 
 
+# The kinds with a static-shape step (a `write_at` over the whole buffer, or their own `attend_at`).
+STATIC_SHAPE = {"static": StaticCache, "static-int8": ScaledStaticCache, "static-fp8": ScaledStaticCache}
+
+
 class KvbenchEngine(Engine):
     name = "kvbench"
 
@@ -94,8 +101,8 @@ class KvbenchEngine(Engine):
         )
 
     def compiled_runner(self, kv_mode: str, prompt: torch.Tensor, new_tokens: int) -> Runner:
-        if kv_mode == "static":
-            return CompiledStaticDecoder(self.model, prompt.size(0), prompt.size(1) + new_tokens - 1)
+        if kv_mode in STATIC_SHAPE:
+            return CompiledStaticDecoder(self.model, prompt.size(0), prompt.size(1) + new_tokens - 1, kv_mode)
         compiled = torch.compile(self.model, dynamic=True)  # growing caches: one graph for every length
         return functools.partial(generate, compiled, plan=self.plan)
 
@@ -103,15 +110,15 @@ class KvbenchEngine(Engine):
 class CompiledStaticDecoder:
     """kvbench's static cache with a compiled static-shape decode step; one per cell (fixed batch and length)."""
 
-    def __init__(self, model: Model, batch: int, max_len: int):
-        self.model = model
-        cache = new_cache(model, "static", batch, max_len)
-        assert isinstance(cache, StaticCache)
+    def __init__(self, model: Model, batch: int, max_len: int, kv_mode: str = "static"):
+        self.model, self.kv_mode = model, kv_mode
+        cache = new_cache(model, kv_mode, batch, max_len)
+        assert isinstance(cache, STATIC_SHAPE[kv_mode])
         self.cache = cache
         self.device = cache.k.device
         if self.device.type == "cuda":  # the graph may keep these addresses: the cache is never reallocated
-            torch._dynamo.mark_static_address(cache.k)
-            torch._dynamo.mark_static_address(cache.v)
+            for t in cache.tensors():
+                torch._dynamo.mark_static_address(t)
         self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
         # The step's token goes through this buffer: the decode loop's slice of its sequence has that
         # sequence's strides, which differ with new_tokens, and a compiled step would recompile for them.
@@ -130,8 +137,8 @@ class CompiledStaticDecoder:
         keep_logits: bool = False,
         on_token: Callable[[int], None] | None = None,
     ) -> Generation:
-        if kv_mode != "static":
-            raise ValueError(f"kv_mode: the compiled static decoder runs 'static', not {kv_mode!r}")
+        if kv_mode != self.kv_mode:
+            raise ValueError(f"kv_mode: this compiled static-shape decoder runs {self.kv_mode!r}, not {kv_mode!r}")
         total = check_length(prompt, new_tokens, self.model.config.block_size)
         if total - 1 > self.cache.max_len or prompt.size(0) != self.cache.k.size(1):
             raise ValueError(

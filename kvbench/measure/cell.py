@@ -170,7 +170,11 @@ def measure(built: Built, spec: CellSpec, device: torch.device, device_name: str
         cfg.n_layer, cfg.kv_heads, cfg.head_dim, element, spec.kv_mode, spec.kv_group_size
     )
     return {
-        "latency": {**lat, **kv_alloc.prefill_fields(built, spec, run, device)},
+        "latency": {
+            **lat,
+            **kv_alloc.prefill_fields(built, spec, run, device),
+            "kv_attention_path": last.kv_attention_path,
+        },
         "memory": {**mem, "kv_cache_note": engine.kv_cache_note, **kv_alloc.record_fields(built, spec, run)},
         "energy": timed.energy_record(lat["decode_steps"]),
         "analytic": roofline.analyse(

@@ -87,6 +87,7 @@ class Iteration:
     decode_joules: float | None
     tokens: torch.Tensor
     kv_cache_bytes: int | None  # measured from the cache's tensors; None where the engine keeps it out of reach
+    kv_attention_path: str | None = None  # how the last decode step's attention read the cache (KVCache)
 
 
 def timed_generation(run: Runner, prompt: torch.Tensor, spec: CellSpec, hook: TokenHook) -> Iteration:
@@ -96,7 +97,8 @@ def timed_generation(run: Runner, prompt: torch.Tensor, spec: CellSpec, hook: To
     intervals = hook.timer.intervals_ms()  # synchronizes on CUDA
     joules = hook.energy.joules()
     kv_bytes = gen.cache.nbytes() if gen.cache is not None else None
-    return Iteration(intervals, hook.prefill_peak, joules, gen.tokens, kv_bytes)
+    path = getattr(gen.cache, "attention_path", None)  # an engine's own cache (llama.cpp's) has none
+    return Iteration(intervals, hook.prefill_peak, joules, gen.tokens, kv_bytes, path)
 
 
 @dataclass(frozen=True)

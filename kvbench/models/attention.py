@@ -129,17 +129,26 @@ class CachedAttention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Context) -> torch.Tensor:
         """The new tokens' attention output (B, T, H * hd), heads side by side, after storing k, v."""
+        own = self.attention == "sdpa" and self.probe is None  # the cache may attend over its own storage
         if ctx.step is not None:  # static shapes: the whole buffer, unwritten positions masked
-            k, v = ctx.step.cache.write_at(self.layer_idx, k, v, ctx.step.pos)
-            y = attend_masked(q, k, v, ctx.step.mask, self.attention)
+            cache, pos, mask = ctx.step.cache, ctx.step.pos, ctx.step.mask
+            y = cache.attend_at(self.layer_idx, q, k, v, pos, mask) if own else None
+            if y is None:
+                y = attend_masked(q, *cache.write_at(self.layer_idx, k, v, pos), mask, self.attention)
         else:
-            if ctx.cache is not None:  # all keys so far: (B, Hkv, past + T, hd)
-                k, v = ctx.cache.update(self.layer_idx, k, v, ctx.past_len)
-            if self.probe is not None:
-                self.probe(q, k, v)
-            if ctx.mask is None:
-                y = attend(q, k, v, ctx.past_len, self.attention)
-            else:  # a ragged batch: causal, never into its gap
-                y = attend_masked(q, k, v, ctx.mask, self.attention)
+            one = own and ctx.cache is not None and ctx.mask is None and q.size(2) == 1
+            y = ctx.cache.attend_decode(self.layer_idx, q, k, v, ctx.past_len) if one else None
+            if y is None:
+                y = self.attend_all(q, k, v, ctx)
         B, H, T, hd = y.shape
         return y.transpose(1, 2).reshape(B, T, H * hd)
+
+    def attend_all(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Store k, v in the cache (if any) and attend over every key it returns: (B, H, T, hd)."""
+        if ctx.cache is not None:  # all keys so far: (B, Hkv, past + T, hd)
+            k, v = ctx.cache.update(self.layer_idx, k, v, ctx.past_len)
+        if self.probe is not None:
+            self.probe(q, k, v)
+        if ctx.mask is None:
+            return attend(q, k, v, ctx.past_len, self.attention)
+        return attend_masked(q, k, v, ctx.mask, self.attention)  # a ragged batch: causal, never into its gap

@@ -1,0 +1,100 @@
+"""caches/fused.py: attention over the codes as stored equals SDPA over the dequantized cache (the same algorithm),
+eager and compiled; a decode step takes it (and says so), under the CPU memory pass too; without a compiler the
+cache decodes the reference way, said in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kvbench.caches import fused
+from kvbench.caches.base import CacheShape
+from kvbench.caches.scaled import Fp8StaticCache, Int8StaticCache
+from kvbench.core.presets import GPTConfig
+from kvbench.engines.generate import generate
+from kvbench.engines.kvbench import KvbenchEngine
+from kvbench.measure import memory
+from kvbench.models.gpt2 import GPT
+
+KINDS = {"static-int8": Int8StaticCache, "static-fp8": Fp8StaticCache}
+
+
+def filled(cls, B=2, Hkv=2, T=11, D=16):
+    gen = torch.Generator().manual_seed(1)
+    cache = cls(CacheShape(1, B, Hkv, T, D, torch.float32, "cpu"))
+    k, v = (torch.randn(B, Hkv, T, D, generator=gen) * 3 for _ in range(2))
+    cache.update(0, k, v, 0)
+    return cache
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("heads", [2, 6])  # plain multi-head, and three query heads per K/V head
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_over_the_codes_equals_sdpa_over_the_dequantized_cache(kind, heads, masked):
+    cache = filled(KINDS[kind])
+    q = torch.randn(2, heads, 1, 16, generator=torch.Generator().manual_seed(2))
+    k, v = cache.dequantized(0, 11)
+    mask = (torch.arange(11) < 7).unsqueeze(0) if masked else None
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=heads != 2)
+    got = fused.scaled_attention(q, cache.k[0], cache.k_scale[0], cache.v[0], cache.v_scale[0], mask)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    if not masked:
+        torch.testing.assert_close(fused.fused_decode(q, cache.k[0], cache.k_scale[0], cache.v[0], cache.v_scale[0]),
+                                   want, atol=2e-5, rtol=1e-4)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=128, n_kv_head=2)
+    return GPT(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_decode_takes_the_fused_path_with_the_reference_paths_tokens_and_price(model, kind, monkeypatch):
+    prompt = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(3))
+    got = generate(model, prompt, 8, kind, keep_logits=True)
+    assert got.cache.attention_path == fused.FUSED
+    monkeypatch.setattr(fused, "_failed", ["no compiler (this test)"])
+    ref = generate(model, prompt, 8, kind, keep_logits=True)
+    assert ref.cache.attention_path == fused.DEQUANTIZE
+    assert torch.equal(got.tokens, ref.tokens)
+    for a, b in zip(got.logits, ref.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    compiled = KvbenchEngine(model).compiled_runner(kind, prompt, 8)  # the static-shape step, fused by inductor
+    monkeypatch.setattr(fused, "_failed", [])
+    step = compiled(prompt, 8, kind, keep_logits=True)
+    assert step.cache.attention_path == fused.FUSED and torch.equal(step.tokens, ref.tokens)
+    for a, b in zip(step.logits, ref.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_the_memory_pass_decodes_the_fused_way(model):
+    """The CPU memory pass is a dispatch mode dynamo cannot trace: the kernel runs outside it, not the fallback."""
+    prompt = torch.randint(0, 128, (1, 8))
+    caches = []
+
+    def run(p, n, mode, on_token=None):
+        g = generate(model, p, n, mode, on_token=on_token)
+        caches.append(g.cache)
+        return g
+
+    peaks = memory.cpu_peaks(run, model, prompt, 4, "static-int8")
+    assert peaks.decode and caches[0].attention_path == fused.FUSED and not fused._failed
+
+
+def test_without_a_compiler_it_says_so_once_and_decodes_by_dequantizing(monkeypatch, capsys):
+    def broken(*args):
+        raise RuntimeError("InductorError: no C++ compiler\nmore detail")
+
+    monkeypatch.setattr(fused, "_kernel", broken)
+    monkeypatch.setattr(fused, "_failed", [])
+    cache = filled(Int8StaticCache, T=12)
+    q = torch.randn(2, 2, 1, 16)
+    k_new = torch.randn(2, 2, 1, 16)
+    y = cache.attend_decode(0, q, k_new, k_new, 11)
+    assert cache.attention_path == fused.DEQUANTIZE and y.shape == (2, 2, 1, 16)
+    cache.attend_decode(0, q, k_new, k_new, 11)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not compile here (InductorError: no C++ compiler)" in err
