@@ -50,7 +50,7 @@ def table(args: argparse.Namespace, rounds: list[dict[tuple[str, bool], dict]]) 
     print("| kv mode | compiled | round | decode ms/token (min-max) | / static | prefill / static | of own floor "
           "| attention path | price |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
-    for (mode, compiled) in rounds[0]:
+    for mode, compiled in rounds[0]:
         for i, results in enumerate(rounds, 1):
             rec, base = results[mode, compiled], results.get(("static", compiled), {})
             if rec.get("status") != "ok":

@@ -12,7 +12,7 @@ from kvbench.caches import fused
 from kvbench.caches.base import CacheShape
 from kvbench.caches.scaled import Fp8StaticCache, Int8StaticCache
 from kvbench.core.presets import GPTConfig
-from kvbench.engines.generate import generate
+from kvbench.engines.generate import GenerationPlan, generate
 from kvbench.engines.kvbench import KvbenchEngine
 from kvbench.measure import memory
 from kvbench.models.gpt2 import GPT
@@ -88,7 +88,7 @@ def test_without_a_compiler_it_says_so_once_and_decodes_by_dequantizing(monkeypa
     def broken(*args):
         raise RuntimeError("InductorError: no C++ compiler\nmore detail")
 
-    monkeypatch.setattr(fused, "_kernel", broken)
+    monkeypatch.setattr(fused, "_kernels", {fused.scaled_attention: broken})
     monkeypatch.setattr(fused, "_failed", [])
     cache = filled(Int8StaticCache, T=12)
     q = torch.randn(2, 2, 1, 16)
@@ -98,3 +98,16 @@ def test_without_a_compiler_it_says_so_once_and_decodes_by_dequantizing(monkeypa
     cache.attend_decode(0, q, k_new, k_new, 11)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not compile here (InductorError: no C++ compiler)" in err
+
+
+@pytest.mark.parametrize("prompt_len,new", [(20, 30), (48, 10), (5, 40)])  # a prefill mid-group, whole, short
+def test_int4_decodes_over_its_packed_codes_with_the_reference_paths_tokens(model, prompt_len, new, monkeypatch):
+    prompt = torch.randint(0, 128, (2, prompt_len), generator=torch.Generator().manual_seed(4))
+    plan = GenerationPlan(kv_options={"kv_group_size": 8})
+    got = generate(model, prompt, new, "static-int4", keep_logits=True, plan=plan)
+    assert got.cache.attention_path == fused.FUSED
+    monkeypatch.setattr(fused, "_failed", ["no compiler (this test)"])
+    ref = generate(model, prompt, new, "static-int4", keep_logits=True, plan=plan)
+    assert ref.cache.attention_path == fused.DEQUANTIZE and torch.equal(got.tokens, ref.tokens)
+    for a, b in zip(got.logits, ref.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -92,3 +92,21 @@ def test_make_cache_builds_it_with_the_group_size():
 def test_a_bad_group_size_is_one_line(size, message):
     with pytest.raises(UsageError, match=message):
         CellSpec(model="tiny", kv_mode="static-int4", kv_group_size=size, device="cpu").check()
+
+
+@pytest.mark.parametrize("chunks", [[20], [5, 15], [8, 8, 4], [3] + [1] * 17, [11, 1, 1, 7]])
+def test_keys_are_the_same_codes_however_the_positions_arrive(chunks):
+    """A prefill quantizes its complete groups in one operation; one token at a time fills the residual first:
+    both give the same codes, scales and returned keys (the tail past the last group that can fill stays exact)."""
+    L, B, H, D, G, T = 1, 2, 2, 16, 8, 20
+    xs = torch.randn(B, H, T, D, generator=torch.Generator().manual_seed(5)) * 2
+    one = Int4StaticCache(CacheShape(L, B, H, T, D, torch.float32, "cpu"), kv_group_size=G)
+    for t in range(T):
+        want, _ = one.update(0, xs[:, :, t : t + 1], xs[:, :, t : t + 1], t)
+    cache, start = Int4StaticCache(CacheShape(L, B, H, T, D, torch.float32, "cpu"), kv_group_size=G), 0
+    for n in chunks:
+        got, _ = cache.update(0, xs[:, :, start : start + n], xs[:, :, start : start + n], start)
+        start += n
+    for a, b in ((one.kq, cache.kq), (one.k_scale, cache.k_scale), (one.k_zero, cache.k_zero)):
+        assert torch.equal(a, b)
+    assert torch.equal(got, want) and torch.equal(got[:, :, 16:], xs[:, :, 16:])

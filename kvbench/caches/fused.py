@@ -55,21 +55,64 @@ def scaled_attention(
     return out.reshape(B, H, 1, D).to(q.dtype)
 
 
-_kernel = torch.compile(scaled_attention, dynamic=True, fullgraph=True)  # compiled at its first call
+def unpack(p: torch.Tensor) -> torch.Tensor:
+    """(..., D/2) bytes -> (..., D) 4-bit codes, low nibble first (caches/int4.py's packing)."""
+    return torch.stack((p & 0xF, p >> 4), dim=-1).flatten(-2)
+
+
+def int4_attention(q, kq, k_scale, k_zero, k_res, res_bias, vq, v_scale, v_zero) -> torch.Tensor:
+    """Attention of one query per head over the 4-bit cache (caches/int4.py): keys packed (B, Hkv, n*G, D/2) with a
+    scale and zero point per group of G tokens and channel (B, Hkv, n, 1, D); the residual's full-precision keys,
+    all G rows of it (B, Hkv, G, D), with `res_bias` (G,) 0 where a row holds a position and -inf where not (the
+    shapes stay the same as the residual fills, so the kernel does not recompile); values packed (B, Hkv, T, D/2)
+    with a scale and zero point per token and group of channels (B, Hkv, T, D/vg, 1), T = n*G + the rows held.
+
+    A byte holds channels 2j (low nibble) and 2j+1 (high): the query and the per-channel parameters are split into
+    even and odd channels instead of the codes being interleaved back, so every loop runs over the bytes as stored
+    (interleaving them first made inductor's kernel 18x slower here; folding the scales into the query instead of
+    dequantizing each code, 1.4x slower). Returns (B, H, 1, D) in q's dtype."""
+    B, H, _, D = q.shape
+    Hkv, n, T = kq.size(1), k_scale.size(2), vq.size(2)
+    qg = q.reshape(B, Hkv, H // Hkv, 1, 1, D).float()  # (B, Hkv, G, 1, 1, D): against (B, Hkv, 1, n, G, D/2)
+    codes = kq.reshape(B, Hkv, 1, n, -1, D // 2)
+    scores = []
+    for half, nibble in ((slice(0, None, 2), codes & 0xF), (slice(1, None, 2), codes >> 4)):
+        key = nibble.float() * k_scale[..., half].unsqueeze(2).float() + k_zero[..., half].unsqueeze(2).float()
+        scores.append((qg[..., half] * key).sum(-1))  # (B, Hkv, G, n, tokens of a group)
+    quantized = (scores[0] + scores[1]).reshape(B, Hkv, H // Hkv, -1)
+    scores = torch.cat([quantized, grouped_scores(q, k_res) + res_bias], dim=-1)
+    p = torch.softmax(scores * (1.0 / math.sqrt(D)), dim=-1)[..., :T]  # the rows held
+    groups = v_scale.size(3)
+    codes = vq.reshape(B, Hkv, 1, T, groups, -1)  # a group of vg channels is vg/2 bytes
+    scale, zero = v_scale.unsqueeze(2).float(), v_zero.unsqueeze(2).float()  # (B, Hkv, 1, T, groups, 1)
+    pt = p.reshape(B, Hkv, H // Hkv, T, 1, 1)
+    halves = [(pt * (nibble.float() * scale + zero)).sum(3) for nibble in (codes & 0xF, codes >> 4)]
+    out = torch.stack(halves, dim=-1).reshape(B, Hkv, H // Hkv, D)  # (.., groups, vg/2, 2): channels in order
+    return out.reshape(B, H, 1, D).to(q.dtype)
+
+
+_kernels: dict = {}  # each attention compiled once per process (dynamic shapes), at its first call
 _failed: list[str] = []  # why compiling failed in this process (then every call decodes the reference way)
 
 
 def fused_decode(*args: torch.Tensor) -> torch.Tensor | None:
     """scaled_attention through the process's compiled kernel; None where it does not compile here (said once)."""
+    return run(scaled_attention, *args)
+
+
+@torch.compiler.disable  # inside a compiled model (a growing cache's dynamic graph): a call, not traced into
+def run(attention, *args: torch.Tensor) -> torch.Tensor | None:
+    """`attention` (scaled_attention, int4_attention) compiled; None where it does not compile here (said once)."""
     if _failed:
         return None
+    kernel = _kernels.setdefault(attention, torch.compile(attention, dynamic=True, fullgraph=True))
     try:
         # Outside any dispatch mode: the CPU memory pass (kvbench/measure/memory.py) watches every eager op, which
         # dynamo cannot trace; the kernel's output is counted at the first op that takes it, and what it holds
         # inside is a row of scores per head.
         # Each dtype of codes, grouping and size-1 dimension is its own graph: room for all of them in one process.
         with _disable_current_modes(), torch._dynamo.config.patch(recompile_limit=64):
-            return _kernel(*args)
+            return kernel(*args)
     except Exception as e:  # noqa: BLE001 (a compiler missing or failing: decode the reference way)
         _failed.append((str(e).strip().splitlines() or [type(e).__name__])[0][:200])
         print(f"kvbench: the fused compressed-cache attention does not compile here ({_failed[0]}); "

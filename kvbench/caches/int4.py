@@ -7,12 +7,18 @@ stored as 4-bit codes packed two per byte, so the bytes the cache holds are the 
 key group can only be quantized once its tokens are all there: until then they wait in a
 full-precision residual of `group_size` positions (KIVI's residual), which is why a cache shorter
 than one group holds its keys exactly.
+
+A decode step attends over the packed codes themselves (kvbench/caches/fused.py: int4_attention unpacks and
+dequantizes inside the dot products, the residual's keys beside them), so it reads the 4-bit bytes; the prefill
+quantizes every complete group of its keys in one operation.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from kvbench.caches import fused
 from kvbench.caches.base import CacheShape, KVCache
 from kvbench.core.presets import KV_GROUP_SIZE
 
@@ -72,6 +78,8 @@ class Int4StaticCache(KVCache):
         self.written = 0
 
     def update(self, layer, k, v, past_len):
+        if k.size(2) == 1:  # a decode step that did not take the fused path (a probe, math attention)
+            self.attention_path = fused.DEQUANTIZE
         end = past_len + k.size(2)
         self.shape.check_fits(end)
         self._store_values(layer, v, past_len, end)
@@ -87,18 +95,50 @@ class Int4StaticCache(KVCache):
         self.v_zero[layer, :, :, start:end] = zero
 
     def _store_keys(self, layer: int, k: torch.Tensor, start: int, end: int) -> None:
-        """Into the residual, one group at a time; a group that fills is quantized per channel."""
-        G, pos = self.G, start
-        while pos < end:
-            stop = min((pos // G + 1) * G, end)
-            self.k_res[layer, :, :, pos % G : pos % G + stop - pos] = k[:, :, pos - start : stop - start]
-            group = pos // G
-            if stop % G == 0 and group < self.full:
-                q, scale, zero = quantize(self.k_res[layer], dim=-2)  # over the group's tokens, per channel
-                self.kq[layer, :, :, group * G : stop] = pack(q)
-                self.k_scale[layer, :, :, group] = scale
-                self.k_zero[layer, :, :, group] = zero
-            pos = stop
+        """Positions start..end: the open group's rows into the residual (quantized once it fills), every complete
+        group after it quantized per channel in one operation, the tail into the residual."""
+        G, B, H, _, D = self.G, *k.shape
+        mid = min(end, -(-start // G) * G)  # the open group's end (start itself at a group boundary)
+        if mid > start:
+            self.k_res[layer, :, :, start % G : start % G + mid - start] = k[:, :, : mid - start]
+            if mid % G == 0 and mid // G - 1 < self.full:
+                self._store_groups(layer, self.k_res[layer].unsqueeze(2), mid - G)
+        full_end = max(mid, min(end // G, self.full) * G)  # complete groups that start at or after `mid`
+        if full_end > mid:
+            n = (full_end - mid) // G
+            self._store_groups(layer, k[:, :, mid - start : full_end - start].reshape(B, H, n, G, D), mid)
+        if end > full_end:  # a group still open (or one past the last that can fill): the residual
+            self.k_res[layer, :, :, full_end % G : full_end % G + end - full_end] = k[:, :, full_end - start :]
+
+    def _store_groups(self, layer: int, groups: torch.Tensor, at: int) -> None:
+        """Quantize (B, H, n, G, D) complete key groups per channel over their tokens, from position `at`."""
+        B, H, n, G, D = groups.shape
+        q, scale, zero = quantize(groups, dim=-2)
+        self.kq[layer, :, :, at : at + n * G] = pack(q.reshape(B, H, n * G, D))
+        self.k_scale[layer, :, :, at // G : at // G + n] = scale
+        self.k_zero[layer, :, :, at // G : at // G + n] = zero
+
+    def attend_decode(self, layer, q, k, v, past_len):
+        """One token per sequence: store it, then attend over the packed codes and the residual in one compiled
+        kernel (caches/fused.py: int4_attention), unpacking and dequantizing inside the dot products."""
+        end = past_len + k.size(2)
+        self.shape.check_fits(end)
+        self._store_values(layer, v, past_len, end)
+        self._store_keys(layer, k, past_len, end)
+        self.written = end
+        done = min(end // self.G, self.full)
+        kq, ks, kz = self.kq[layer], self.k_scale[layer], self.k_zero[layer]
+        keys = (kq[:, :, : done * self.G], ks[:, :, :done], kz[:, :, :done])
+        values = (self.vq[layer, :, :, :end], self.v_scale[layer, :, :, :end], self.v_zero[layer, :, :, :end])
+        held = end - done * self.G  # the residual's rows holding a position; the others masked out
+        bias = torch.where(torch.arange(self.k_res.size(3), device=q.device) < held, 0.0, float("-inf"))
+        parts = (*keys, self.k_res[layer], bias, *values)
+        y = fused.run(fused.int4_attention, q, *parts) if done else None  # no group yet: keys all exact
+        self.attention_path = fused.FUSED if y is not None else fused.DEQUANTIZE
+        if y is None:
+            k_all, v_all = self._keys(layer, end), self._values(layer, end)
+            y = F.scaled_dot_product_attention(q, k_all, v_all, enable_gqa=k_all.size(1) != q.size(1))
+        return y
 
     def _keys(self, layer: int, end: int) -> torch.Tensor:
         done = min(end // self.G, self.full)  # complete groups, already quantized
