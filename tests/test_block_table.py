@@ -61,3 +61,16 @@ def test_the_check_rejects_a_damaged_table_in_one_line(damage, message):
 def test_a_block_size_below_one_is_refused():
     with pytest.raises(ValueError, match="block_tokens"):
         BlockTable(1, 0, 1)
+
+
+def test_runs_merge_consecutive_blocks_and_stop_at_the_tokens_held():
+    from kvbench.core.block_table import BlockTable
+
+    t = BlockTable(8, 4, 2)
+    t.allocate(0, 8)  # blocks 0, 1
+    t.allocate(1, 4)  # block 2
+    t.allocate(0, 10)  # block 3: right after sequence 1's
+    assert t.runs(0, 10) == [(0, 8), (12, 2)]
+    assert t.runs(0, 5) == [(0, 5)] and t.runs(1, 3) == [(8, 3)]
+    t.allocate(1, 5)  # block 4, after 3: apart from block 2
+    assert t.runs(1, 5) == [(8, 4), (16, 1)]

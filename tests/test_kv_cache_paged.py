@@ -99,3 +99,22 @@ def test_the_record_says_why_not_flex_attentions_paged_attention_and_the_reason_
         out = flex_attention(q, k_pool, v_pool, block_mask=pool.convert_logical_block_mask(logical))
     assert any("unfused implementation" in str(w.message) for w in caught)
     torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
+
+
+@pytest.mark.parametrize("block_tokens", [1, 4, 16])
+def test_a_rectangular_decode_reads_its_runs_in_place_with_the_gathers_logits(model, block_tokens, monkeypatch):
+    """Each sequence's runs of consecutive blocks attended in place and merged by log-sum-exp: the same tokens and
+    logits as gathering every block into a dense copy (both families: tiny-llama's grouped K/V heads)."""
+    from kvbench.caches import paged
+
+    prompt = random_prompt(3, 13, model.config.vocab_size)
+    plan = GenerationPlan(kv_options={"block_tokens": block_tokens})
+    runs = generate(model, prompt, 10, "paged", keep_logits=True, plan=plan)
+    assert runs.cache.attention_path.startswith(paged.RUNS_PATH)
+    assert any(len(runs.cache.table.runs(b, 22)) > 1 for b in range(3))  # the decode's blocks sit apart
+    monkeypatch.setattr(paged, "FLASH", None)  # no flash kernel: the gather
+    gathered = generate(model, prompt, 10, "paged", keep_logits=True, plan=plan)
+    assert gathered.cache.attention_path.startswith(paged.ATTENTION_PATH)
+    assert torch.equal(runs.tokens, gathered.tokens)
+    for a, b in zip(runs.logits, gathered.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -6,9 +6,13 @@ the other sequences' lengths (a static cache reserves every sequence the longest
 that every sequence of the batch shares is stored once: its full blocks sit in every sequence's table
 with a reference count, and it is prefilled once (`prefill_shared`).
 
-Attention reads a sequence's keys by gathering its blocks' slots into a dense (B, H, T, D) tensor
-(a plain gather, then the same SDPA every cache uses): `attention_path` says so in the record, and
-why not flex_attention's PagedAttention.
+A decode step of a rectangular batch reads each sequence's blocks in place: runs of blocks with consecutive
+ids are slices of the pool (heads first, so a run is a (heads, positions, head size) view like a static
+cache's), each attended by SDPA's flash kernel with its log-sum-exp, the runs' outputs merged by their
+log-sum-exps (flash-decoding's split over the keys). A prompt's blocks come off the free list in order, so a
+sequence is a run for its prompt and one per block it took while decoding. A ragged batch, a shared prefix and
+the prefill gather the blocks into a dense copy instead (a torch index, then SDPA). `attention_path` says which
+ran, and why not flex_attention's PagedAttention.
 The bookkeeping (each sequence's blocks, the free list, the reference counts) is a BlockTable
 (kvbench/core/block_table.py), the allocator the byte accounting replays on lengths alone; this module
 keeps the pool tensors and builds the gather's indices from the table. The table is checked before
@@ -29,6 +33,7 @@ from kvbench.core.block_table import BlockTable
 from kvbench.core.presets import BLOCK_TOKENS, kv_bytes_per_token
 
 ATTENTION_PATH = "paged: blocks gathered into a dense K/V per step (torch index), then SDPA"
+RUNS_PATH = "paged: runs of consecutive blocks read in place, SDPA flash per run, merged by log-sum-exp"
 PAGED_FLEX = "torch.nn.attention.experimental._paged_attention"
 # Why not PyTorch's PagedAttention for flex_attention: true of torch 2.13 on a CPU and a GPU alike
 # (tests/test_kv_cache_paged.py holds the first half to the installed torch).
@@ -37,13 +42,29 @@ NOT_FLEX = (
     "that materialises the scores over every slot of the pool, and its fused kernel needs each shape "
     "compiled, which kvbench's eager paged mode does not do"
 )
+FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def attention_path() -> str:
+def attention_path(path: str = ATTENTION_PATH) -> str:
     """The record's `kv_attention_path`: how attention read the blocks, and why not PagedAttention."""
     if importlib.util.find_spec(PAGED_FLEX) is None:
-        return f"{ATTENTION_PATH}; this torch has no flex_attention PagedAttention ({PAGED_FLEX})"
-    return f"{ATTENTION_PATH}; {NOT_FLEX}"
+        return f"{path}; this torch has no flex_attention PagedAttention ({PAGED_FLEX})"
+    return f"{path}; {NOT_FLEX}"
+
+
+def merged(q: torch.Tensor, runs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """One sequence's one-token attention (1, H, 1, D) over its runs, each (K, V) a (1, Hkv, n, D) view. A query
+    head group (H / Hkv heads per K/V head) goes in as that many query rows of its K/V head: no mask, so a row is
+    a head; each run's output is weighted by its share of the softmax's denominator (exp of its log-sum-exp)."""
+    _, H, _, D = q.shape
+    Hkv = runs[0][0].size(1)
+    rows = q.reshape(1, Hkv, H // Hkv, D)
+    parts = [FLASH(rows, k, v, 0.0, False) for k, v in runs]
+    if len(parts) == 1:
+        return parts[0][0].reshape(1, H, 1, D)
+    weights = torch.softmax(torch.stack([lse for _, lse in parts]), dim=0).unsqueeze(-1)  # (R, 1, Hkv, G, 1)
+    out = (torch.stack([o for o, _ in parts]) * weights.to(q.dtype)).sum(0)
+    return out.reshape(1, H, 1, D)
 
 
 def seq_tokens(layout: Layout | None, batch: int, width: int, step: int) -> list[int]:
@@ -71,6 +92,7 @@ class PagedCache(KVCache):
         self.pool_v: torch.Tensor | None = None
         self._slots: torch.Tensor | None = None  # (B, columns) pool slot of each column, for the current step
         self._valid: torch.Tensor | None = None
+        self._runs: list[list[tuple[int, int]]] = []  # each sequence's runs of slots, for the current decode step
 
     @property
     def shared_prefix(self) -> int:
@@ -86,7 +108,7 @@ class PagedCache(KVCache):
         self.width, self.layout = prompt_width, layout
         final = seq_tokens(layout, s.batch, prompt_width, s.max_len - prompt_width)
         self.table = BlockTable.for_lengths(final, self.block_tokens, self.shared_prefix)
-        dims = (s.n_layer, self.table.n_blocks * self.block_tokens, s.n_kv_head, s.head_dim)
+        dims = (s.n_layer, s.n_kv_head, self.table.n_blocks * self.block_tokens, s.head_dim)  # heads first
         self.pool_k = torch.zeros(dims, dtype=s.dtype, device=self.device)
         self.pool_v = torch.zeros(dims, dtype=s.dtype, device=self.device)
 
@@ -113,7 +135,9 @@ class PagedCache(KVCache):
         self._slots = (block * self.block_tokens + logical % self.block_tokens).to(self.device)
         self._valid = valid.to(self.device)
 
-    def update(self, layer, k, v, past_len):
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, past_len: int) -> tuple[bool, int]:
+        """Write the new K,V into the blocks (taking blocks at layer 0); whether this is a shared prefix's stage, and
+        the end."""
         if self.pool_k is None:  # a plain rectangular batch: its width is its first forward's
             self.bind(k.size(2), None)
         end = past_len + k.size(2)
@@ -130,10 +154,30 @@ class PagedCache(KVCache):
             k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
         slots, valid = self._slots[:, past_len:end], self._valid[:, past_len:end]
         for pool, x in ((self.pool_k, k), (self.pool_v, v)):
-            pool[layer, slots[valid]] = x.transpose(1, 2)[valid]
-        k_all = self.pool_k[layer][self._slots].transpose(1, 2)  # (B, H, end, D)
-        v_all = self.pool_v[layer][self._slots].transpose(1, 2)
+            pool[layer][:, slots[valid]] = x.transpose(0, 1)[:, valid]  # (H, stored, D)
+        return prefix_stage, end
+
+    def update(self, layer, k, v, past_len):
+        prefix_stage, _ = self.store(layer, k, v, past_len)
+        if k.size(2) == 1:  # a decode step that did not read the runs (a probe, math attention, a ragged batch)
+            self.attention_path = attention_path()
+        k_all = self.pool_k[layer][:, self._slots].transpose(0, 1)  # (B, H, end, D)
+        v_all = self.pool_v[layer][:, self._slots].transpose(0, 1)
         return (k_all[:1], v_all[:1]) if prefix_stage else (k_all, v_all)
+
+    @torch.compiler.disable  # in a compiled model: a call (its runs are Python ints a graph would guard on)
+    def attend_decode(self, layer, q, k, v, past_len):
+        """A rectangular batch's decode step: each sequence's runs of blocks read in place (`merged`)."""
+        if self.layout is not None or FLASH is None or q.device.type != "cpu" or self.pool_k is None:
+            return None  # a ragged batch or a shared prefix (masked: the gather), or no flash kernel here
+        _, end = self.store(layer, k, v, past_len)
+        if layer == 0:  # the same runs for every layer of this step
+            self._runs = [self.table.runs(b, end) for b in range(self.shape.batch)]
+        pk, pv = self.pool_k[layer], self.pool_v[layer]
+        outs = [merged(q[b : b + 1], [(pk[None, :, s : s + n], pv[None, :, s : s + n]) for s, n in runs])
+                for b, runs in enumerate(self._runs)]  # fmt: skip
+        self.attention_path = attention_path(RUNS_PATH)
+        return torch.cat(outs)
 
     def tensors(self):
         return [t for t in (self.pool_k, self.pool_v) if t is not None]

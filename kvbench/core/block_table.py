@@ -92,6 +92,19 @@ class BlockTable:
             if count != ref:
                 raise BlockTableError(f"block table: block {block} is held {count} times, its reference count is {ref}")
 
+    def runs(self, seq: int, tokens: int) -> list[tuple[int, int]]:
+        """The first `tokens` positions of sequence `seq` as (first slot, positions) runs of consecutive slots in
+        the pool: blocks with consecutive ids merge into one run, so attention can read each run in place."""
+        out: list[tuple[int, int]] = []
+        for i, block in enumerate(self.blocks[seq][: math.ceil(tokens / self.block_tokens)]):
+            n = min(self.block_tokens, tokens - i * self.block_tokens)
+            start = block * self.block_tokens
+            if out and out[-1][0] + out[-1][1] == start:
+                out[-1] = (out[-1][0], out[-1][1] + n)
+            else:
+                out.append((start, n))
+        return out
+
     def blocks_taken(self) -> int:
         """Blocks handed out so far, a shared one counted once (counted from the sequences' lists)."""
         return len({block for seq_blocks in self.blocks for block in seq_blocks})

@@ -15,7 +15,7 @@ import statistics
 
 from kvbench.caches.base import KVCache
 from kvbench.caches.concat import ConcatCache
-from kvbench.caches.paged import PagedCache, attention_path, seq_tokens
+from kvbench.caches.paged import PagedCache, seq_tokens
 from kvbench.caches.ragged import Layout
 from kvbench.caches.static import StaticCache
 from kvbench.core.block_table import BlockTable
@@ -129,7 +129,7 @@ def record_fields(built, spec, run) -> dict:
     )
     if spec.kv_mode == "paged":
         out["kv_cache_bytes_formula"] = reserved_steps[-1]
-        out["kv_attention_path"] = attention_path()
+        out["kv_attention_path"] = gen.cache.attention_path  # the decode steps' (runs in place, or the gather)
     return out
 
 
