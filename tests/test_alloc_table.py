@@ -64,7 +64,7 @@ def test_claims_say_what_paging_saves_and_costs():
     lines = claims(alloc_table(frame()))
     assert len(lines) == 2 * 2 * 2 * 2  # every grid point, both block sizes
     ragged = next(x for x in lines if "batch 8, spread 0.5, shared prefix 16: `paged-16`" in x)
-    assert "waste 5% vs 25%" in ragged and "+2.0 ms/token with the block gather" in ragged
+    assert "waste 5% vs 25%" in ragged and "+2.0 ms/token for reading the blocks" in ragged
     assert "prefill 50.0 ms vs static's 80.0 on the same batch in the same cell (+30.0 ms saved" in ragged
     plain = next(x for x in lines if "batch 8, spread 0, shared prefix 0: `paged-16`" in x)
     assert "static wastes little here" in plain

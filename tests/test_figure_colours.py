@@ -17,6 +17,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.colors import to_hex, to_rgb
 from test_alloc_table import frame as alloc_frame
 from test_approx_price import frame as approx_frame
+from test_speed_table import speed_records
 
 from kvbench.analysis import aggregate as agg
 from kvbench.analysis import figures as fig
@@ -39,7 +40,9 @@ def kv_alloc_cpu():
 def drawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], matplotlib.figure.Figure]]:
     """Every figure of the registry, each drawn from every table that has something for it."""
     cases = []
-    for name, records in (("grid", grid_records()), ("axis", axis_records()), ("peers", peers_records())):
+    sweeps = [("grid", grid_records()), ("axis", axis_records()), ("peers", peers_records())]
+    sweeps.append(("speed", speed_records()))
+    for name, records in sweeps:
         s = Sweep(tmp_path_factory.mktemp(name), records)
         agg.aggregate(s.paths, s.tables)
         steps = fr.read_table(s.tables / "per_step.csv")

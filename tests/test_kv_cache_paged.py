@@ -118,3 +118,15 @@ def test_a_rectangular_decode_reads_its_runs_in_place_with_the_gathers_logits(mo
     assert torch.equal(runs.tokens, gathered.tokens)
     for a, b in zip(runs.logits, gathered.logits):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_runs_line_up_across_sequences_only_where_they_do():
+    from kvbench.caches.paged import across, lined_up
+
+    assert lined_up([[(0, 40), (160, 3)], [(40, 40), (176, 3)], [(80, 40), (192, 3)]]) == [(0, 40, 40), (160, 16, 3)]
+    assert lined_up([[(0, 40)], [(40, 39)]]) is None  # lengths differ
+    assert lined_up([[(0, 40)], [(40, 40), (90, 1)]]) is None  # as many runs
+    assert lined_up([[(0, 8)], [(8, 8)], [(24, 8)]]) is None  # not evenly spaced
+    pool = torch.arange(2 * 100 * 3.0).reshape(2, 100, 3)  # (heads, slots, D)
+    view = across(pool, 10, 20, 4, 3)
+    assert view.shape == (3, 2, 4, 3) and torch.equal(view[2, 1], pool[1, 50:54])

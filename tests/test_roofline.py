@@ -173,3 +173,13 @@ def test_an_implausible_probe_cache_is_named_discarded_measured_again_and_rewrit
     assert json.loads(path.read_text())[field] != value
     again = roofline.device_limits(torch.device("cpu"), "cpu", torch.float32)
     assert again["probe_reused"] is True and capsys.readouterr().err == ""
+
+
+def test_a_sliding_caches_floor_reads_only_the_positions_it_holds():
+    cfg = preset("tiny")
+    limits = {"read_bandwidth_bytes_per_s": 1e10, "peak_flops_per_s": 1e12, "bandwidth_source": "t",
+              "peak_flops_source": "t"}  # fmt: skip
+    full = roofline.analyse(cfg, 2, 1000, 16, 100, 10_000_000, limits, measured_ms=5.0)
+    window = roofline.analyse(cfg, 2, 1000, 16, 100, 10_000_000, limits, measured_ms=5.0, held=260)
+    assert full["decode_bytes_per_token"] == 10_000_000 + 2 * 100 * (1008 + 1)
+    assert window["decode_bytes_per_token"] == 10_000_000 + 2 * 100 * (260 + 1)

@@ -79,7 +79,7 @@ def decode_figure(t: pd.DataFrame):
         ax.set_xlabel("batch")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("decode ms/token (median)")
-    fig.suptitle("What the block gather costs per decode step")
+    fig.suptitle("What paging costs per decode step (blocks read in place, or gathered for a ragged batch)")
     fig.tight_layout()
     legend(fig, looks)
     return fig

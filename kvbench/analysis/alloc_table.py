@@ -91,7 +91,7 @@ def claims(t: pd.DataFrame) -> list[str]:
                 f"{mib(row['reserved'])} against static's {mib(base['reserved'])} "
                 f"(waste {100 * row['waste']:.0f}% vs {100 * base['waste']:.0f}%); decode "
                 f"{row['decode_ms_per_token']:.1f} ms/token vs {base['decode_ms_per_token']:.1f} "
-                f"({cost:+.1f} ms/token with the block gather)"
+                f"({cost:+.1f} ms/token for reading the blocks)"
             )
             if prefix and pd.notna(row["prefill_saved_ms"]):
                 text += (

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from kvbench.analysis import aggregate as agg
-from kvbench.analysis import alloc_table, approx_price, claims, command
+from kvbench.analysis import alloc_table, approx_price, claims, command, speed_table
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
 from kvbench.core import record as kvrecord
@@ -320,6 +320,7 @@ def explain(tables_dir: Path, out_md: Path) -> None:
         variants=variants(df),
         price=approx_price.explained(df),
         alloc=alloc_table.explained(df),
+        speed=speed_table.explained(df),
         claims=claims.table(df, dev),
         dev=dev,
         about=f"{claims.ABOUT:.0%}",

@@ -27,7 +27,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator, StrMethodFormatter
 
 from kvbench.analysis import aggregate as agg
-from kvbench.analysis import approx_figures, claims, command, engine_figures
+from kvbench.analysis import approx_figures, claims, command, engine_figures, speed_figures
 from kvbench.analysis import facets as fc
 from kvbench.analysis import frame as fr
 from kvbench.analysis import report as rp
@@ -380,6 +380,7 @@ FIGURES: dict[str, Callable[..., plt.Figure]] = {
     **ALLOC_FIGURES,  # paged vs static vs concat: kv_alloc_bytes, kv_alloc_decode
     **approx_figures.FIGURES,  # the approximate caches' price: kv_pareto, kv_memory_length
     **engine_figures.FIGURES,  # the engines side by side (vs-peers): engines_decode
+    **speed_figures.FIGURES,  # each cache's decode time against static's along the context: kv_speed
 }
 FIGURE_STEMS = tuple(FIGURES)
 

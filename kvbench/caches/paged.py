@@ -52,19 +52,43 @@ def attention_path(path: str = ATTENTION_PATH) -> str:
     return f"{path}; {NOT_FLEX}"
 
 
+def lined_up(runs: list[list[tuple[int, int]]]) -> list[tuple[int, int, int]] | None:
+    """Where every sequence has as many runs, and each rank of run is as long in every sequence and starts the same
+    number of slots after the previous sequence's (blocks handed out in order, as a rectangular batch takes them):
+    per rank (first start, step between sequences, positions). None where the runs do not line up."""
+    if len({len(r) for r in runs}) != 1:
+        return None
+    ranks = []
+    for rank in zip(*runs):
+        starts, lengths = [s for s, _ in rank], {n for _, n in rank}
+        step = starts[1] - starts[0] if len(starts) > 1 else 0
+        if len(lengths) != 1 or step < 0 or any(b - a != step for a, b in zip(starts, starts[1:])):
+            return None
+        ranks.append((starts[0], step, lengths.pop()))
+    return ranks
+
+
+def across(pool: torch.Tensor, start: int, step: int, n: int, batch: int) -> torch.Tensor:
+    """(batch, Hkv, n, D): the run of `n` slots at `start` + b * `step` of each sequence b, a view of one layer's
+    pool (Hkv, slots, D), nothing copied."""
+    heads, slots, d = pool.stride()
+    return pool.as_strided((batch, pool.size(0), n, pool.size(2)), (step * slots, heads, slots, d),
+                           pool.storage_offset() + start * slots)  # fmt: skip
+
+
 def merged(q: torch.Tensor, runs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """One sequence's one-token attention (1, H, 1, D) over its runs, each (K, V) a (1, Hkv, n, D) view. A query
-    head group (H / Hkv heads per K/V head) goes in as that many query rows of its K/V head: no mask, so a row is
-    a head; each run's output is weighted by its share of the softmax's denominator (exp of its log-sum-exp)."""
-    _, H, _, D = q.shape
+    """One-token attention (B, H, 1, D) over runs of keys, each (K, V) a (B, Hkv, n, D) view. A query head group
+    (H / Hkv heads per K/V head) goes in as that many query rows of its K/V head: no mask, so a row is a head;
+    each run's output is weighted by its share of the softmax's denominator (exp of its log-sum-exp)."""
+    B, H, _, D = q.shape
     Hkv = runs[0][0].size(1)
-    rows = q.reshape(1, Hkv, H // Hkv, D)
+    rows = q.reshape(B, Hkv, H // Hkv, D)
     parts = [FLASH(rows, k, v, 0.0, False) for k, v in runs]
     if len(parts) == 1:
-        return parts[0][0].reshape(1, H, 1, D)
-    weights = torch.softmax(torch.stack([lse for _, lse in parts]), dim=0).unsqueeze(-1)  # (R, 1, Hkv, G, 1)
+        return parts[0][0].reshape(B, H, 1, D)
+    weights = torch.softmax(torch.stack([lse for _, lse in parts]), dim=0).unsqueeze(-1)  # (R, B, Hkv, G, 1)
     out = (torch.stack([o for o, _ in parts]) * weights.to(q.dtype)).sum(0)
-    return out.reshape(1, H, 1, D)
+    return out.reshape(B, H, 1, D)
 
 
 def seq_tokens(layout: Layout | None, batch: int, width: int, step: int) -> list[int]:
@@ -174,9 +198,12 @@ class PagedCache(KVCache):
         if layer == 0:  # the same runs for every layer of this step
             self._runs = [self.table.runs(b, end) for b in range(self.shape.batch)]
         pk, pv = self.pool_k[layer], self.pool_v[layer]
+        self.attention_path = attention_path(RUNS_PATH)
+        if (ranks := lined_up(self._runs)) is not None:  # one strided view per rank of run, every sequence at once
+            return merged(q, [(across(pk, s, step, n, len(self._runs)), across(pv, s, step, n, len(self._runs)))
+                              for s, step, n in ranks])  # fmt: skip
         outs = [merged(q[b : b + 1], [(pk[None, :, s : s + n], pv[None, :, s : s + n]) for s, n in runs])
                 for b, runs in enumerate(self._runs)]  # fmt: skip
-        self.attention_path = attention_path(RUNS_PATH)
         return torch.cat(outs)
 
     def tensors(self):

@@ -12,8 +12,9 @@ does; a fresh allocation would re-record the graph inside a timing. On a CPU the
 by inductor with the weights frozen into the graph and each matrix product autotuned
 (`CPU_INDUCTOR_OPTIONS`); inductor's on-disk caches make the next cell's compile cheap.
 
-The other kinds (`none`, `concat`, `static-int4`, `sliding`, `paged`) change shape every step; they are compiled
-with dynamic shapes instead, which saves less but never recompiles per step.
+The other kinds (`none`, `concat`, `static-int4`, `sliding`, `paged`) change shape every step; the model is
+compiled with dynamic shapes around its attention, which runs as a call: the projections, norms and MLP
+compiled, the cache read its own way.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from kvbench.engines.generate import (
     generate,
     new_cache,
 )
+from kvbench.models.attention import CachedAttention
 from kvbench.models.family import Model
 
 # The CPU decode step is matrix-vector products over every weight: reading the weights is the step.
@@ -103,7 +105,13 @@ class KvbenchEngine(Engine):
     def compiled_runner(self, kv_mode: str, prompt: torch.Tensor, new_tokens: int) -> Runner:
         if kv_mode in STATIC_SHAPE:
             return CompiledStaticDecoder(self.model, prompt.size(0), prompt.size(1) + new_tokens - 1, kv_mode)
-        compiled = torch.compile(self.model, dynamic=True)  # growing caches: one graph for every length
+        # A cache that changes shape each step: the model compiled around its attention, which runs as a call
+        # (the cache's own kernel where it has one). Traced, the cache's Python ints (a layer's index, a slot, a
+        # run of blocks) are guards: a graph per layer and step, past dynamo's recompile limit after 8 layers.
+        for module in self.model.modules():
+            if isinstance(module, CachedAttention) and "attend" not in vars(module):
+                module.attend = torch.compiler.disable(module.attend)
+        compiled = torch.compile(self.model, dynamic=True)  # one graph for every length
         return functools.partial(generate, compiled, plan=self.plan)
 
 

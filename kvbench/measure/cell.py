@@ -178,8 +178,16 @@ def measure(built: Built, spec: CellSpec, device: torch.device, device_name: str
         "memory": {**mem, "kv_cache_note": engine.kv_cache_note, **kv_alloc.record_fields(built, spec, run)},
         "energy": timed.energy_record(lat["decode_steps"]),
         "analytic": roofline.analyse(
-            cfg, spec.batch, spec.prompt_len, spec.new_tokens, kv_per_token, read_bytes, limits, decode_ms
-        ),
+            cfg,
+            spec.batch,
+            spec.prompt_len,
+            spec.new_tokens,
+            kv_per_token,
+            read_bytes,
+            limits,
+            decode_ms,
+            held=spec.sinks + spec.window if spec.kv_mode == "sliding" else None,
+        ),  # fmt: skip
         "check": check_record(checked, last.tokens),
         "gpu_state": timed.gpu_state,
     }

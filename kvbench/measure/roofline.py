@@ -213,14 +213,19 @@ def analyse(
     step_read_bytes: int,
     limits: dict,
     measured_ms: float | None,
+    held: int | None = None,
 ) -> dict:
     """The floor of a cached decode step, and how close `measured_ms` came to it.
 
     The floor divides by the read bandwidth (the record's `bandwidth_bytes_per_s` is that rate,
     named for the floor it sets). For kv_mode 'none' the floor is still the cached step's: it says
-    what recomputing gives up.
+    what recomputing gives up. The bytes are the mode's own (kv_bytes_per_token: 8-bit codes and scales, nibbles
+    and group parameters), over the positions it holds (`held`: a sliding window's), so each mode is measured
+    against its own limit.
     """
     context = prompt_len + new_tokens / 2  # mean keys per query over the decode steps
+    if held is not None:  # a cache that holds at most `held` positions (sliding: sinks + window) reads no more
+        context = min(context, held)
     flops, nbytes = decode_step_cost(cfg, batch, context, kv_bytes_per_token, step_read_bytes)
     read = limits["read_bandwidth_bytes_per_s"]
     floor_ms = 1e3 * max(nbytes / read, flops / limits["peak_flops_per_s"])
