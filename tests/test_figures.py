@@ -147,6 +147,8 @@ def test_oom_cell_is_marked_at_the_top_edge_not_dropped(sweep: Sweep) -> None:
             ("kv_variants", "no static-int8 cell and no n_kv_head set"),
             *((stem, "no paged cell with KV bytes reserved and used in this sweep") for stem in ALLOC_STEMS),
             *((stem, f"no approximate kv mode ({APPROX}) in this sweep") for stem in ("kv_pareto", "kv_memory_length")),
+            ("engines_decode", "one engine: nothing to set side by side"),
+            ("kv_speed", "no cached mode measured beside static at two or more prompt lengths"),
         )
     ]
     assert "out of memory (not measured)" in labels
@@ -176,6 +178,8 @@ def test_new_figures_are_drawn_deterministic_and_rerender_byte_identical(axis_sw
         # its int8 cells were recorded without the price, so the Pareto figure has no point to place
         "figures: kv_pareto left out of this sweep: no cached cell in this sweep carries both its counted "
         "KV bytes and its KL",
+        "figures: engines_decode left out of this sweep: one engine: nothing to set side by side",
+        "figures: kv_speed left out of this sweep: no cached mode measured beside static at two or more prompt lengths",
     ]
     expected = {axis_sweep.figures / f"{s}.{ext}" for s in NEW_STEMS for ext in ("png", "svg")}
     assert expected <= set(axis_sweep.rendered)

@@ -17,6 +17,7 @@ from kvbench.analysis import report as rp
 
 KEYS = ["model", "dtype", "batch", "prompt_len", "new_tokens", "compile"]
 D = "latency.decode_ms_per_token.median"
+PLAIN = ("none", "concat", "static")  # the reference and the plain caches: what a cache kind is weighed against
 
 
 class NoSpeed(ValueError):
@@ -24,7 +25,8 @@ class NoSpeed(ValueError):
 
 
 def speed_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per kvbench cell of a non-static cached mode with a `static` partner of the same shape."""
+    """One row per kvbench cell of a cache kind that reads fewer bytes or reads them its own way (compressed,
+    windowed, paged) with a `static` partner of the same shape."""
     ok = df[df["ok"] & (df["cell.engine"].astype(str) == "kvbench")]
     cols = {f"cell.{k}": k for k in KEYS} | {"cell.kv_mode": "kv_mode", D: "decode_ms"}
     cols |= {"analytic.fraction_of_floor": "fraction_of_floor", "latency.kv_attention_path": "attention_path"}
@@ -32,7 +34,7 @@ def speed_table(df: pd.DataFrame) -> pd.DataFrame:
     t["kv_mode"] = t["kv_mode"].astype(str)
     t["compile"] = t["compile"].astype("boolean").fillna(False)
     static = t[t["kv_mode"] == "static"][[*KEYS, "decode_ms"]].rename(columns={"decode_ms": "static_ms"})
-    t = t[~t["kv_mode"].isin(["static", "none"])].merge(static, on=KEYS, how="inner")
+    t = t[~t["kv_mode"].isin(PLAIN)].merge(static, on=KEYS, how="inner")
     if t.empty or t["prompt_len"].nunique() < 2:
         raise NoSpeed("no cached mode measured beside static at two or more prompt lengths")
     t["context"] = t["prompt_len"].astype(int) + t["new_tokens"].astype(int) // 2  # mean keys a step reads

@@ -100,7 +100,6 @@ def fused_decode(*args: torch.Tensor) -> torch.Tensor | None:
     return run(scaled_attention, *args)
 
 
-@torch.compiler.disable  # inside a compiled model (a growing cache's dynamic graph): a call, not traced into
 def run(attention, *args: torch.Tensor) -> torch.Tensor | None:
     """`attention` (scaled_attention, int4_attention) compiled; None where it does not compile here (said once)."""
     if _failed:

@@ -189,7 +189,6 @@ class PagedCache(KVCache):
         v_all = self.pool_v[layer][:, self._slots].transpose(0, 1)
         return (k_all[:1], v_all[:1]) if prefix_stage else (k_all, v_all)
 
-    @torch.compiler.disable  # in a compiled model: a call (its runs are Python ints a graph would guard on)
     def attend_decode(self, layer, q, k, v, past_len):
         """A rectangular batch's decode step: each sequence's runs of blocks read in place (`merged`)."""
         if self.layout is not None or FLASH is None or q.device.type != "cpu" or self.pool_k is None:
