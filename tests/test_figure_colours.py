@@ -27,6 +27,7 @@ from kvbench.analysis.approx_figures import FIGURES as APPROX
 from kvbench.analysis.facets import FAILED
 
 FAILED_COLOURS = {to_hex(c) for c, _ in FAILED.values()}
+pytestmark = pytest.mark.slow  # every figure of the registry drawn from five sweeps' tables (25 s)
 
 
 def kv_alloc_cpu():

@@ -51,6 +51,7 @@ def model():
     return GPT(cfg).eval()
 
 
+@pytest.mark.slow  # two kernels and two static-shape steps compiled
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_a_decode_takes_the_fused_path_with_the_reference_paths_tokens_and_price(model, kind, monkeypatch):
     prompt = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(3))
@@ -100,6 +101,7 @@ def test_without_a_compiler_it_says_so_once_and_decodes_by_dequantizing(monkeypa
     assert err.count("\n") == 1 and "does not compile here (InductorError: no C++ compiler)" in err
 
 
+@pytest.mark.slow  # the int4 kernel compiled for each shape class
 @pytest.mark.parametrize("prompt_len,new", [(20, 30), (48, 10), (5, 40)])  # a prefill mid-group, whole, short
 def test_int4_decodes_over_its_packed_codes_with_the_reference_paths_tokens(model, prompt_len, new, monkeypatch):
     prompt = torch.randint(0, 128, (2, prompt_len), generator=torch.Generator().manual_seed(4))
