@@ -10,6 +10,7 @@ from kvbench import __version__
 from kvbench.cli.cell import add_cell_parser, cmd_cell
 from kvbench.cli.ending import ending
 from kvbench.cli.parser import OneLineParser
+from kvbench.core import interrupt
 
 # Commands whose module parses its own arguments (and imports nothing heavy until it runs).
 DELEGATED = {
@@ -63,4 +64,5 @@ def run_command(argv: list[str]) -> int:
     for name, (_, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
     args = parser.parse_args(argv)
+    interrupt.install()  # a Ctrl-C during the cell is never lost in a finalizer (core/interrupt.py)
     return cmd_cell(args, import_s=time.perf_counter() - started)  # the parser imported torch and kvbench.measure.cell

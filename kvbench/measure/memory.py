@@ -19,6 +19,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from kvbench.core import interrupt
+
 CPU_METHOD = "cpu_tensor_tracker"
 CUDA_METHOD = "cuda_allocator"
 
@@ -72,6 +74,7 @@ class LiveTensorBytes(TorchDispatchMode):
         self.live -= nbytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        interrupt.check()  # a Ctrl-C that landed in one of this pass's finalizers (core/interrupt.py)
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
             self._track(t)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvbench.core import disk_cache
+from kvbench.core import disk_cache, interrupt
 from kvbench.engines.base import Engine, Runner
 from kvbench.measure import memory, nvml
 from kvbench.measure.devices import synchronize
@@ -72,6 +72,7 @@ class TokenHook:
 
     def __call__(self, i: int) -> None:
         self.timer.mark(i)
+        interrupt.check()
         if i == 0:
             if self.device.type == "cuda":
                 self.prefill_peak = torch.cuda.max_memory_allocated(self.device)
