@@ -77,14 +77,19 @@ class Int4StaticCache(KVCache):
         self.max_len, self.dtype = max_len, shape.dtype
         self.written = 0
 
-    def update(self, layer, k, v, past_len):
-        if k.size(2) == 1:  # a decode step that did not take the fused path (a probe, math attention)
-            self.attention_path = fused.DEQUANTIZE
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, past_len: int) -> int:
+        """Quantize the new K,V into positions past_len..; the end."""
         end = past_len + k.size(2)
         self.shape.check_fits(end)
         self._store_values(layer, v, past_len, end)
         self._store_keys(layer, k, past_len, end)
         self.written = end
+        return end
+
+    def update(self, layer, k, v, past_len):
+        if k.size(2) == 1:  # a decode step that did not take the fused path (a probe, math attention)
+            self.attention_path = fused.DEQUANTIZE
+        end = self.store(layer, k, v, past_len)
         return self._keys(layer, end), self._values(layer, end)
 
     def _store_values(self, layer: int, v: torch.Tensor, start: int, end: int) -> None:
@@ -121,11 +126,7 @@ class Int4StaticCache(KVCache):
     def attend_decode(self, layer, q, k, v, past_len):
         """One token per sequence: store it, then attend over the packed codes and the residual in one compiled
         kernel (caches/fused.py: int4_attention), unpacking and dequantizing inside the dot products."""
-        end = past_len + k.size(2)
-        self.shape.check_fits(end)
-        self._store_values(layer, v, past_len, end)
-        self._store_keys(layer, k, past_len, end)
-        self.written = end
+        end = self.store(layer, k, v, past_len)
         done = min(end // self.G, self.full)
         kq, ks, kz = self.kq[layer], self.k_scale[layer], self.k_zero[layer]
         keys = (kq[:, :, : done * self.G], ks[:, :, :done], kz[:, :, :done])
