@@ -117,6 +117,7 @@ class PagedCache(KVCache):
         self._slots: torch.Tensor | None = None  # (B, columns) pool slot of each column, for the current step
         self._valid: torch.Tensor | None = None
         self._runs: list[list[tuple[int, int]]] = []  # each sequence's runs of slots, for the current decode step
+        self._ranks: list[tuple[int, int, int]] | None = None  # lined_up(self._runs), for the current decode step
 
     @property
     def shared_prefix(self) -> int:
@@ -183,7 +184,7 @@ class PagedCache(KVCache):
 
     def update(self, layer, k, v, past_len):
         prefix_stage, _ = self.store(layer, k, v, past_len)
-        if k.size(2) == 1:  # a decode step that did not read the runs (a probe, math attention, a ragged batch)
+        if k.size(2) == 1 and layer == 0:  # a decode step that did not read the runs (a probe, math, a ragged batch)
             self.attention_path = attention_path()
         k_all = self.pool_k[layer][:, self._slots].transpose(0, 1)  # (B, H, end, D)
         v_all = self.pool_v[layer][:, self._slots].transpose(0, 1)
@@ -194,13 +195,14 @@ class PagedCache(KVCache):
         if self.layout is not None or FLASH is None or q.device.type != "cpu" or self.pool_k is None:
             return None  # a ragged batch or a shared prefix (masked: the gather), or no flash kernel here
         _, end = self.store(layer, k, v, past_len)
-        if layer == 0:  # the same runs for every layer of this step
+        if layer == 0:  # the same runs (and whether they line up) for every layer of this step
             self._runs = [self.table.runs(b, end) for b in range(self.shape.batch)]
+            self._ranks = lined_up(self._runs)
+            self.attention_path = attention_path(RUNS_PATH)
         pk, pv = self.pool_k[layer], self.pool_v[layer]
-        self.attention_path = attention_path(RUNS_PATH)
-        if (ranks := lined_up(self._runs)) is not None:  # one strided view per rank of run, every sequence at once
+        if self._ranks is not None:  # one strided view per rank of run, every sequence at once
             return merged(q, [(across(pk, s, step, n, len(self._runs)), across(pv, s, step, n, len(self._runs)))
-                              for s, step, n in ranks])  # fmt: skip
+                              for s, step, n in self._ranks])  # fmt: skip
         outs = [merged(q[b : b + 1], [(pk[None, :, s : s + n], pv[None, :, s : s + n]) for s, n in runs])
                 for b, runs in enumerate(self._runs)]  # fmt: skip
         return torch.cat(outs)
