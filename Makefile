@@ -28,6 +28,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	    $(BIN)/python -m pip install -q $(PIP_FROM) -r requirements.txt && \
 	    $(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .; \
 	fi
+	$(BIN)/python -m kvbench.kernels.build  # kvbench's C++ kernels for this CPU (one line and the library's GEMM where none builds)
 	@touch $@
 
 # Engine llamacpp's extra (not part of setup: building llama.cpp takes minutes): llama-cpp-python built from

@@ -31,7 +31,8 @@ def test_cell_writes_a_schema_valid_record(tmp_path, capsys, mode):
     validate(rec)
     assert rec["status"] == "ok" and rec["error"] is None
     assert rec["cell"]["kv_mode"] == mode and rec["cell"]["batch"] == 2 and rec["cell"]["device"] == "cpu"
-    assert rec["model_info"]["weight_layout"] == "onednn-packed"  # the eager CPU path, recorded
+    # the eager CPU path, recorded: oneDNN, or kvbench's kernel for the shapes it measured faster at
+    assert rec["model_info"]["weight_layout"] in ("onednn-packed", "small-batch+onednn-packed")
     lat = rec["latency"]
     assert len(lat["per_step_decode_ms"]) == lat["decode_steps"] == 5
     for key in ("prefill_ms", "decode_ms_per_token", "total_generate_ms"):

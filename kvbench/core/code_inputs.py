@@ -44,7 +44,7 @@ def engine_files(package: Path, engine: str) -> list[Path]:
 
 def shared_measurement_code(package: Path) -> list[Path]:
     """What every cell runs, whatever its engine: the layers below the analysis, the engine interface and
-    decode loop, the record schema."""
+    decode loop, kvbench's C++ kernels, the record schema."""
     out = []
     for p in package.rglob("*.py"):
         rel = p.relative_to(package).as_posix()
@@ -54,7 +54,8 @@ def shared_measurement_code(package: Path) -> list[Path]:
         if top == "engines" and p.name not in ENGINE_INTERFACE:
             continue
         out.append(p)
-    return sorted(out) + [package / "schemas" / "record.schema.json"]
+    kernels = sorted((package / "kernels").glob("*.cpp"))  # compiled on first use: a cell runs them too
+    return sorted(out) + kernels + [package / "schemas" / "record.schema.json"]
 
 
 def cell_code(package: Path, engine: str) -> list[str]:

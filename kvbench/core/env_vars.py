@@ -24,6 +24,8 @@ GIT_COMMIT = "KVBENCH_GIT_COMMIT"
 # The image a cell ran in: ours if set, else what Apptainer/Singularity export inside a container.
 CONTAINER_IMAGE = ("KVBENCH_CONTAINER_IMAGE", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER")
 SLURM_JOB_ID = "SLURM_JOB_ID"
+# Set (to anything): kvbench's own C++ kernels are neither built nor used; the libraries' GEMMs run instead.
+NO_KERNELS = "KVBENCH_NO_KERNELS"
 
 
 class SettingError(ValueError):

@@ -31,7 +31,7 @@ from kvbench.measure.phases import compiled_runner, cuda_decode_peak, phase, tim
 from kvbench.measure.spec import CellSpec, UsageError, make_prompt
 from kvbench.measure.timing import latency
 from kvbench.measure.token_check import check_record, token_check
-from kvbench.models import checkpoint
+from kvbench.models import checkpoint, decode_linear
 from kvbench.models.family import Config, Model, build_random, prepare_for_decoding
 
 
@@ -71,7 +71,10 @@ def build(spec: CellSpec, cfg: Config, device: torch.device) -> Built:
     """The build phase: the weights (laid out for decoding) and the prompt, on the device."""
     model = build_model(spec, cfg, device)
     # Packed for oneDNN only where our eager decode runs: compiled cells pack in inductor, peers export.
-    info = model_info(model, prepare_for_decoding(model, pack=spec.engine == "kvbench" and not spec.compile))
+    # kvbench's small-batch kernel, in eager and compiled kvbench cells, where it measured faster at this batch.
+    ours = spec.engine == "kvbench"
+    layout = prepare_for_decoding(model, pack=ours and not spec.compile, kernel_rows=spec.batch if ours else None)
+    info = model_info(model, layout)
     print(
         f"kvbench cell: built {spec.model} ({info['n_params']:,} parameters) on {device}; "
         f"measuring {spec.kv_mode} b{spec.batch} p{spec.prompt_len} n{spec.new_tokens}",
@@ -98,6 +101,7 @@ def model_info(model: Model, weight_layout: str) -> dict:
         "vocab_size": c.vocab_size,
         "n_params": model.num_params(),
         "weight_layout": weight_layout,
+        "linear_kernels": decode_linear.kernel_choices_of(model),
     }
 
 

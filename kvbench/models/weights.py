@@ -68,7 +68,9 @@ def store_wide_weights_input_major(model: nn.Module, keep_values: bool = True) -
             )
 
 
-def prepare_for_decoding(model: nn.Module, keep_values: bool = True, pack: bool = False) -> str:
+def prepare_for_decoding(
+    model: nn.Module, keep_values: bool = True, pack: bool = False, kernel_rows: int | None = None
+) -> str:
     """Choose how the weights are laid out and multiplied for decoding on the model's device; returns
     the choice's name for the record.
 
@@ -76,6 +78,9 @@ def prepare_for_decoding(model: nn.Module, keep_values: bool = True, pack: bool 
     in its own layout (kvbench/models/decode_linear.py), which streams them near memory speed at batch 1
     to 8. The caller packs only an eager kvbench model: torch.compile does its own packing
     (inductor's freezing), and the other engines export our weights.
+    kernel_rows, on a float32 CPU (kvbench's own cells, eager or compiled): the decode batch at which each
+    matrix's shape is timed with kvbench's small-batch kernel against oneDNN (models/linear_choice.py); the
+    matrices it wins are packed for it ("small-batch+..." names the rest's layout). None: not used (a peer).
     CPU otherwise: widening matrices input-major (measured faster for the libraries' batch-1
     matrix-vector products, see `store_wide_weights_input_major`).
     GPU: PyTorch's own (out, in) layout, left alone because no GPU layout was measured here.
@@ -86,8 +91,11 @@ def prepare_for_decoding(model: nn.Module, keep_values: bool = True, pack: bool 
     weight = next(model.parameters())
     if weight.device.type != "cpu":
         return "torch"
+    if not (keep_values and decode_linear.can_pack(weight)):
+        kernel_rows = None
     if pack and keep_values and decode_linear.can_pack(weight):
-        decode_linear.pack(model)
-        return "onednn-packed"
+        chosen = decode_linear.pack(model, kernel_rows)
+        return "small-batch+onednn-packed" if any(c.kernel == "small-batch" for c in chosen) else "onednn-packed"
     store_wide_weights_input_major(model, keep_values)
-    return "wide-input-major"
+    chosen = decode_linear.pack(model, kernel_rows, library=False) if kernel_rows is not None else []
+    return "small-batch+wide-input-major" if any(c.kernel == "small-batch" for c in chosen) else "wide-input-major"
