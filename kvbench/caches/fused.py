@@ -55,6 +55,16 @@ def scaled_attention(
     return out.reshape(B, H, 1, D).to(q.dtype)
 
 
+def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """scaled_attention over full-precision keys and values (no scales): the fp32 static step's attention on a
+    CPU, inlined into the compiled step as one loop kernel instead of a call to SDPA."""
+    B, H, _, D = q.shape
+    scores = grouped_scores(q, k) * (1.0 / math.sqrt(D))
+    p = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # (B, Hkv, G, T)
+    out = (p.unsqueeze(-1) * v.unsqueeze(2).float()).sum(-2)
+    return out.reshape(B, H, 1, D).to(q.dtype)
+
+
 def unpack(p: torch.Tensor) -> torch.Tensor:
     """(..., D/2) bytes -> (..., D) 4-bit codes, low nibble first (caches/int4.py's packing)."""
     return torch.stack((p & 0xF, p >> 4), dim=-1).flatten(-2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from kvbench.caches import fused
 from kvbench.caches.base import CacheShape, KVCache
 
 
@@ -48,6 +49,15 @@ class StaticCache(KVCache):
         self.k[at] = k.permute(2, 0, 1, 3)
         self.v[at] = v.permute(2, 0, 1, 3)
         return self.k[layer], self.v[layer]
+
+    def attend_at(self, layer, q, k, v, pos, mask):
+        """The static-shape step on a CPU: one query per head over the whole buffer as one fused loop inside the
+        compiled step (fused.one_query_attention), where SDPA was a call of ~80-130 us a layer at a short context
+        (the 2-core Xeon, under torch.profiler); elsewhere SDPA (None)."""
+        if q.device.type != "cpu" or q.size(2) != 1:
+            return None
+        k_all, v_all = self.write_at(layer, k, v, pos)
+        return fused.one_query_attention(q, k_all, v_all, mask)
 
     def reset(self) -> None:
         """Empty the cache in place (a compiled step keeps the buffers' addresses)."""
