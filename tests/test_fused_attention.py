@@ -113,3 +113,29 @@ def test_int4_decodes_over_its_packed_codes_with_the_reference_paths_tokens(mode
     assert ref.cache.attention_path == fused.DEQUANTIZE and torch.equal(got.tokens, ref.tokens)
     for a, b in zip(got.logits, ref.logits):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("heads", [(4, 4), (6, 2)])
+def test_one_query_attention_equals_sdpa_with_the_static_steps_mask(heads):
+    H, Hkv = heads
+    g = torch.Generator().manual_seed(H)
+    q, k, v = (
+        torch.randn(2, H, 1, 16, generator=g),
+        torch.randn(2, Hkv, 24, 16, generator=g),
+        torch.randn(2, Hkv, 24, 16, generator=g),
+    )
+    mask = torch.arange(24).unsqueeze(0) <= 17  # positions after 17 not written yet
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != Hkv)
+    torch.testing.assert_close(fused.one_query_attention(q, k, v, mask), want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_static_cache_attends_the_fused_way_only_on_a_cpu_step():
+    from kvbench.caches.static import StaticCache
+
+    cache = StaticCache(CacheShape(1, 1, 2, 8, 4, torch.float32, torch.device("cpu")))
+    q, k, v = torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4)
+    pos = torch.tensor([3])
+    y = cache.attend_at(0, q, k, v, pos, torch.arange(8).unsqueeze(0) <= 3)
+    assert y.shape == (1, 2, 1, 4) and torch.equal(cache.k[0, :, :, 3], k[:, :, 0])  # written, then attended
+    two = cache.attend_at(0, torch.randn(1, 2, 2, 4), k, v, pos, torch.ones(2, 8, dtype=torch.bool))
+    assert two is None  # more than one query: SDPA's
