@@ -138,6 +138,10 @@ class CompiledStaticDecoder:
         self.ids = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
         self.options = inductor_options(self.device)  # before torch.compile, which fixes the cache folder
         self.step = torch.compile(model.static_step, mode=compile_mode(self.device), fullgraph=True, dynamic=False)
+        # Once the step has compiled, every later call passes the same tensors (the cache, `ids`, `pos`), so the
+        # guards that tell graphs apart are all that needs checking: dynamo's full guard check over the frozen
+        # weights and buffers took 0.3-0.6 ms a step (gpt2 / smollm2-135m batch 1, 2-core Xeon, torch.profiler).
+        self.compiled = False
 
     @torch.no_grad()
     def __call__(
@@ -165,8 +169,13 @@ class CompiledStaticDecoder:
                 return self.model(ids, self.cache, 0)  # eager prefill, written into the same buffers
             self.pos.fill_(start)
             self.ids.copy_(ids)
-            with self.options:
-                return self.step(self.ids, self.pos, self.cache)
+            guards = (
+                torch.compiler.set_stance(skip_guard_eval_unsafe=True) if self.compiled else contextlib.nullcontext()
+            )
+            with self.options, guards:
+                logits = self.step(self.ids, self.pos, self.cache)
+            self.compiled = True
+            return logits
 
         tokens, kept = decode_loop(forward, prompt, new_tokens, False, sampling, keep_logits, on_token)
         return Generation(tokens=tokens, cache=self.cache, logits=kept)
