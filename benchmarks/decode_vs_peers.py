@@ -218,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     name = f"p{prompt_len}-b{batch}-{engine}-{kv_mode}{'-compile' if compiled else ''}"
                     out = out_dir / (f"{name}.json" if args.rounds == 1 else f"{name}-r{r}.json")
-                    if args.table_only:  # the variants run into this folder, in one run or several
-                        found = [out] if out.exists() else sorted(out_dir.glob(f"{name}-r*.json"))
+                    if args.table_only:  # the variants run into this folder, in one run or several, rounds or not
+                        plain = out_dir / f"{name}.json"
+                        found = [plain] if plain.exists() else sorted(out_dir.glob(f"{name}-r*.json"))
                         rounds[label] = [json.loads(f.read_text()) for f in found]
                     else:
                         rounds.setdefault(label, []).append(
