@@ -118,6 +118,8 @@ def build(name: str) -> Path:
             raise OSError(f"the compiler failed: {last}")
         stamp = {"sha256": sha256(work / "library.so"), "cpu": cpu_signature()[:200], "torch": torch.__version__}
         (work / "stamp.json").write_text(json.dumps(stamp))
+        if verified(folder) is not None:  # another process built it meanwhile: theirs is whole
+            return folder / "library.so"
         if folder.exists():  # damaged: replaced whole
             shutil.rmtree(folder, ignore_errors=True)
         try:
