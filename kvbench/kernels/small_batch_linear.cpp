@@ -16,8 +16,6 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <cstring>
-
 namespace {
 
 constexpr int64_t LANES = 16;
@@ -27,15 +25,10 @@ constexpr int MAX_ROWS = 8;
 typedef float v16 __attribute__((vector_size(64), aligned(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
 
-inline void store(float* y, v16 r, int64_t n) {  // the last block of an N that is not a multiple of 16
-  if (n == LANES) {
-    *(v16u*)y = r;
-  } else {
-    float tmp[LANES];
-    std::memcpy(tmp, &r, sizeof(tmp));
-    std::memcpy(y, tmp, n * sizeof(float));
-  }
-}
+// Every block is 16 whole columns (the last N % 16 go to tail_rows): y and the bias are read and written whole.
+inline void store(float* y, v16 r) { *(v16u*)y = r; }
+
+inline v16 bias_at(const float* bias, int64_t n0) { return bias ? *(const v16u*)(bias + n0) : (v16){0}; }
 
 // Rows [0, R) of x (R <= 8) times one block: acc over even k, acc2 over odd k (two FMA chains each).
 template <int R>
@@ -60,10 +53,8 @@ void rows_by_block(const float* x, int64_t K, const float* w, const float* bias,
     v16 w0 = *(const v16*)(w + k * LANES);
     for (int r = 0; r < R; ++r) acc[r] += x[r * K + k] * w0;
   }
-  int64_t n = N - n0 < LANES ? N - n0 : LANES;
-  v16 b = (v16){0};
-  if (bias) std::memcpy(&b, bias + n0, n * sizeof(float));
-  for (int r = 0; r < R; ++r) store(y + r * N + n0, acc[r] + acc2[r] + b, n);
+  v16 b = bias_at(bias, n0);
+  for (int r = 0; r < R; ++r) store(y + r * N + n0, acc[r] + acc2[r] + b);
 }
 
 // One or two rows of x times two neighbouring blocks: two streams per thread, four FMA chains per row
@@ -98,14 +89,10 @@ void rows_by_two_blocks(const float* x, int64_t K, const float* w, const float* 
       c[r] += x[r * K + k] * u0;
     }
   }
-  v16 b0 = (v16){0}, b1 = (v16){0};
-  if (bias) {
-    std::memcpy(&b0, bias + n0, sizeof(b0));
-    std::memcpy(&b1, bias + n0 + LANES, sizeof(b1));
-  }
+  v16 b0 = bias_at(bias, n0), b1 = bias_at(bias, n0 + LANES);
   for (int r = 0; r < R; ++r) {
-    store(y + r * N + n0, a[r] + a2[r] + b0, LANES);
-    store(y + r * N + n0 + LANES, c[r] + c2[r] + b1, LANES);
+    store(y + r * N + n0, a[r] + a2[r] + b0);
+    store(y + r * N + n0 + LANES, c[r] + c2[r] + b1);
   }
 }
 
@@ -124,14 +111,10 @@ void eight_rows_by_two_blocks(const float* x, int64_t K, const float* w, const f
       c[r] += xr * u0;
     }
   }
-  v16 b0 = (v16){0}, b1 = (v16){0};
-  if (bias) {
-    std::memcpy(&b0, bias + n0, sizeof(b0));
-    std::memcpy(&b1, bias + n0 + LANES, sizeof(b1));
-  }
+  v16 b0 = bias_at(bias, n0), b1 = bias_at(bias, n0 + LANES);
   for (int r = 0; r < MAX_ROWS; ++r) {
-    store(y + r * N + n0, a[r] + b0, LANES);
-    store(y + r * N + n0 + LANES, c[r] + b1, LANES);
+    store(y + r * N + n0, a[r] + b0);
+    store(y + r * N + n0 + LANES, c[r] + b1);
   }
 }
 

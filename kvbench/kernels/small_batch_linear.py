@@ -12,6 +12,8 @@ why not.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from kvbench.core import env_vars
@@ -74,15 +76,8 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, n: 
     return torch.ops.kvbench.small_batch_linear(flat, packed, bias, n).view(*x.shape[:-1], n)
 
 
-_registered: list[bool] = []
-
-
+@functools.cache  # once per process: a second registration of the same op is an error
 def _register_fake() -> None:
-    if _registered:
-        return
-
     @torch.library.register_fake("kvbench::small_batch_linear")
     def _(x, packed, bias, n):
         return x.new_empty((x.size(0), n))
-
-    _registered.append(True)

@@ -91,11 +91,11 @@ def prepare_for_decoding(
     weight = next(model.parameters())
     if weight.device.type != "cpu":
         return "torch"
-    if not (keep_values and decode_linear.can_pack(weight)):
-        kernel_rows = None
-    if pack and keep_values and decode_linear.can_pack(weight):
-        chosen = decode_linear.pack(model, kernel_rows)
-        return "small-batch+onednn-packed" if any(c.kernel == "small-batch" for c in chosen) else "onednn-packed"
-    store_wide_weights_input_major(model, keep_values)
-    chosen = decode_linear.pack(model, kernel_rows, library=False) if kernel_rows is not None else []
-    return "small-batch+wide-input-major" if any(c.kernel == "small-batch" for c in chosen) else "wide-input-major"
+    packable = keep_values and decode_linear.can_pack(weight)
+    rows = kernel_rows if packable else None
+    if pack and packable:
+        layout, chosen = "onednn-packed", decode_linear.pack(model, rows)
+    else:
+        store_wide_weights_input_major(model, keep_values)
+        layout, chosen = "wide-input-major", decode_linear.pack(model, rows, library=False) if rows else []
+    return f"small-batch+{layout}" if any(c.kernel == "small-batch" for c in chosen) else layout
