@@ -10,11 +10,19 @@ from kvbench.caches.ragged import layout_prompt
 from kvbench.core.block_table import BlockTableError, blocks_needed
 from kvbench.core.presets import preset
 from kvbench.engines.generate import GenerationPlan, generate
+from kvbench.kernels import decode_attention
 from kvbench.models.family import build_random
 
 
 def random_prompt(batch: int, length: int, vocab: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+needs_kernel = pytest.mark.skipif(not decode_attention.available(), reason="the kernel is not built for this machine")
+
+
+def head_size(model) -> int:
+    return model.config.n_embd // model.config.n_head
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-llama"])
@@ -102,21 +110,46 @@ def test_the_record_says_why_not_flex_attentions_paged_attention_and_the_reason_
 
 
 @pytest.mark.parametrize("block_tokens", [1, 4, 16])
-def test_a_rectangular_decode_reads_its_runs_in_place_with_the_gathers_logits(model, block_tokens, monkeypatch):
-    """Each sequence's runs of consecutive blocks attended in place and merged by log-sum-exp: the same tokens and
-    logits as gathering every block into a dense copy (both families: tiny-llama's grouped K/V heads)."""
+@pytest.mark.parametrize("kernel", [False, pytest.param(True, marks=needs_kernel)], ids=["runs", "kernel"])
+def test_a_rectangular_decode_reads_its_runs_in_place_with_the_gathers_logits(model, block_tokens, kernel, monkeypatch):
+    """Each sequence's blocks read in place (kvbench's kernel through the block table, or runs of consecutive blocks
+    merged by log-sum-exp): the same tokens and logits as gathering every block into a dense copy (both families:
+    tiny-llama's grouped K/V heads)."""
     from kvbench.caches import paged
 
+    if kernel and head_size(model) % 16:
+        pytest.skip("head size 8: the kernel takes multiples of 16")
+    monkeypatch.setitem(decode_attention._ready, "yes", kernel)
     prompt = random_prompt(3, 13, model.config.vocab_size)
     plan = GenerationPlan(kv_options={"block_tokens": block_tokens})
     runs = generate(model, prompt, 10, "paged", keep_logits=True, plan=plan)
-    assert runs.cache.attention_path.startswith(paged.RUNS_PATH)
+    assert runs.cache.attention_path.startswith(paged.KERNEL_PATH if kernel else paged.RUNS_PATH)
+    monkeypatch.setitem(decode_attention._ready, "yes", False)
     assert any(len(runs.cache.table.runs(b, 22)) > 1 for b in range(3))  # the decode's blocks sit apart
     monkeypatch.setattr(paged, "FLASH", None)  # no flash kernel: the gather
     gathered = generate(model, prompt, 10, "paged", keep_logits=True, plan=plan)
     assert gathered.cache.attention_path.startswith(paged.ATTENTION_PATH)
     assert torch.equal(runs.tokens, gathered.tokens)
     for a, b in zip(runs.logits, gathered.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@needs_kernel
+def test_a_ragged_batch_with_a_shared_prefix_reads_its_blocks_through_the_kernel_with_the_gathers_logits(
+    model, monkeypatch
+):
+    from kvbench.caches import paged
+
+    if head_size(model) % 16:
+        pytest.skip("head size 8: the kernel takes multiples of 16")
+    prompt = random_prompt(4, 20, model.config.vocab_size)
+    plan = GenerationPlan({"block_tokens": 4}, layout_prompt(prompt, 0.4, 9, seed=0))
+    got = generate(model, prompt, 6, "paged", keep_logits=True, plan=plan)
+    assert got.cache.attention_path.startswith(paged.KERNEL_PATH)
+    monkeypatch.setitem(decode_attention._ready, "yes", False)  # the ragged batch's reference: the gather
+    ref = generate(model, prompt, 6, "paged", keep_logits=True, plan=plan)
+    assert ref.cache.attention_path.startswith(paged.ATTENTION_PATH) and torch.equal(got.tokens, ref.tokens)
+    for a, b in zip(got.logits, ref.logits):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 

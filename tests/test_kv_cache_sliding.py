@@ -1,13 +1,17 @@
 """StreamingLLM's cache: static's tokens while the window holds everything, bounded memory after, and the
 sinks at their position within the cache on rotary models."""
 
+import dataclasses
+
 import pytest
 import torch
 
+from kvbench.caches import fused
 from kvbench.caches.base import CacheShape
 from kvbench.caches.sliding import SlidingCache, kv_note
 from kvbench.core.presets import kv_cache_bytes, preset
 from kvbench.engines.generate import GenerationPlan, generate
+from kvbench.kernels import decode_attention
 from kvbench.measure.spec import CellSpec, UsageError
 from kvbench.models.family import build_random
 from kvbench.models.llama import Rotary
@@ -87,3 +91,23 @@ def test_learned_positions_are_said_in_the_record():
 def test_a_bad_window_or_sinks_is_one_line(field, value, message):
     with pytest.raises(UsageError, match=message):
         CellSpec(model="tiny", kv_mode="sliding", device="cpu", **{field: value}).check()
+
+
+@pytest.mark.skipif(not decode_attention.available(), reason="the kernel is not built for this machine")
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+def test_the_kernels_decode_gives_the_sdpa_paths_tokens_and_logits(name, monkeypatch):
+    """Past the window (sinks rotated in place on the rotary model): kvbench's kernel over the held slots equals
+    SDPA over them."""
+    cfg = preset(name)
+    if name == "tiny-llama":
+        cfg = dataclasses.replace(cfg, n_head=4, n_kv_head=2)  # head size 16
+    model = build_random(cfg, "cpu", torch.float32, seed=0, for_decoding=True)
+    prompt = random_prompt(2, 12, cfg.vocab_size)
+    plan = GenerationPlan({"window": 6, "sinks": 2})
+    got = generate(model, prompt, 20, "sliding", keep_logits=True, plan=plan)
+    assert got.cache.attention_path == fused.KERNEL
+    monkeypatch.setitem(decode_attention._ready, "yes", False)
+    ref = generate(model, prompt, 20, "sliding", keep_logits=True, plan=plan)
+    assert ref.cache.attention_path == "sdpa" and torch.equal(got.tokens, ref.tokens)
+    for a, b in zip(got.logits, ref.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

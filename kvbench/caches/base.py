@@ -68,6 +68,9 @@ class KVCache(ABC):
     # takes what `update` (or a static-shape kind's `write_at`) returns and runs SDPA over it. `attention_path`
     # names the path the last decode step took (the record says it).
     attention_path: str = "sdpa"
+    # True: `attend_decode` attends each sequence over its own positions, so a ragged batch's step (which has a
+    # mask over the padded columns) may come to it too; False: only a rectangular batch's does.
+    reads_layout: bool = False
 
     def attend_decode(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_len: int):
         """One new token per sequence: store its k, v (B, Hkv, 1, D) and return its attention (B, H, 1, D)."""

@@ -24,7 +24,50 @@ import sys
 import torch
 from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode
 
+from kvbench.kernels import decode_attention
+
 FUSED, DEQUANTIZE = "fused-dequantize", "dequantize+sdpa"  # the two paths a compressed cache's decode can take
+KERNEL = "kernel: one-query attention over the cache as stored (C++)"  # kvbench/kernels/decode_attention.cpp
+
+
+def use_kernel(q: torch.Tensor, keys: torch.Tensor, head_multiple: int = 16) -> bool:
+    """kvbench's decode-attention kernel takes this step: a CPU, one float32 query per head, a head size it
+    handles, and the kernel built for this machine (kvbench/kernels/decode_attention.py)."""
+    return decode_attention.fits(q, keys, head_multiple) and decode_attention.available()
+
+
+def scaled_decode(q, k_codes, k_scale, v_codes, v_scale) -> tuple[torch.Tensor | None, str]:
+    """A decode step over per-token-scaled codes, eager: the C++ kernel where it runs, else the compiled
+    scaled_attention; (None, DEQUANTIZE) where neither does. Returns the output and the path taken."""
+    if use_kernel(q, k_codes):
+        return decode_attention.dense(q, k_codes, v_codes, k_scale, v_scale), KERNEL
+    y = run(scaled_attention, q, k_codes, k_scale, v_codes, v_scale)
+    return y, (FUSED if y is not None else DEQUANTIZE)
+
+
+def dense_decode(q, k, v, mask=None) -> torch.Tensor | None:
+    """Full-precision keys and values (static, sliding): the C++ kernel where it runs (None: the caller's SDPA)."""
+    return decode_attention.dense(q, k, v, mask=mask) if use_kernel(q, k) else None
+
+
+def int4_decode(q, kq, k_scale, k_zero, k_res, held: int, vq, v_scale, v_zero) -> tuple[torch.Tensor | None, str]:
+    """A decode step over caches/int4.py's packed layout: the C++ kernel where it runs (head size and value groups
+    in multiples of 32), else the compiled int4_attention; (None, DEQUANTIZE) where neither does."""
+    if use_kernel(q, kq, head_multiple=32) and (q.size(-1) // v_scale.size(3)) % 32 == 0:
+        return decode_attention.int4(q, kq, k_scale, k_zero, k_res, held, vq, v_scale, v_zero), KERNEL
+    if not k_scale.size(2):  # no complete group yet: every key is exact, the caller's SDPA
+        return None, DEQUANTIZE
+    bias = torch.where(torch.arange(k_res.size(2), device=q.device) < held, 0.0, float("-inf"))
+    y = run(int4_attention, q, kq, k_scale, k_zero, k_res, bias, vq, v_scale, v_zero)
+    return y, (FUSED if y is not None else DEQUANTIZE)
+
+
+def scaled_at(q, k_codes, k_scale, v_codes, v_scale, mask) -> tuple[torch.Tensor, str]:
+    """The static-shape step's attention over the whole buffer (inside a compiled step): the C++ kernel as one
+    extern call where it runs, else scaled_attention for inductor to fuse."""
+    if use_kernel(q, k_codes):
+        return decode_attention.dense(q, k_codes, v_codes, k_scale, v_scale, mask), KERNEL
+    return scaled_attention(q, k_codes, k_scale, v_codes, v_scale, mask), FUSED
 
 
 def grouped_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -103,11 +146,6 @@ def int4_attention(q, kq, k_scale, k_zero, k_res, res_bias, vq, v_scale, v_zero)
 
 _kernels: dict = {}  # each attention compiled once per process (dynamic shapes), at its first call
 _failed: list[str] = []  # why compiling failed in this process (then every call decodes the reference way)
-
-
-def fused_decode(*args: torch.Tensor) -> torch.Tensor | None:
-    """scaled_attention through the process's compiled kernel; None where it does not compile here (said once)."""
-    return run(scaled_attention, *args)
 
 
 def run(attention, *args: torch.Tensor) -> torch.Tensor | None:

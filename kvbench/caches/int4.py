@@ -8,8 +8,9 @@ key group can only be quantized once its tokens are all there: until then they w
 full-precision residual of `group_size` positions (KIVI's residual), which is why a cache shorter
 than one group holds its keys exactly.
 
-A decode step attends over the packed codes themselves (kvbench/caches/fused.py: int4_attention unpacks and
-dequantizes inside the dot products, the residual's keys beside them), so it reads the 4-bit bytes; the prefill
+A decode step attends over the packed codes themselves (kvbench/caches/fused.py: kvbench's C++ kernel, or
+inductor's int4_attention, unpack and dequantize inside the dot products, the residual's keys beside them), so it
+reads the 4-bit bytes; the prefill
 quantizes every complete group of its keys in one operation.
 """
 
@@ -124,18 +125,16 @@ class Int4StaticCache(KVCache):
         self.k_zero[layer, :, :, at // G : at // G + n] = zero
 
     def attend_decode(self, layer, q, k, v, past_len):
-        """One token per sequence: store it, then attend over the packed codes and the residual in one compiled
-        kernel (caches/fused.py: int4_attention), unpacking and dequantizing inside the dot products."""
+        """One token per sequence: store it, then attend over the packed codes and the residual in one kernel
+        (caches/fused.py: kvbench's C++ kernel, or inductor's int4_attention), unpacking and dequantizing inside
+        the dot products."""
         end = self.store(layer, k, v, past_len)
         done = min(end // self.G, self.full)
         kq, ks, kz = self.kq[layer], self.k_scale[layer], self.k_zero[layer]
         keys = (kq[:, :, : done * self.G], ks[:, :, :done], kz[:, :, :done])
         values = (self.vq[layer, :, :, :end], self.v_scale[layer, :, :, :end], self.v_zero[layer, :, :, :end])
-        held = end - done * self.G  # the residual's rows holding a position; the others masked out
-        bias = torch.where(torch.arange(self.k_res.size(3), device=q.device) < held, 0.0, float("-inf"))
-        parts = (*keys, self.k_res[layer], bias, *values)
-        y = fused.run(fused.int4_attention, q, *parts) if done else None  # no group yet: keys all exact
-        self.attention_path = fused.FUSED if y is not None else fused.DEQUANTIZE
+        held = end - done * self.G  # the residual's rows holding a position
+        y, self.attention_path = fused.int4_decode(q, *keys, self.k_res[layer], held, *values)
         if y is None:
             k_all, v_all = self._keys(layer, end), self._values(layer, end)
             y = F.scaled_dot_product_attention(q, k_all, v_all, enable_gqa=k_all.size(1) != q.size(1))

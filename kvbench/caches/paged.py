@@ -6,7 +6,9 @@ the other sequences' lengths (a static cache reserves every sequence the longest
 that every sequence of the batch shares is stored once: its full blocks sit in every sequence's table
 with a reference count, and it is prefilled once (`prefill_shared`).
 
-A decode step of a rectangular batch reads each sequence's blocks in place: runs of blocks with consecutive
+A decode step reads each sequence's blocks in place through its block table with kvbench's C++ kernel
+(kvbench/kernels/decode_attention.cpp), ragged batches and a shared prefix alike. Where that kernel does not
+run, a rectangular batch reads runs of blocks with consecutive
 ids are slices of the pool (heads first, so a run is a (heads, positions, head size) view like a static
 cache's), each attended by SDPA's flash kernel with its log-sum-exp, the runs' outputs merged by their
 log-sum-exps (flash-decoding's split over the keys). A prompt's blocks come off the free list in order, so a
@@ -27,12 +29,15 @@ import math
 
 import torch
 
+from kvbench.caches import fused
 from kvbench.caches.base import CacheShape, KVCache
 from kvbench.caches.ragged import Layout
 from kvbench.core.block_table import BlockTable
 from kvbench.core.presets import BLOCK_TOKENS, kv_bytes_per_token
+from kvbench.kernels import decode_attention
 
 ATTENTION_PATH = "paged: blocks gathered into a dense K/V per step (torch index), then SDPA"
+KERNEL_PATH = "paged: each sequence's blocks read in place through its block table (kvbench's C++ kernel)"
 RUNS_PATH = "paged: runs of consecutive blocks read in place, SDPA flash per run, merged by log-sum-exp"
 PAGED_FLEX = "torch.nn.attention.experimental._paged_attention"
 # Why not PyTorch's PagedAttention for flex_attention: true of torch 2.13 on a CPU and a GPU alike
@@ -191,7 +196,19 @@ class PagedCache(KVCache):
         return (k_all[:1], v_all[:1]) if prefix_stage else (k_all, v_all)
 
     def attend_decode(self, layer, q, k, v, past_len):
-        """A rectangular batch's decode step: each sequence's runs of blocks read in place (`merged`)."""
+        """A decode step that reads each sequence's blocks in place: kvbench's C++ kernel through the block table
+        (any batch: ragged, a shared prefix), else a rectangular batch's runs of blocks (`merged`)."""
+        if self.pool_k is not None and fused.use_kernel(q, self.pool_k):
+            self.store(layer, k, v, past_len)
+            if layer == 0:  # the same table for every layer of this step
+                blocks = self.table.blocks
+                width = max(len(b) for b in blocks)
+                table = [b + [b[0]] * (width - len(b)) for b in blocks]  # padding never read (past each length)
+                self._table = torch.tensor(table, dtype=torch.long)
+                self._lengths = torch.tensor(self.table.tokens, dtype=torch.long)
+                self.attention_path = attention_path(KERNEL_PATH)
+            return decode_attention.paged(q, self.pool_k[layer], self.pool_v[layer], self._table, self._lengths,
+                                          self.block_tokens)  # fmt: skip
         if self.layout is not None or FLASH is None or q.device.type != "cpu" or self.pool_k is None:
             return None  # a ragged batch or a shared prefix (masked: the gather), or no flash kernel here
         _, end = self.store(layer, k, v, past_len)
@@ -206,6 +223,9 @@ class PagedCache(KVCache):
         outs = [merged(q[b : b + 1], [(pk[None, :, s : s + n], pv[None, :, s : s + n]) for s, n in runs])
                 for b, runs in enumerate(self._runs)]  # fmt: skip
         return torch.cat(outs)
+
+    # A ragged batch's decode step comes here too (its mask is the layout, which the block table already holds).
+    reads_layout = True
 
     def tensors(self):
         return [t for t in (self.pool_k, self.pool_v) if t is not None]

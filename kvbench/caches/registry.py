@@ -3,6 +3,8 @@ beside it), which import only the interface (base.py)."""
 
 from __future__ import annotations
 
+import torch
+
 from kvbench.caches.base import CacheShape, KVCache
 from kvbench.caches.concat import ConcatCache
 from kvbench.caches.int4 import Int4StaticCache
@@ -11,6 +13,7 @@ from kvbench.caches.scaled import Fp8StaticCache, Int8StaticCache
 from kvbench.caches.sliding import SlidingCache
 from kvbench.caches.static import StaticCache
 from kvbench.core.presets import KV_MODES
+from kvbench.kernels import decode_attention
 
 # kv_mode -> the class that holds it ("none": no cache; the model re-reads the whole sequence each step).
 # Each class is built as `cls(shape, **settings)`, with the settings it names in `cls.settings`.
@@ -42,4 +45,6 @@ def make_cache(kv_mode: str, shape: CacheShape, **options) -> KVCache | None:
     cls = KINDS[kv_mode]
     if cls is None:
         return None
+    if torch.device(shape.device).type == "cpu":
+        decode_attention.available()  # built and loaded now, not first asked inside a compiled step
     return cls(shape, **{name: options[name] for name in cls.settings if name in options})

@@ -6,8 +6,9 @@ int8 rounds each vector scaled to its absmax onto -127..127; fp8 stores it as fl
 TensorRT-LLM store an fp8 KV cache: e4m3 keeps 3 mantissa bits over a wide range, so a vector scaled to its
 absmax loses little. The two differ only in the storage dtype and the quantizer, so one class holds both.
 
-A decode step attends over the codes themselves (kvbench/caches/fused.py: the scales folded into the scores and
-probabilities, the dequantize fused into the dot products), so it reads the compressed bytes; the prefill, and
+A decode step attends over the codes themselves (kvbench/caches/fused.py: kvbench's C++ kernel, or inductor's fused
+loop, with the scales folded into the scores and probabilities and the codes converted in registers), so it reads
+the compressed bytes; the prefill, and
 attention that a probe watches, take the dequantized prefix from `update`. Both compute the same quantities.
 """
 
@@ -90,13 +91,10 @@ class ScaledStaticCache(KVCache):
     def attend_decode(self, layer, q, k, v, past_len):
         end = self.store(layer, k, v, past_len)
         at = (layer, slice(None), slice(None), slice(0, end))
-        y = fused.fused_decode(q, self.k[at], self.k_scale[at], self.v[at], self.v_scale[at])
-        if y is not None:
-            self.attention_path = fused.FUSED
-        else:  # no compiler here: the reference way, over the codes just stored
+        y, self.attention_path = fused.scaled_decode(q, self.k[at], self.k_scale[at], self.v[at], self.v_scale[at])
+        if y is None:  # no compiler here: the reference way, over the codes just stored
             k_all, v_all = self.dequantized(layer, end)
             y = torch.nn.functional.scaled_dot_product_attention(q, k_all, v_all, enable_gqa=k_all.size(1) != q.size(1))
-            self.attention_path = fused.DEQUANTIZE
         return y
 
     def write_at(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor):
@@ -105,10 +103,12 @@ class ScaledStaticCache(KVCache):
         return self.dequantized(layer, self.max_len)
 
     def attend_at(self, layer, q, k, v, pos, mask):
-        """The static-shape step over the codes themselves, inside the compiled step (inductor fuses it)."""
+        """The static-shape step over the codes themselves, inside the compiled step (the kernel as an extern call,
+        or inductor's fused loop)."""
         self.store_at(layer, k, v, pos)
-        self.attention_path = fused.FUSED
-        return fused.scaled_attention(q, self.k[layer], self.k_scale[layer], self.v[layer], self.v_scale[layer], mask)
+        y, self.attention_path = fused.scaled_at(q, self.k[layer], self.k_scale[layer], self.v[layer],
+                                                 self.v_scale[layer], mask)  # fmt: skip
+        return y
 
     def store_at(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
         """One index_put_ per buffer on the whole buffer (as StaticCache.write_at: in place when compiled)."""

@@ -12,15 +12,17 @@ window after them, the query last). With rotary positions a score depends only o
 between query and key, and the window's distances are the same in either numbering (both are
 contiguous up to the query); only the sinks move, to sit just before the window. The model caches keys
 already rotated at their absolute position p, so a sink is rotated a further `past_len - (held - 1)`
-positions on read, which gives it exactly the rotation at its position within the cache (rotations
-compose). Learned absolute positions (GPT-2) are added to the embeddings before K,V exist, so
-nothing in the cache can move them: the window evicts, positions stay absolute (`kv_note`).
+positions, which gives it exactly the rotation at its position within the cache (rotations compose): each
+step rotates the sinks' slots in place by the one position it adds (`sink_shift`), so nothing else is copied.
+Learned absolute positions (GPT-2) are added to the embeddings before K,V exist, so nothing in the cache can
+move them: the window evicts, positions stay absolute (`kv_note`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from kvbench.caches import fused
 from kvbench.caches.base import CacheShape, KVCache
 from kvbench.core.presets import SLIDING_SINKS, SLIDING_WINDOW
 
@@ -66,6 +68,9 @@ class SlidingCache(KVCache):
         self.v = torch.zeros(shape.dims(self.capacity), dtype=shape.dtype, device=shape.device)
         self.max_len = shape.max_len
         self.written = 0  # positions streamed through so far (the slots hold the last `capacity` of them)
+        # Rotary models: how far each layer's sink keys have been rotated in their slots so far (a step rotates them
+        # on by what its shift adds, a few rows in place, so the window is never copied).
+        self.sink_shift = [0] * shape.n_layer
 
     def slot(self, pos: int) -> int:
         return pos if pos < self.sinks else self.sinks + (pos - self.sinks) % self.window
@@ -91,12 +96,21 @@ class SlidingCache(KVCache):
         if past_len == 0:
             return k, v  # the prompt attends to all of itself, as every other mode's prefill does
         held = min(end, self.capacity)
-        k_all, v_all = self.k[layer, :, :, :held], self.v[layer, :, :, :held]
         shift = past_len - (held - 1)  # how far the query's absolute position is past its place in the cache
-        if self.inv_freq is not None and shift > 0 and self.sinks > 0:
-            s = self.sinks
-            k_all = torch.cat([rotate(k_all[:, :, :s], self.inv_freq, shift), k_all[:, :, s:]], dim=2)
-        return k_all, v_all
+        if self.inv_freq is not None and self.sinks and shift > self.sink_shift[layer]:  # the sinks, in place
+            sinks = self.k[layer, :, :, : self.sinks]
+            sinks.copy_(rotate(sinks, self.inv_freq, shift - self.sink_shift[layer]))
+            self.sink_shift[layer] = shift
+        return self.k[layer, :, :, :held], self.v[layer, :, :, :held]
+
+    def attend_decode(self, layer, q, k, v, past_len):
+        """A decode step: the new key and value into their slot, then kvbench's C++ kernel over every held slot (no
+        mask: a one-token step attends to all of them); None (the module's SDPA) where the kernel does not run."""
+        if not fused.use_kernel(q, self.k):
+            return None
+        k_all, v_all = self.update(layer, k, v, past_len)
+        self.attention_path = fused.KERNEL
+        return fused.dense_decode(q, k_all, v_all)
 
     def tensors(self):
         return [self.k, self.v]

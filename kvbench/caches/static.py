@@ -50,13 +50,26 @@ class StaticCache(KVCache):
         self.v[at] = v.permute(2, 0, 1, 3)
         return self.k[layer], self.v[layer]
 
+    def attend_decode(self, layer, q, k, v, past_len):
+        """An eager decode step on a CPU: kvbench's C++ kernel over the written prefix (caches/fused.py); None
+        (the module's SDPA) where it does not run."""
+        if not fused.use_kernel(q, self.k):
+            return None
+        k_all, v_all = self.update(layer, k, v, past_len)
+        self.attention_path = fused.KERNEL
+        return fused.dense_decode(q, k_all, v_all)
+
     def attend_at(self, layer, q, k, v, pos, mask):
-        """The static-shape step on a CPU: one query per head over the whole buffer as one fused loop inside the
-        compiled step (fused.one_query_attention), where SDPA was a call of ~80-130 us a layer at a short context
-        (the 2-core Xeon, under torch.profiler); elsewhere SDPA (None)."""
+        """The static-shape step on a CPU: one query per head over the whole buffer, the unwritten positions masked,
+        inside the compiled step: kvbench's C++ kernel as an extern call, else one fused loop of inductor's
+        (fused.one_query_attention), where SDPA was a call of ~80-130 us a layer at a short context (the 2-core
+        Xeon, under torch.profiler); elsewhere SDPA (None)."""
         if q.device.type != "cpu" or q.size(2) != 1:
             return None
         k_all, v_all = self.write_at(layer, k, v, pos)
+        if fused.use_kernel(q, k_all):
+            self.attention_path = fused.KERNEL
+            return fused.dense_decode(q, k_all, v_all, mask)
         return fused.one_query_attention(q, k_all, v_all, mask)
 
     def reset(self) -> None:

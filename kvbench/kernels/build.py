@@ -7,7 +7,7 @@ compiler flags, the torch version and the CPU's model and flags, under the Pytho
 beside the library holds its sha256, checked before each load: a damaged or half-written library is
 rebuilt, never loaded. Built in a temporary folder and moved into place, so two processes building at
 once leave one whole library. Where there is no compiler (or the build fails) `load` says so in one line
-on stderr, once per process, and returns None: the caller keeps the library's GEMM.
+on stderr, once per process, and returns None: the caller keeps the library's ops (its GEMM, SDPA).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def load(name: str) -> Path | None:
         torch.ops.load_library(str(library))
     except Exception as e:  # noqa: BLE001 (no compiler, a failing build, a torch without its headers: the library's GEMM)
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        print(f"kvbench: kernel {name} not available ({why}); using the library's GEMM instead", file=sys.stderr)
+        print(f"kvbench: kernel {name} not available ({why}); using the library's ops instead", file=sys.stderr)
         return None
     return library
 

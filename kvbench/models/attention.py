@@ -136,7 +136,8 @@ class CachedAttention(nn.Module):
             if y is None:
                 y = attend_masked(q, *cache.write_at(self.layer_idx, k, v, pos), mask, self.attention)
         else:
-            one = own and ctx.cache is not None and ctx.mask is None and q.size(2) == 1
+            unmasked = ctx.mask is None or (ctx.cache is not None and ctx.cache.reads_layout)
+            one = own and ctx.cache is not None and unmasked and q.size(2) == 1
             y = ctx.cache.attend_decode(self.layer_idx, q, k, v, ctx.past_len) if one else None
             if y is None:
                 y = self.attend_all(q, k, v, ctx)
