@@ -17,6 +17,9 @@ from kvbench.models.family import build_random
 from kvbench.models.llama import Rotary
 
 
+needs_kernel = pytest.mark.skipif(not decode_attention.available(), reason="the kernel is not built for this machine")
+
+
 def random_prompt(batch: int, length: int, vocab: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
@@ -93,7 +96,7 @@ def test_a_bad_window_or_sinks_is_one_line(field, value, message):
         CellSpec(model="tiny", kv_mode="sliding", device="cpu", **{field: value}).check()
 
 
-@pytest.mark.skipif(not decode_attention.available(), reason="the kernel is not built for this machine")
+@needs_kernel
 @pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
 def test_the_kernels_decode_gives_the_sdpa_paths_tokens_and_logits(name, monkeypatch):
     """Past the window (sinks rotated in place on the rotary model): kvbench's kernel over the held slots equals
@@ -111,3 +114,46 @@ def test_the_kernels_decode_gives_the_sdpa_paths_tokens_and_logits(name, monkeyp
     assert ref.cache.attention_path == "sdpa" and torch.equal(got.tokens, ref.tokens)
     for a, b in zip(got.logits, ref.logits):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow  # a static-shape step compiled per family
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+def test_the_compiled_static_shape_step_gives_the_eager_tokens_and_logits(name):
+    """--compile: the ring of sinks + window slots keeps its shape, so sliding takes the compiled static-shape step
+    (slot and sink rotation computed from the position tensor); a prompt past the window, a stream that wraps."""
+    from kvbench.engines.kvbench import CompiledStaticDecoder
+
+    cfg = preset(name)
+    if name == "tiny-llama":
+        cfg = dataclasses.replace(cfg, n_head=4, n_kv_head=2)  # head size 16
+    model = build_random(cfg, "cpu", torch.float32, seed=0, for_decoding=True)
+    prompt = random_prompt(2, 10, cfg.vocab_size)
+    options = {"window": 6, "sinks": 2}
+    eager = generate(model, prompt, 16, "sliding", keep_logits=True, plan=GenerationPlan(options))
+    step = CompiledStaticDecoder(model, 2, 10 + 16 - 1, "sliding", options)
+    for _ in range(2):  # a second generation: the cache (and the sinks' rotation) reset in place
+        got = step(prompt, 16, "sliding", keep_logits=True)
+        assert torch.equal(got.tokens, eager.tokens)
+        for a, b in zip(got.logits, eager.logits):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", [False, pytest.param(True, marks=needs_kernel)], ids=["torch", "kernel"])
+def test_the_static_shape_step_attends_as_the_growing_step_does(kernel, monkeypatch):
+    """write_at/attend_at (positions as tensors, every slot with a mask) against update + SDPA, step by step through
+    the ring's wrap, sinks rotated on a rotary model."""
+    monkeypatch.setitem(decode_attention._ready, "yes", kernel)
+    D, n = 16, 30
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, D, 2).float() / D))
+    shape = CacheShape(1, 2, 2, n, D, torch.float32, "cpu")
+    a, b = (SlidingCache(shape, window=5, sinks=2, inv_freq=inv_freq) for _ in range(2))
+    g = torch.Generator().manual_seed(0)
+    prompt_k, prompt_v = torch.randn(2, 2, 9, D, generator=g), torch.randn(2, 2, 9, D, generator=g)
+    a.update(0, prompt_k, prompt_v, 0)
+    b.update(0, prompt_k, prompt_v, 0)
+    for p in range(9, n):
+        q, k, v = (torch.randn(2, t, 1, D, generator=g) for t in (4, 2, 2))
+        want = torch.nn.functional.scaled_dot_product_attention(q, *a.update(0, k, v, p), enable_gqa=True)
+        got = b.attend_at(0, q, k, v, torch.tensor([p]), None)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert b.attention_path == (fused.KERNEL if kernel else "sdpa")

@@ -71,6 +71,7 @@ class SlidingCache(KVCache):
         # Rotary models: how far each layer's sink keys have been rotated in their slots so far (a step rotates them
         # on by what its shift adds, a few rows in place, so the window is never copied).
         self.sink_shift = [0] * shape.n_layer
+        self.sink_shift_at = torch.zeros(shape.n_layer, dtype=torch.long, device=shape.device)  # the compiled step's
 
     def slot(self, pos: int) -> int:
         return pos if pos < self.sinks else self.sinks + (pos - self.sinks) % self.window
@@ -111,6 +112,49 @@ class SlidingCache(KVCache):
         k_all, v_all = self.update(layer, k, v, past_len)
         self.attention_path = fused.KERNEL
         return fused.dense_decode(q, k_all, v_all)
+
+    def write_at(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor):
+        """The static-shape step (one token, its position a tensor): the new K,V into their slot, the sinks rotated on
+        in place by what this step adds to their shift (rotary models), every slot returned (`slot_mask` says which
+        hold a position). Whole-buffer index_put_s and copies, as StaticCache.write_at, so a compiled step writes in
+        place."""
+        slot = torch.where(pos < self.sinks, pos, self.sinks + (pos - self.sinks) % self.window)
+        at = (slot.new_full(slot.shape, layer), slice(None), slice(None), slot)  # indexed dims first: (T, B, H, D)
+        self.k[at] = k.permute(2, 0, 1, 3)
+        self.v[at] = v.permute(2, 0, 1, 3)
+        if self.inv_freq is not None and self.sinks:
+            shift = (pos[-1:] + 1 - self.capacity).clamp(min=0)  # how far past its place in the cache the query is
+            by = (shift - self.sink_shift_at[layer : layer + 1]).float()  # 0 until the ring wraps: the identity
+            angles = by * self.inv_freq.float()
+            cos, sin = angles.cos().to(self.k.dtype), angles.sin().to(self.k.dtype)
+            sinks = self.k[layer, :, :, : self.sinks]
+            x1, x2 = sinks.chunk(2, dim=-1)
+            sinks.copy_(torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1))
+            self.sink_shift_at[layer : layer + 1] = shift
+        return self.k[layer], self.v[layer]
+
+    def slot_mask(self, pos: torch.Tensor) -> torch.Tensor:
+        """(1, capacity): the slots holding a position once position `pos` is written (all of them after the wrap)."""
+        return torch.arange(self.capacity, device=pos.device).unsqueeze(0) <= pos[-1:].unsqueeze(1)
+
+    def attend_at(self, layer, q, k, v, pos, mask):
+        """The static-shape step's attention over every held slot (the step's own `mask` is over stream positions,
+        not slots): kvbench's C++ kernel where it runs, else one fused loop of torch ops (any device)."""
+        if q.size(2) != 1:
+            raise ValueError("sliding cache: the static-shape step feeds one token at a time")
+        k_all, v_all = self.write_at(layer, k, v, pos)
+        held = self.slot_mask(pos)
+        if fused.use_kernel(q, k_all):
+            self.attention_path = fused.KERNEL
+            return fused.dense_decode(q, k_all, v_all, held)
+        return fused.one_query_attention(q, k_all, v_all, held)
+
+    def reset(self) -> None:
+        """Empty the cache in place (a compiled step keeps the buffers' addresses)."""
+        for t in (self.k, self.v, self.sink_shift_at):
+            t.zero_()
+        self.sink_shift = [0] * len(self.sink_shift)
+        self.written = 0
 
     def tensors(self):
         return [self.k, self.v]

@@ -1,7 +1,8 @@
 """Engine `kvbench`: this repository's models (GPT-2, the Llama family) and every cache kind.
 
-`--compile` for the preallocated caches (`static`, and the 8-bit `static-int8` and `static-fp8`, whose step
-attends over the codes with the dequantize fused in: kvbench/caches/fused.py) is gpt-fast's recipe: the
+`--compile` for the caches whose buffers keep one shape (`static`; the 8-bit `static-int8` and `static-fp8`, whose
+step attends over the codes as stored: kvbench/caches/fused.py; `sliding`, a ring of sinks + window slots) is
+gpt-fast's recipe: the
 prompt is prefilled eagerly, and the one-token decode step, whose shapes never change (the whole
 preallocated cache, the unwritten positions masked, the position passed as a tensor),
 is compiled once with `torch.compile` —
@@ -12,7 +13,7 @@ does; a fresh allocation would re-record the graph inside a timing. On a CPU the
 by inductor with the weights frozen into the graph and each matrix product autotuned
 (`CPU_INDUCTOR_OPTIONS`); inductor's on-disk caches make the next cell's compile cheap.
 
-The other kinds (`none`, `concat`, `static-int4`, `sliding`, `paged`) change shape every step; the model is
+The other kinds (`none`, `concat`, `static-int4`, `paged`) change shape every step; the model is
 compiled with dynamic shapes around its attention, which runs as a call: the projections, norms and MLP
 compiled, the cache read its own way.
 """
@@ -27,6 +28,7 @@ from collections.abc import Callable
 import torch
 
 from kvbench.caches.scaled import ScaledStaticCache
+from kvbench.caches.sliding import SlidingCache
 from kvbench.caches.static import StaticCache
 from kvbench.core import disk_cache
 from kvbench.engines.base import Engine, Runner, compile_mode
@@ -83,7 +85,12 @@ def inductor_options(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 # The kinds with a static-shape step (a `write_at` over the whole buffer, or their own `attend_at`).
-STATIC_SHAPE = {"static": StaticCache, "static-int8": ScaledStaticCache, "static-fp8": ScaledStaticCache}
+STATIC_SHAPE = {
+    "static": StaticCache,
+    "static-int8": ScaledStaticCache,
+    "static-fp8": ScaledStaticCache,
+    "sliding": SlidingCache,  # its ring of sinks + window slots: the same shapes every step
+}
 
 
 class KvbenchEngine(Engine):
@@ -109,7 +116,8 @@ class KvbenchEngine(Engine):
 
     def compiled_runner(self, kv_mode: str, prompt: torch.Tensor, new_tokens: int) -> Runner:
         if kv_mode in STATIC_SHAPE:
-            return CompiledStaticDecoder(self.model, prompt.size(0), prompt.size(1) + new_tokens - 1, kv_mode)
+            options = self.plan.kv_options if self.plan is not None else None
+            return CompiledStaticDecoder(self.model, prompt.size(0), prompt.size(1) + new_tokens - 1, kv_mode, options)
         # A cache that changes shape each step: the model compiled around its attention, which runs as a call
         # (the cache's own kernel where it has one). Traced, the cache's Python ints (a layer's index, a slot, a
         # run of blocks) are guards: a graph per layer and step, past dynamo's recompile limit after 8 layers.
@@ -123,9 +131,9 @@ class KvbenchEngine(Engine):
 class CompiledStaticDecoder:
     """kvbench's static cache with a compiled static-shape decode step; one per cell (fixed batch and length)."""
 
-    def __init__(self, model: Model, batch: int, max_len: int, kv_mode: str = "static"):
+    def __init__(self, model: Model, batch: int, max_len: int, kv_mode: str = "static", options: dict | None = None):
         self.model, self.kv_mode = model, kv_mode
-        cache = new_cache(model, kv_mode, batch, max_len)
+        cache = new_cache(model, kv_mode, batch, max_len, options)  # options: the cell's cache settings (window, sinks)
         assert isinstance(cache, STATIC_SHAPE[kv_mode])
         self.cache = cache
         self.device = cache.k.device
