@@ -16,7 +16,6 @@ from kvbench.measure.spec import CellSpec, UsageError
 from kvbench.models.family import build_random
 from kvbench.models.llama import Rotary
 
-
 needs_kernel = pytest.mark.skipif(not decode_attention.available(), reason="the kernel is not built for this machine")
 
 
