@@ -14,8 +14,8 @@ by inductor with the weights frozen into the graph and each matrix product autot
 (`CPU_INDUCTOR_OPTIONS`); inductor's on-disk caches make the next cell's compile cheap.
 
 The other kinds (`none`, `concat`, `static-int4`, `paged`) change shape every step; the model is
-compiled with dynamic shapes around its attention, which runs as a call: the projections, norms and MLP
-compiled, the cache read its own way.
+compiled with dynamic shapes and each decode step's attention is one opaque op (engines/attention_op.py):
+the projections, norms and MLP compiled as one graph, the cache read its own way.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from kvbench.caches.scaled import ScaledStaticCache
 from kvbench.caches.sliding import SlidingCache
 from kvbench.caches.static import StaticCache
 from kvbench.core import disk_cache
+from kvbench.engines import attention_op
 from kvbench.engines.base import Engine, Runner, compile_mode
 from kvbench.engines.generate import (
     GREEDY,
@@ -118,12 +119,12 @@ class KvbenchEngine(Engine):
         if kv_mode in STATIC_SHAPE:
             options = self.plan.kv_options if self.plan is not None else None
             return CompiledStaticDecoder(self.model, prompt.size(0), prompt.size(1) + new_tokens - 1, kv_mode, options)
-        # A cache that changes shape each step: the model compiled around its attention, which runs as a call
-        # (the cache's own kernel where it has one). Traced, the cache's Python ints (a layer's index, a slot, a
-        # run of blocks) are guards: a graph per layer and step, past dynamo's recompile limit after 8 layers.
+        # A cache that changes shape each step: the model compiled with each decode step's attention one opaque op
+        # (engines/attention_op.py) that calls the cache's own decode. Traced, the cache's Python ints (a layer's
+        # index, a slot, a run of blocks) would be guards: a graph per layer and step, past dynamo's recompile limit.
         for module in self.model.modules():
             if isinstance(module, CachedAttention) and "attend" not in vars(module):
-                module.attend = torch.compiler.disable(module.attend)
+                attention_op.install(module)
         compiled = torch.compile(self.model, dynamic=True)  # one graph for every length
         return functools.partial(generate, compiled, plan=self.plan)
 

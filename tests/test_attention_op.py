@@ -1,0 +1,41 @@
+"""engines/attention_op.py: under --compile a growing cache's decode step is one graph with its attention as one
+opaque op, and gives the eager tokens and logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kvbench.core.presets import preset
+from kvbench.engines import attention_op
+from kvbench.engines.generate import GenerationPlan, generate
+from kvbench.engines.kvbench import KvbenchEngine
+from kvbench.models.attention import CachedAttention
+from kvbench.models.family import build_random
+
+
+@pytest.mark.slow  # the model compiled per kind
+@pytest.mark.parametrize("kind,options", [("static-int4", {"kv_group_size": 32}), ("paged", {"block_tokens": 4})])
+def test_a_compiled_growing_step_is_one_graph_with_the_eager_tokens(kind, options):
+    model = build_random(preset("tiny"), "cpu", torch.float32, seed=0, for_decoding=True)
+    prompt = torch.randint(0, 500, (2, 40), generator=torch.Generator().manual_seed(0))
+    plan = GenerationPlan(options)
+    eager = generate(model, prompt, 12, kind, keep_logits=True, plan=plan)
+    graphs = {}
+    for way in ("op", "call"):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        if way == "call":  # attention as a call from the compiled model: graphs around it in every decode step
+            model = build_random(preset("tiny"), "cpu", torch.float32, seed=0, for_decoding=True)
+            for module in model.modules():
+                if isinstance(module, CachedAttention):
+                    module.attend = torch.compiler.disable(module.attend)
+        run = KvbenchEngine(model, plan).compiled_runner(kind, prompt, 12)
+        got = run(prompt, 12, kind, keep_logits=True)
+        graphs[way] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        if way == "op":
+            assert torch.equal(got.tokens, eager.tokens) and attention_op._current == [got.cache]
+            for a, b in zip(got.logits, eager.logits):
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # Both prefill around their two layers' eager attention; the op's decode step is one graph, the call's three.
+    assert graphs["op"] < graphs["call"]
