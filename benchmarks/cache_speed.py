@@ -11,6 +11,7 @@ A benchmark, not a test: it prints, it does not pass or fail.
     python benchmarks/cache_speed.py --batch 4 --prompt-len 1000 --threads 2            # issue 35's shape
     python benchmarks/cache_speed.py --model smollm2-135m --batch 4 --prompt-len 1000 --threads 2
     python benchmarks/cache_speed.py --batch 1 --prompt-len 128 --threads 2 --rounds 3
+    python benchmarks/cache_speed.py --batch 4 --prompt-len 1000 --threads 2 --peers   # llama.cpp's caches beside
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import tempfile
 from pathlib import Path
 
 MODES = ("static", "static-int8", "static-fp8", "static-int4", "sliding", "paged")
+PEER_MODES = ("static", "static-int8", "static-int4")  # llama.cpp: its f32 cache, q8_0 and q4_0 (engines/llamacpp.py)
 
 
-def run_cell(args: argparse.Namespace, kv_mode: str, compiled: bool, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "kvbench.cli", "cell", "--model", args.model, "--kv-mode", kv_mode]
+def run_cell(args: argparse.Namespace, engine: str, kv_mode: str, compiled: bool, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "kvbench.cli", "cell", "--engine", engine, "--model", args.model, "--kv-mode", kv_mode]
     cmd += ["--dtype", args.dtype, "--device", args.device, "--batch", str(args.batch)]
     cmd += ["--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens)]
     cmd += ["--warmup", str(args.warmup), "--iters", str(args.iters), "--check-steps", str(args.check_steps)]
@@ -47,21 +49,22 @@ def price(rec: dict) -> str:
 def table(args: argparse.Namespace, rounds: list[dict[tuple[str, bool], dict]]) -> None:
     print(f"\n{args.model} {args.dtype} batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
           f"{args.threads or 'default'} threads\n")  # fmt: skip
-    print("| kv mode | compiled | round | decode ms/token (min-max) | / static | prefill / static | of own floor "
-          "| attention path | price |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
-    for mode, compiled in rounds[0]:
+    print("| engine | kv mode | compiled | round | decode ms/token (min-max) | / its static | prefill / static "
+          "| of own floor | attention path | price |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for engine, mode, compiled in rounds[0]:
         for i, results in enumerate(rounds, 1):
-            rec, base = results[mode, compiled], results.get(("static", compiled), {})
+            rec, base = results[engine, mode, compiled], results.get((engine, "static", compiled), {})
             if rec.get("status") != "ok":
-                print(f"| {mode} | {compiled} | {i} | {rec.get('status')}: {(rec.get('error') or '')[:80]} |||||||")
+                print(f"| {engine} | {mode} | {compiled} | {i} | {rec.get('status')}: {(rec.get('error') or '')[:80]} "
+                      "|||||||")  # fmt: skip
                 continue
             lat, d = rec["latency"], rec["latency"]["decode_ms_per_token"]
             ok = base.get("status") == "ok"
             ratio = f"{d['median'] / base['latency']['decode_ms_per_token']['median']:.2f}" if ok else ""
             pre = lat["prefill_ms"]["median"] / base["latency"]["prefill_ms"]["median"] if ok else float("nan")
-            print(f"| {mode} | {compiled} | {i} | {d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f}) | {ratio} "
-                  f"| {pre:.2f} | {rec['analytic']['fraction_of_floor']:.2f} | {lat.get('kv_attention_path')} "
+            print(f"| {engine} | {mode} | {compiled} | {i} | {d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f}) "
+                  f"| {ratio} | {pre:.2f} | {rec['analytic']['fraction_of_floor']:.2f} | {lat.get('kv_attention_path')} "
                   f"| {price(rec)} |")  # fmt: skip
 
 
@@ -82,15 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=list(MODES))
     p.add_argument("--compile", choices=("no", "yes", "both"), default="both")
     p.add_argument("--records", default=None, help="keep the records in this folder (default: a temp dir)")
+    p.add_argument(
+        "--peers", action="store_true", help="llama.cpp's f32, q8_0 and q4_0 caches too, on the same weights"
+    )
     args = p.parse_args(argv)
     out_dir = Path(args.records or tempfile.mkdtemp(prefix="kvbench-cache-speed-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"no": (False,), "yes": (True,), "both": (False, True)}[args.compile]
-    variants = [(m, c) for c in settings for m in dict.fromkeys(["static", *args.modes])]
+    variants = [("kvbench", m, c) for c in settings for m in dict.fromkeys(["static", *args.modes])]
+    variants += [("llamacpp", m, False) for m in PEER_MODES] if args.peers else []
     rounds = []
     for r in range(args.rounds):
-        rounds.append({(m, c): run_cell(args, m, c, out_dir / f"r{r}-{m}{'-compile' if c else ''}.json")
-                       for m, c in variants})  # fmt: skip
+        rounds.append({(e, m, c): run_cell(args, e, m, c, out_dir / f"r{r}-{e}-{m}{'-compile' if c else ''}.json")
+                       for e, m, c in variants})  # fmt: skip
     table(args, rounds)
     print(f"\nrecords: {out_dir}")
     return 0
