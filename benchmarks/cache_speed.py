@@ -64,8 +64,8 @@ def table(args: argparse.Namespace, rounds: list[dict[tuple[str, bool], dict]]) 
             ratio = f"{d['median'] / base['latency']['decode_ms_per_token']['median']:.2f}" if ok else ""
             pre = lat["prefill_ms"]["median"] / base["latency"]["prefill_ms"]["median"] if ok else float("nan")
             print(f"| {engine} | {mode} | {compiled} | {i} | {d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f}) "
-                  f"| {ratio} | {pre:.2f} | {rec['analytic']['fraction_of_floor']:.2f} | {lat.get('kv_attention_path')} "
-                  f"| {price(rec)} |")  # fmt: skip
+                  f"| {ratio} | {pre:.2f} | {rec['analytic']['fraction_of_floor']:.2f} "
+                  f"| {lat.get('kv_attention_path')} | {price(rec)} |")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
