@@ -22,7 +22,7 @@ def test_a_compiled_growing_step_is_one_graph_with_the_eager_tokens(kind, option
     plan = GenerationPlan(options)
     eager = generate(model, prompt, 12, kind, keep_logits=True, plan=plan)
     graphs = {}
-    for way in ("op", "call"):
+    for way in ("op", "call") if kind == "paged" else ("op",):  # the graphs counted once: the op is the same
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
         if way == "call":  # attention as a call from the compiled model: graphs around it in every decode step
@@ -38,4 +38,4 @@ def test_a_compiled_growing_step_is_one_graph_with_the_eager_tokens(kind, option
             for a, b in zip(got.logits, eager.logits):
                 torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     # Both prefill around their two layers' eager attention; the op's decode step is one graph, the call's three.
-    assert graphs["op"] < graphs["call"]
+    assert kind != "paged" or graphs["op"] < graphs["call"]
