@@ -13,9 +13,9 @@ does; a fresh allocation would re-record the graph inside a timing. On a CPU the
 by inductor with the weights frozen into the graph and each matrix product autotuned
 (`CPU_INDUCTOR_OPTIONS`); inductor's on-disk caches make the next cell's compile cheap.
 
-The other kinds (`none`, `concat`, `static-int4`, `paged`) change shape every step; the model is
-compiled with dynamic shapes and each decode step's attention is one opaque op (engines/attention_op.py):
-the projections, norms and MLP compiled as one graph, the cache read its own way.
+The other kinds (`none`, `concat`, `static-int4`, `paged`) change shape every step; their prompt is prefilled
+eagerly too and each decode step compiled with the same inductor settings, its attention one opaque op
+(engines/attention_op.py): the projections, norms and MLP one graph, the cache read its own way (`CompiledSteps`).
 """
 
 from __future__ import annotations
@@ -125,8 +125,30 @@ class KvbenchEngine(Engine):
         for module in self.model.modules():
             if isinstance(module, CachedAttention) and "attend" not in vars(module):
                 attention_op.install(module)
-        compiled = torch.compile(self.model, dynamic=True)  # one graph for every length
-        return functools.partial(generate, compiled, plan=self.plan)
+        return functools.partial(generate, CompiledSteps(self.model), plan=self.plan)
+
+
+class CompiledSteps:
+    """A growing cache's model for `generate`: the prompt prefilled eagerly (as CompiledStaticDecoder does), each
+    decode step through one compiled graph with the static step's inductor settings (frozen weights, the C++
+    GEMM templates, cpp_wrapper) and its attention one op (engines/attention_op.py). Shapes are the same every
+    step but the position, which the first recompile makes symbolic (dynamo's automatic dynamic shapes), so a
+    cell compiles twice in its warm-up and never in its timed steps. A ragged batch's steps (masked) run eagerly."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.options = inductor_options(model.lm_head.weight.device)  # before torch.compile fixes the cache folder
+        # No CUDA graphs: a replay would skip the cache's own Python bookkeeping inside the attention op.
+        self.step = torch.compile(model, mode="default")
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)  # config, inv_freq, lm_head: what generate reads off the model
+
+    def __call__(self, idx: torch.Tensor, cache=None, past_len: int = 0, **kwargs) -> torch.Tensor:
+        if (cache is not None and idx.size(1) > 1) or kwargs.get("layout") is not None:
+            return self.model(idx, cache, past_len, **kwargs)
+        with self.options:
+            return self.step(idx, cache, past_len, **kwargs)
 
 
 class CompiledStaticDecoder:
