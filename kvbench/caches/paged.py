@@ -119,8 +119,8 @@ class PagedCache(KVCache):
         self.table: BlockTable | None = None  # made by `bind`, once the prompt's lengths are known
         self.pool_k: torch.Tensor | None = None
         self.pool_v: torch.Tensor | None = None
-        self._slots: torch.Tensor | None = None  # (B, columns) pool slot of each column, for the current step
-        self._valid: torch.Tensor | None = None
+        self._step: tuple[torch.Tensor, torch.Tensor] | None = None  # this step's columns: (slots, valid), (B, T)
+        self._slots: torch.Tensor | None = None  # (B, columns) pool slot of every column so far (the gather's)
         self._runs: list[list[tuple[int, int]]] = []  # each sequence's runs of slots, for the current decode step
         self._ranks: list[tuple[int, int, int]] | None = None  # lined_up(self._runs), for the current decode step
 
@@ -148,12 +148,13 @@ class PagedCache(KVCache):
             return None
         return prefill_shared(model, self, ids, layout)
 
-    def _map(self, columns: int) -> None:
-        """Each column's pool slot per sequence (gap columns point at the sequence's slot 0, masked anyway)."""
+    def _map(self, columns: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Columns start..columns: each one's pool slot per sequence (gap columns point at the sequence's slot 0,
+        masked anyway) and whether it holds a token, each (B, columns - start)."""
         batch = self.shape.batch
-        cols = torch.arange(columns).unsqueeze(0)
+        cols = torch.arange(start, columns).unsqueeze(0)
         if self.layout is None:
-            logical, valid = cols.expand(batch, -1), torch.ones(batch, columns, dtype=torch.bool)
+            logical, valid = cols.expand(batch, -1), torch.ones(batch, columns - start, dtype=torch.bool)
         else:
             lengths = self.layout.lengths.cpu().unsqueeze(1)
             valid = (cols < lengths) | (cols >= self.width)
@@ -162,8 +163,7 @@ class PagedCache(KVCache):
         per_seq = math.ceil(columns / self.block_tokens)
         table = torch.tensor([t + [t[0]] * (per_seq - len(t)) for t in self.table.blocks])
         block = table.gather(1, logical // self.block_tokens)
-        self._slots = (block * self.block_tokens + logical % self.block_tokens).to(self.device)
-        self._valid = valid.to(self.device)
+        return (block * self.block_tokens + logical % self.block_tokens).to(self.device), valid.to(self.device)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, past_len: int) -> tuple[bool, int]:
         """Write the new K,V into the blocks (taking blocks at layer 0); whether this is a shared prefix's stage, and
@@ -179,18 +179,25 @@ class PagedCache(KVCache):
             for b in range(batch):  # a prompt's columns past its length are the gap: never stored
                 self.table.allocate(b, min(end, prompt[b]) if end <= self.width else prompt[b] + end - self.width)
             self.table.check()  # every step, before any gather reads by these ids
-            self._map(end)
+            self._step = self._map(end, past_len)  # this step's columns only (a decode step: one per sequence)
+            self._slots = None  # every column's, made when a gather needs them
         if prefix_stage:
             k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
-        slots, valid = self._slots[:, past_len:end], self._valid[:, past_len:end]
+        slots, valid = self._step
+        whole = self.layout is None and not prefix_stage  # every column holds a token: no mask to apply
         for pool, x in ((self.pool_k, k), (self.pool_v, v)):
-            pool[layer][:, slots[valid]] = x.transpose(0, 1)[:, valid]  # (H, stored, D)
+            if whole:
+                pool[layer][:, slots] = x.transpose(0, 1)  # (H, B, T, D)
+            else:
+                pool[layer][:, slots[valid]] = x.transpose(0, 1)[:, valid]  # (H, stored, D)
         return prefix_stage, end
 
     def update(self, layer, k, v, past_len):
         prefix_stage, _ = self.store(layer, k, v, past_len)
         if k.size(2) == 1 and layer == 0:  # a decode step that did not read the runs (a probe, math, a ragged batch)
             self.attention_path = attention_path()
+        if self._slots is None:
+            self._slots = self._map(past_len + k.size(2))[0]
         k_all = self.pool_k[layer][:, self._slots].transpose(0, 1)  # (B, H, end, D)
         v_all = self.pool_v[layer][:, self._slots].transpose(0, 1)
         return (k_all[:1], v_all[:1]) if prefix_stage else (k_all, v_all)
