@@ -13,7 +13,7 @@ def rel(paths) -> set[str]:
 
 
 def test_an_engine_brings_its_own_file_and_the_engine_files_it_imports():
-    assert rel(engine_files(PACKAGE, "kvbench")) == {"engines/kvbench.py"}
+    assert rel(engine_files(PACKAGE, "kvbench")) == {"engines/kvbench.py", "engines/attention_op.py"}
     assert rel(engine_files(PACKAGE, "hf")) == {"engines/hf.py"}
     assert rel(engine_files(PACKAGE, "ct2")) == {"engines/ct2.py", "engines/hf.py"}
     assert rel(engine_files(PACKAGE, "llamacpp")) == {"engines/llamacpp.py", "engines/ct2.py", "engines/hf.py"}

@@ -3,10 +3,12 @@
 import pytest
 import torch
 
+from kvbench.caches import fused
 from kvbench.caches.base import CacheShape
 from kvbench.caches.static import StaticCache
 from kvbench.engines.generate import generate
 from kvbench.engines.kvbench import CompiledStaticDecoder
+from kvbench.kernels import decode_attention
 
 
 def random_prompt(batch: int, length: int, seed: int = 1) -> torch.Tensor:
@@ -43,6 +45,8 @@ def test_compiled_static_decoder_matches_eager_and_compiles_the_step_once(tiny_m
         for a, b in zip(gen.logits, ref.logits):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert decoder.cache.k.data_ptr() == ptr
+    if decode_attention.available():  # the step's attention: kvbench's kernel as an extern call in the graph
+        assert decoder.cache.attention_path == fused.KERNEL
     shorter = decoder(prompt, 5)  # fewer new tokens (the cell's token check): the same graph
     assert torch.equal(shorter.tokens, ref.tokens[:, :5])
     # one graph for the step, whatever the position or length: 38 decode steps, no recompilation
