@@ -127,9 +127,12 @@ class SlidingCache(KVCache):
             by = (shift - self.sink_shift_at[layer : layer + 1]).float()  # 0 until the ring wraps: the identity
             angles = by * self.inv_freq.float()
             cos, sin = angles.cos().to(self.k.dtype), angles.sin().to(self.k.dtype)
-            sinks = self.k[layer, :, :, : self.sinks]
-            x1, x2 = sinks.chunk(2, dim=-1)
-            sinks.copy_(torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1))
+            x1, x2 = self.k[layer, :, :, : self.sinks].chunk(2, dim=-1)
+            rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+            # An index_put_ on the whole buffer, not a copy into a view of it: inductor turns a view's mutation
+            # into a copy of the whole cache and back (smollm2-135m b4 p1000: 78 against 44 ms/token a step).
+            sink = torch.arange(min(self.sinks, self.capacity), device=pos.device)
+            self.k[(sink.new_full(sink.shape, layer), slice(None), slice(None), sink)] = rotated.permute(2, 0, 1, 3)
             self.sink_shift_at[layer : layer + 1] = shift
         return self.k[layer], self.v[layer]
 
