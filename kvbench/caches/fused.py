@@ -45,9 +45,10 @@ def scaled_decode(q, k_codes, k_scale, v_codes, v_scale) -> tuple[torch.Tensor |
     return y, (FUSED if y is not None else DEQUANTIZE)
 
 
-def dense_decode(q, k, v, mask=None) -> torch.Tensor | None:
-    """Full-precision keys and values (static, sliding): the C++ kernel where it runs (None: the caller's SDPA)."""
-    return decode_attention.dense(q, k, v, mask=mask) if use_kernel(q, k) else None
+def dense_decode(q, k, v, mask=None) -> torch.Tensor:
+    """Full-precision keys and values (static, sliding) through the C++ kernel; the caller has asked `use_kernel`
+    before storing anything."""
+    return decode_attention.dense(q, k, v, mask=mask)
 
 
 def int4_decode(q, kq, k_scale, k_zero, k_res, held: int, vq, v_scale, v_zero) -> tuple[torch.Tensor | None, str]:

@@ -160,10 +160,13 @@ class PagedCache(KVCache):
             valid = (cols < lengths) | (cols >= self.width)
             logical = torch.where(cols < self.width, cols, cols - (self.width - lengths))
             logical = torch.where(valid, logical, 0)
-        per_seq = math.ceil(columns / self.block_tokens)
-        table = torch.tensor([t + [t[0]] * (per_seq - len(t)) for t in self.table.blocks])
+        table = self.padded_table(math.ceil(columns / self.block_tokens))
         block = table.gather(1, logical // self.block_tokens)
         return (block * self.block_tokens + logical % self.block_tokens).to(self.device), valid.to(self.device)
+
+    def padded_table(self, width: int) -> torch.Tensor:
+        """(B, width) long: each sequence's block ids, padded with its first block (never read: past its length)."""
+        return torch.tensor([t + [t[0]] * (width - len(t)) for t in self.table.blocks], dtype=torch.long)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, past_len: int) -> tuple[bool, int]:
         """Write the new K,V into the blocks (taking blocks at layer 0); whether this is a shared prefix's stage, and
@@ -208,10 +211,7 @@ class PagedCache(KVCache):
         if self.pool_k is not None and fused.use_kernel(q, self.pool_k):
             self.store(layer, k, v, past_len)
             if layer == 0:  # the same table for every layer of this step
-                blocks = self.table.blocks
-                width = max(len(b) for b in blocks)
-                table = [b + [b[0]] * (width - len(b)) for b in blocks]  # padding never read (past each length)
-                self._table = torch.tensor(table, dtype=torch.long)
+                self._table = self.padded_table(max(len(b) for b in self.table.blocks))
                 self._lengths = torch.tensor(self.table.tokens, dtype=torch.long)
                 self.attention_path = attention_path(KERNEL_PATH)
             return decode_attention.paged(q, self.pool_k[layer], self.pool_v[layer], self._table, self._lengths,

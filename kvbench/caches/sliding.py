@@ -40,9 +40,10 @@ def kv_note(kv_mode: str, family: str) -> str | None:
     return NOTES.get(family) if kv_mode == "sliding" else None
 
 
-def rotate(x: torch.Tensor, inv_freq: torch.Tensor, by: int) -> torch.Tensor:
-    """Rotate x (..., D) by `by` positions in the half-split rotary layout (kvbench.models.llama.Rotary's)."""
-    angles = float(by) * inv_freq.float()
+def rotate(x: torch.Tensor, inv_freq: torch.Tensor, by: int | torch.Tensor) -> torch.Tensor:
+    """Rotate x (..., D) by `by` positions in the half-split rotary layout (kvbench.models.llama.Rotary's); `by` a
+    (1,) tensor in a compiled step, where the position is data."""
+    angles = (by.float() if isinstance(by, torch.Tensor) else float(by)) * inv_freq.float()
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
@@ -124,11 +125,8 @@ class SlidingCache(KVCache):
         self.v[at] = v.permute(2, 0, 1, 3)
         if self.inv_freq is not None and self.sinks:
             shift = (pos[-1:] + 1 - self.capacity).clamp(min=0)  # how far past its place in the cache the query is
-            by = (shift - self.sink_shift_at[layer : layer + 1]).float()  # 0 until the ring wraps: the identity
-            angles = by * self.inv_freq.float()
-            cos, sin = angles.cos().to(self.k.dtype), angles.sin().to(self.k.dtype)
-            x1, x2 = self.k[layer, :, :, : self.sinks].chunk(2, dim=-1)
-            rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+            by = shift - self.sink_shift_at[layer : layer + 1]  # 0 until the ring wraps: the identity
+            rotated = rotate(self.k[layer, :, :, : self.sinks], self.inv_freq, by)
             # An index_put_ on the whole buffer, not a copy into a view of it: inductor turns a view's mutation
             # into a copy of the whole cache and back (smollm2-135m b4 p1000: 78 against 44 ms/token a step).
             sink = torch.arange(min(self.sinks, self.capacity), device=pos.device)
