@@ -29,6 +29,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	    $(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .; \
 	fi
 	$(BIN)/python -m kvbench.kernels.build  # kvbench's C++ kernels for this CPU (one line and the library's GEMM where none builds)
+	$(BIN)/python -m kvbench.engines.hf_cache  # optimum-quanto's extension, built now rather than in a cell (where installed)
 	@touch $@
 
 # Engine llamacpp's extra (not part of setup: building llama.cpp takes minutes): llama-cpp-python built from

@@ -11,7 +11,7 @@ A benchmark, not a test: it prints, it does not pass or fail.
     python benchmarks/cache_speed.py --batch 4 --prompt-len 1000 --threads 2            # issue 35's shape
     python benchmarks/cache_speed.py --model smollm2-135m --batch 4 --prompt-len 1000 --threads 2
     python benchmarks/cache_speed.py --batch 1 --prompt-len 128 --threads 2 --rounds 3
-    python benchmarks/cache_speed.py --batch 4 --prompt-len 1000 --threads 2 --peers   # llama.cpp's caches beside
+    python benchmarks/cache_speed.py --batch 4 --prompt-len 1000 --threads 2 --peers   # llama.cpp's, transformers' caches beside
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import tempfile
 from pathlib import Path
 
 MODES = ("static", "static-int8", "static-fp8", "static-int4", "sliding", "paged")
-PEER_MODES = ("static", "static-int8", "static-int4")  # llama.cpp: its f32 cache, q8_0 and q4_0 (engines/llamacpp.py)
+# The peers' caches of the same techniques (eager: neither compiles them): llama.cpp's f32, q8_0 and q4_0
+# (engines/llamacpp.py); transformers' StaticCache and QuantizedCache, fp8 and 4-bit quanto (engines/hf_cache.py)
+PEER_MODES = {"llamacpp": ("static", "static-int8", "static-int4"), "hf": ("static", "static-fp8", "static-int4")}
 
 
 def run_cell(args: argparse.Namespace, engine: str, kv_mode: str, compiled: bool, out: Path) -> dict:
@@ -86,14 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", choices=("no", "yes", "both"), default="both")
     p.add_argument("--records", default=None, help="keep the records in this folder (default: a temp dir)")
     p.add_argument(
-        "--peers", action="store_true", help="llama.cpp's f32, q8_0 and q4_0 caches too, on the same weights"
+        "--peers", action="store_true", help="llama.cpp's and transformers' caches too (PEER_MODES), same weights"
     )
     args = p.parse_args(argv)
     out_dir = Path(args.records or tempfile.mkdtemp(prefix="kvbench-cache-speed-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"no": (False,), "yes": (True,), "both": (False, True)}[args.compile]
     variants = [("kvbench", m, c) for c in settings for m in dict.fromkeys(["static", *args.modes])]
-    variants += [("llamacpp", m, False) for m in PEER_MODES] if args.peers else []
+    variants += [(e, m, False) for e, modes in PEER_MODES.items() for m in modes] if args.peers else []
     rounds = []
     for r in range(args.rounds):
         rounds.append({(e, m, c): run_cell(args, e, m, c, out_dir / f"r{r}-{e}-{m}{'-compile' if c else ''}.json")

@@ -32,7 +32,7 @@ ENGINES = ("kvbench", "hf", "ct2", "llamacpp")
 # weights' type or its q8_0/q4_0 types (kvbench/engines/llamacpp.py).
 ENGINE_KV_MODES = {
     "kvbench": KV_MODES,
-    "hf": ("none", "concat", "static"),
+    "hf": ("none", "concat", "static", "static-fp8", "static-int4"),  # the last two: QuantizedCache (hf_cache.py)
     "ct2": ("concat",),
     "llamacpp": ("static", "static-int8", "static-int4"),
 }

@@ -4,7 +4,8 @@ GPT-2 runs as transformers' GPT2LMHeadModel; the Llama family as the class its c
 (LlamaForCausalLM, or Qwen2ForCausalLM where q/k/v carry a bias), built from kvbench's
 `llama.hf_config_dict` and filled with `llama.hf_state_dict`. Either runs with its own caches —
 kv_mode `none` (use_cache=False, recompute), `concat` (its default DynamicCache, which grows by
-torch.cat) and `static` (its StaticCache, preallocated, K/V heads only) — in the shared decode
+torch.cat), `static` (its StaticCache, preallocated, K/V heads only) and `static-fp8` / `static-int4`
+(its QuantizedCache: hf_cache.py says which backend each is) — in the shared decode
 loop with the same `on_token` timestamps as ours, so every engine's numbers come out of one
 measurement code path. Caches are built and
 passed the way transformers' current API asks (`DynamicCache(config=...)`,
@@ -21,6 +22,7 @@ import torch
 from kvbench.core.presets import ENGINE_KV_MODES
 from kvbench.engines.base import Engine, Runner, compile_mode
 from kvbench.engines.generate import GREEDY, Generation, Sampling, check_length, decode_loop
+from kvbench.engines.hf_cache import QUANTIZED, HFCacheBytes, check_mode, make_cache
 from kvbench.models.checkpoint import CONV1D_WEIGHTS
 from kvbench.models.family import Model
 from kvbench.models.gpt2 import GPT
@@ -129,35 +131,11 @@ def hf_generate(
     keep_logits: bool = False,
     on_token: Callable[[int], None] | None = None,
 ) -> Generation:
-    from transformers import DynamicCache, StaticCache
-
     total = check_length(prompt, new_tokens, positions(hf))
-    if kv_mode == "none":
-        cache = None
-    elif kv_mode == "concat":
-        cache = DynamicCache(config=hf.config)
-    elif kv_mode == "static":
-        cache = StaticCache(config=hf.config, max_cache_len=total - 1)
-    else:
-        raise ValueError(f"kv_mode: {kv_mode!r} is not one of {', '.join(HF_KV_MODES)} for engine hf")
+    cache = make_cache(hf, kv_mode, total - 1)  # the last token is chosen, never cached
     forward = hf_forward(hf, cache, prompt.size(0), prompt.device)
     tokens, kept = decode_loop(forward, prompt, new_tokens, cache is None, sampling, keep_logits, on_token)
     return Generation(tokens=tokens, cache=None if cache is None else HFCacheBytes(cache), logits=kept)
-
-
-class HFCacheBytes:
-    """What a transformers cache holds, measured from its tensors like ours (`KVCache.nbytes`)."""
-
-    def __init__(self, cache):
-        self.cache = cache
-
-    def nbytes(self) -> int:
-        return sum(
-            t.numel() * t.element_size()
-            for layer in self.cache.layers
-            for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
-            if t is not None
-        )
 
 
 class HFCompiledStatic:
@@ -211,6 +189,16 @@ class HFEngine(Engine):
         "(batch x the longest sequence), the reservation kvbench's concat and static measure"
     )
     owns_weights = True  # its own copy in its native layout (GPT-2: contiguous (in, out) Conv1D; Llama: q/k/v split)
+
+    @classmethod
+    def check(cls, *, kv_mode, n_kv_head, attention, compile):
+        super().check(kv_mode=kv_mode, n_kv_head=n_kv_head, attention=attention, compile=compile)
+        check_mode(kv_mode)
+        if compile and kv_mode in QUANTIZED:
+            raise ValueError(
+                f"compile (engine hf): {kv_mode} is transformers' QuantizedCache, which its generation does not "
+                "compile (it grows and re-quantizes in Python); run it without --compile"
+            )
 
     def __init__(self, model: Model):
         self.hf = self.module = to_hf(model)
