@@ -14,9 +14,10 @@ def rel(paths) -> set[str]:
 
 def test_an_engine_brings_its_own_file_and_the_engine_files_it_imports():
     assert rel(engine_files(PACKAGE, "kvbench")) == {"engines/kvbench.py", "engines/attention_op.py"}
-    assert rel(engine_files(PACKAGE, "hf")) == {"engines/hf.py"}
-    assert rel(engine_files(PACKAGE, "ct2")) == {"engines/ct2.py", "engines/hf.py"}
-    assert rel(engine_files(PACKAGE, "llamacpp")) == {"engines/llamacpp.py", "engines/ct2.py", "engines/hf.py"}
+    hf = {"engines/hf.py", "engines/hf_cache.py"}
+    assert rel(engine_files(PACKAGE, "hf")) == hf
+    assert rel(engine_files(PACKAGE, "ct2")) == {"engines/ct2.py", *hf}
+    assert rel(engine_files(PACKAGE, "llamacpp")) == {"engines/llamacpp.py", "engines/ct2.py", *hf}
 
 
 def test_a_cells_code_is_the_shared_layers_and_its_engine_not_the_analysis_or_the_other_commands():
