@@ -11,7 +11,7 @@ A benchmark, not a test: it prints, it does not pass or fail.
     python benchmarks/cache_speed.py --batch 4 --prompt-len 1000 --threads 2            # issue 35's shape
     python benchmarks/cache_speed.py --model smollm2-135m --batch 4 --prompt-len 1000 --threads 2
     python benchmarks/cache_speed.py --batch 1 --prompt-len 128 --threads 2 --rounds 3
-    python benchmarks/cache_speed.py --batch 4 --prompt-len 1000 --threads 2 --peers   # llama.cpp's, transformers' caches beside
+    python benchmarks/cache_speed.py --batch 4 --prompt-len 1000 --threads 2 --peers   # the peers' caches beside
 """
 
 from __future__ import annotations
