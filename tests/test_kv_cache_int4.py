@@ -3,11 +3,13 @@
 import pytest
 import torch
 
+from kvbench.caches import fused
 from kvbench.caches.base import CacheShape
 from kvbench.caches.int4 import Int4StaticCache, pack, quantize, unpack
 from kvbench.caches.registry import make_cache
 from kvbench.core.presets import kv_bytes_per_token, kv_cache_bytes
 from kvbench.engines.generate import GenerationPlan, generate
+from kvbench.kernels import decode_attention
 from kvbench.measure.spec import CellSpec, UsageError
 
 
@@ -110,3 +112,69 @@ def test_keys_are_the_same_codes_however_the_positions_arrive(chunks):
     for a, b in ((one.kq, cache.kq), (one.k_scale, cache.k_scale), (one.k_zero, cache.k_zero)):
         assert torch.equal(a, b)
     assert torch.equal(got, want) and torch.equal(got[:, :, 16:], xs[:, :, 16:])
+
+
+def step_caches(T: int, D: int, G: int, prompt: int):
+    """Two caches holding the same prompt, and the K,V of the one-token steps after it."""
+    shape = CacheShape(1, 2, 2, T, D, torch.float32, "cpu")
+    a, b = (Int4StaticCache(shape, kv_group_size=G) for _ in range(2))
+    g = torch.Generator().manual_seed(3)
+    k, v = torch.randn(2, 2, prompt, D, generator=g) * 2, torch.randn(2, 2, prompt, D, generator=g)
+    a.update(0, k, v, 0)
+    b.update(0, k, v, 0)
+    steps = [(torch.randn(2, 4, 1, D, generator=g),) + tuple(torch.randn(2, 2, 1, D, generator=g) for _ in "kv")
+             for _ in range(prompt, T)]  # fmt: skip
+    return a, b, steps
+
+
+@pytest.mark.parametrize("prompt", [3, 8, 13])
+def test_the_static_shape_step_stores_the_same_codes_as_the_growing_step(prompt):
+    """write_at (the position a tensor, the open group quantized into its slot every step) against update, step by
+    step through two group fills and the tail past the last group that fits (T = 21, G = 8): the same codes, scales
+    and zero points of every complete group and every value, the same residual, the same keys and values read."""
+    T, G = 21, 8
+    a, b, steps = step_caches(T, 16, G, prompt)
+    for p, (_, k, v) in enumerate(steps, prompt):
+        want_k, want_v = a.update(0, k, v, p)
+        got_k, got_v = b.write_at(0, k, v, torch.tensor([p]))
+        assert torch.equal(got_k[:, :, : p + 1], want_k) and torch.equal(got_v[:, :, : p + 1], want_v), p
+        done = (p + 1) // G * G  # the open group's slot holds codes no read sees until it fills
+        for x, y in ((a.kq[..., :done, :], b.kq[..., :done, :]), (a.vq, b.vq), (a.v_scale, b.v_scale)):
+            assert torch.equal(x, y), p
+        assert torch.equal(a.k_scale[:, :, :, : done // G], b.k_scale[:, :, :, : done // G]), p
+    assert torch.equal(a.k_res, b.k_res) and torch.equal(a.k_zero, b.k_zero)
+
+
+@pytest.mark.skipif(not decode_attention.available(), reason="kvbench's decode-attention kernel is not built here")
+@pytest.mark.parametrize("prompt", [5, 32, 40])
+def test_the_kernels_static_shape_step_attends_as_the_eager_step(prompt):
+    """attend_at (the kernel over the whole buffers, the position as data) equals attend_decode step by step:
+    before the first group fills, across fills, and in the tail that never fills (T = 75, G = 32, head size 32)."""
+    a, b, steps = step_caches(75, 32, 32, prompt)
+    for p, (q, k, v) in enumerate(steps, prompt):
+        want = a.attend_decode(0, q, k, v, p)
+        got = b.attend_at(0, q, k, v, torch.tensor([p]), None)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert a.attention_path == b.attention_path == fused.KERNEL
+
+
+@pytest.mark.slow  # a compiled step
+def test_the_compiled_step_gives_the_eager_tokens_and_resets_in_place():
+    from dataclasses import replace
+
+    from kvbench.core.presets import preset
+    from kvbench.engines.kvbench import CompiledStaticDecoder
+    from kvbench.models.family import build_random
+
+    model = build_random(replace(preset("tiny"), n_embd=128, block_size=128), "cpu", torch.float32, seed=0,
+                         for_decoding=True)  # fmt: skip
+    prompt = random_prompt(2, 40)
+    eager = generate(model, prompt, 30, "static-int4", keep_logits=True)
+    step = CompiledStaticDecoder(model, 2, 40 + 30 - 1, "static-int4")
+    for _ in range(2):
+        got = step(prompt, 30, "static-int4", keep_logits=True)
+        assert torch.equal(got.tokens, eager.tokens)
+        for x, y in zip(got.logits, eager.logits):
+            torch.testing.assert_close(x, y, atol=2e-3, rtol=1e-3)
+    if decode_attention.available():
+        assert step.cache.attention_path == fused.KERNEL

@@ -54,13 +54,23 @@ def dense_decode(q, k, v, mask=None) -> torch.Tensor:
 def int4_decode(q, kq, k_scale, k_zero, k_res, held: int, vq, v_scale, v_zero) -> tuple[torch.Tensor | None, str]:
     """A decode step over caches/int4.py's packed layout: the C++ kernel where it runs (head size and value groups
     in multiples of 32), else the compiled int4_attention; (None, DEQUANTIZE) where neither does."""
-    if use_kernel(q, kq, head_multiple=32) and (q.size(-1) // v_scale.size(3)) % 32 == 0:
+    if int4_fits(q, kq, v_scale):
         return decode_attention.int4(q, kq, k_scale, k_zero, k_res, held, vq, v_scale, v_zero), KERNEL
     if not k_scale.size(2):  # no complete group yet: every key is exact, the caller's SDPA
         return None, DEQUANTIZE
     bias = torch.where(torch.arange(k_res.size(2), device=q.device) < held, 0.0, float("-inf"))
     y = run(int4_attention, q, kq, k_scale, k_zero, k_res, bias, vq, v_scale, v_zero)
     return y, (FUSED if y is not None else DEQUANTIZE)
+
+
+def int4_fits(q, kq, v_scale) -> bool:
+    """The C++ kernel takes this int4 step: head size and value groups in multiples of 32."""
+    return use_kernel(q, kq, head_multiple=32) and (q.size(-1) // v_scale.size(-2)) % 32 == 0
+
+
+def int4_at(q, kq, k_scale, k_zero, k_res, vq, v_scale, v_zero, pos) -> torch.Tensor:
+    """The static-shape int4 step through the C++ kernel (the caller has asked `int4_fits`)."""
+    return decode_attention.int4_at(q, kq, k_scale, k_zero, k_res, vq, v_scale, v_zero, pos)
 
 
 def scaled_at(q, k_codes, k_scale, v_codes, v_scale, mask) -> tuple[torch.Tensor, str]:

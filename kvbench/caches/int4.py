@@ -140,6 +140,71 @@ class Int4StaticCache(KVCache):
             y = F.scaled_dot_product_attention(q, k_all, v_all, enable_gqa=k_all.size(1) != q.size(1))
         return y
 
+    def store_at(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
+        """The static-shape step's store (one token at the position held in the tensor `pos`), in whole-buffer
+        index_put_s so a compiled step writes in place: the value's codes at pos; the key into its residual row
+        (pos % G, as `store` puts it) and the residual quantized into its group's slot (pos // G). Only a complete
+        group's slot is ever read (the open group's keys are read from the residual), so the slot is written again
+        each step until the group's last row arrives, which quantizes exactly the rows `store` would."""
+        if k.size(2) != 1:
+            raise ValueError("static-int4: the static-shape step feeds one token at a time")
+        B, H, _, D = v.shape
+        at = (pos.new_full(pos.shape, layer), slice(None), slice(None), pos)  # indexed dims first
+        codes, scale, zero = quantize(v.reshape(B, H, 1, D // self.vg, self.vg), dim=-1)
+        self.vq[at] = pack(codes.reshape(B, H, 1, D)).permute(2, 0, 1, 3)
+        self.v_scale[at] = scale.permute(2, 0, 1, 3, 4)
+        self.v_zero[at] = zero.permute(2, 0, 1, 3, 4)
+        self.k_res[(pos.new_full(pos.shape, layer), slice(None), slice(None), pos % self.G)] = k.permute(2, 0, 1, 3)
+        if self.full:
+            self._store_open_group(layer, pos)
+
+    def _store_open_group(self, layer: int, pos: torch.Tensor) -> None:
+        """The residual quantized per channel into the slot of position pos's group; past the last group that fits
+        (a residual that never fills) nothing changes."""
+        G, D = self.G, self.D
+        group = torch.div(pos[-1:], G, rounding_mode="floor")
+        inside = group < self.full
+        group = group.clamp(max=self.full - 1)
+        codes, scale, zero = quantize(self.k_res[layer].unsqueeze(2), dim=-2)  # (B, H, 1, G, D), (B, H, 1, 1, D)
+        rows = group * G + torch.arange(G, device=pos.device)
+        at = (rows.new_full(rows.shape, layer), slice(None), slice(None), rows)  # (G, B, H, D/2)
+        self.kq[at] = torch.where(inside, pack(codes.reshape(*codes.shape[:2], G, D)).permute(2, 0, 1, 3), self.kq[at])
+        at = (group.new_full(group.shape, layer), slice(None), slice(None), group)  # (1, B, H, 1, D)
+        self.k_scale[at] = torch.where(inside, scale.permute(2, 0, 1, 3, 4), self.k_scale[at])
+        self.k_zero[at] = torch.where(inside, zero.permute(2, 0, 1, 3, 4), self.k_zero[at])
+
+    def write_at(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor):
+        """The static-shape step without the kernel: the new token stored, every position's key and value
+        dequantized (the caller masks those after pos): a position in the open group, or past the last group that
+        fits, from the residual, the others from their group's codes."""
+        self.store_at(layer, k, v, pos)
+        B, H, n = self.shape.batch, self.shape.n_kv_head, self.full
+        codes = unpack(self.kq[layer]).reshape(B, H, n, self.G, self.D)
+        k_groups = dequantize(codes, self.k_scale[layer], self.k_zero[layer]).reshape(B, H, n * self.G, self.D)
+        t = torch.arange(self.max_len, device=pos.device)
+        from_res = self.k_res[layer][:, :, t % self.G]  # (B, H, max_len, D)
+        in_groups = torch.nn.functional.pad(k_groups.to(self.dtype), (0, 0, 0, self.max_len - n * self.G))
+        open_from = torch.div(pos[-1:] + 1, self.G, rounding_mode="floor") * self.G  # complete groups end here
+        keys = torch.where((t >= open_from).unsqueeze(-1), from_res, in_groups)
+        return keys, self._values(layer, self.max_len)
+
+    def attend_at(self, layer, q, k, v, pos, mask):
+        """The static-shape step over the packed codes and the residual, inside the compiled step: kvbench's C++
+        kernel as one extern call with the position as data; None (write_at, then the module's masked attention)
+        where the kernel does not run."""
+        if q.size(2) != 1 or not fused.int4_fits(q, self.kq, self.v_scale):
+            return None
+        self.store_at(layer, k, v, pos)
+        self.attention_path = fused.KERNEL
+        return fused.int4_at(q, self.kq[layer], self.k_scale[layer], self.k_zero[layer], self.k_res[layer],
+                             self.vq[layer], self.v_scale[layer], self.v_zero[layer], pos)  # fmt: skip
+
+    def reset(self) -> None:
+        """Empty the cache in place (a compiled step keeps the buffers' addresses)."""
+        for t in self.tensors():
+            t.zero_()
+        self.written = 0
+
     def _keys(self, layer: int, end: int) -> torch.Tensor:
         done = min(end // self.G, self.full)  # complete groups, already quantized
         codes = unpack(self.kq[layer, :, :, : done * self.G])

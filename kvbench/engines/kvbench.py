@@ -1,7 +1,8 @@
 """Engine `kvbench`: this repository's models (GPT-2, the Llama family) and every cache kind.
 
 `--compile` for the caches whose buffers keep one shape (`static`; the 8-bit `static-int8` and `static-fp8`, whose
-step attends over the codes as stored: kvbench/caches/fused.py; `sliding`, a ring of sinks + window slots) is
+step attends over the codes as stored: kvbench/caches/fused.py; `static-int4`, its key groups quantized in place as
+they fill; `sliding`, a ring of sinks + window slots) is
 gpt-fast's recipe: the
 prompt is prefilled eagerly, and the one-token decode step, whose shapes never change (the whole
 preallocated cache, the unwritten positions masked, the position passed as a tensor),
@@ -13,7 +14,7 @@ does; a fresh allocation would re-record the graph inside a timing. On a CPU the
 by inductor with the weights frozen into the graph and each matrix product autotuned
 (`CPU_INDUCTOR_OPTIONS`); inductor's on-disk caches make the next cell's compile cheap.
 
-The other kinds (`none`, `concat`, `static-int4`, `paged`) change shape every step; their prompt is prefilled
+The other kinds (`none`, `concat`, `paged`) change shape every step; their prompt is prefilled
 eagerly too and each decode step compiled with the same inductor settings, its attention one opaque op
 (engines/attention_op.py): the projections, norms and MLP one graph, the cache read its own way (`CompiledSteps`).
 """
@@ -27,6 +28,7 @@ from collections.abc import Callable
 
 import torch
 
+from kvbench.caches.int4 import Int4StaticCache
 from kvbench.caches.scaled import ScaledStaticCache
 from kvbench.caches.sliding import SlidingCache
 from kvbench.caches.static import StaticCache
@@ -90,6 +92,7 @@ STATIC_SHAPE = {
     "static": StaticCache,
     "static-int8": ScaledStaticCache,
     "static-fp8": ScaledStaticCache,
+    "static-int4": Int4StaticCache,  # its codes, group parameters and residual written in place, the position as data
     "sliding": SlidingCache,  # its ring of sinks + window slots: the same shapes every step
 }
 
@@ -159,7 +162,8 @@ class CompiledStaticDecoder:
         cache = new_cache(model, kv_mode, batch, max_len, options)  # options: the cell's cache settings (window, sinks)
         assert isinstance(cache, STATIC_SHAPE[kv_mode])
         self.cache = cache
-        self.device = cache.k.device
+        self.buffer = cache.tensors()[0]  # (layers, batch, ...): every kind's first buffer
+        self.device = self.buffer.device
         if self.device.type == "cuda":  # the graph may keep these addresses: the cache is never reallocated
             for t in cache.tensors():
                 torch._dynamo.mark_static_address(t)
@@ -188,9 +192,9 @@ class CompiledStaticDecoder:
         if kv_mode != self.kv_mode:
             raise ValueError(f"kv_mode: this compiled static-shape decoder runs {self.kv_mode!r}, not {kv_mode!r}")
         total = check_length(prompt, new_tokens, self.model.config.block_size)
-        if total - 1 > self.cache.max_len or prompt.size(0) != self.cache.k.size(1):
+        if total - 1 > self.cache.max_len or prompt.size(0) != self.buffer.size(1):
             raise ValueError(
-                f"compiled decoder was built for batch {self.cache.k.size(1)} and "
+                f"compiled decoder was built for batch {self.buffer.size(1)} and "
                 f"{self.cache.max_len} positions, not batch {prompt.size(0)} and {total - 1}"
             )
         self.cache.reset()

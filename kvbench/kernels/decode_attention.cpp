@@ -538,6 +538,23 @@ at::Tensor int4_decode_attention(const at::Tensor& q_in, const at::Tensor& kq, c
   });
 }
 
+// The static-shape step's int4 attention (caches/int4.py's attend_at): the whole buffers, the position as data, so
+// a compiled step calls it with the same shapes every step. Positions 0..pos[-1] are held: the complete groups
+// among them quantized, the open group's rows (or those past the last group that fits) in the residual.
+at::Tensor int4_decode_attention_at(const at::Tensor& q, const at::Tensor& kq, const at::Tensor& k_scale,
+                                    const at::Tensor& k_zero, const at::Tensor& k_res, const at::Tensor& vq,
+                                    const at::Tensor& v_scale, const at::Tensor& v_zero, const at::Tensor& pos) {
+  TORCH_CHECK(pos.scalar_type() == at::kLong && pos.numel() >= 1 && pos.device().is_cpu(), "int4: pos a CPU long");
+  const at::Tensor p = pos.contiguous();
+  const int64_t end = p.data_ptr<int64_t>()[p.numel() - 1] + 1, full = k_scale.size(2);
+  const int64_t Gk = full ? kq.size(2) / full : k_res.size(2);
+  TORCH_CHECK(end >= 1 && end <= vq.size(2), "int4: position ", end - 1, " outside the cache's ", vq.size(2));
+  const int64_t done = std::min(end / Gk, full);
+  return int4_decode_attention(q, kq.narrow(2, 0, done * Gk), k_scale.narrow(2, 0, done), k_zero.narrow(2, 0, done),
+                               k_res, end - done * Gk, vq.narrow(2, 0, end), v_scale.narrow(2, 0, end),
+                               v_zero.narrow(2, 0, end));
+}
+
 }  // namespace
 
 TORCH_LIBRARY(kvbench_attention, m) {
@@ -546,10 +563,13 @@ TORCH_LIBRARY(kvbench_attention, m) {
         "int block_tokens) -> Tensor");
   m.def("int4_decode_attention(Tensor q, Tensor kq, Tensor k_scale, Tensor k_zero, Tensor k_res, int held, "
         "Tensor vq, Tensor v_scale, Tensor v_zero) -> Tensor");
+  m.def("int4_decode_attention_at(Tensor q, Tensor kq, Tensor k_scale, Tensor k_zero, Tensor k_res, Tensor vq, "
+        "Tensor v_scale, Tensor v_zero, Tensor pos) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(kvbench_attention, CPU, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("paged_decode_attention", &paged_decode_attention);
   m.impl("int4_decode_attention", &int4_decode_attention);
+  m.impl("int4_decode_attention_at", &int4_decode_attention_at);
 }

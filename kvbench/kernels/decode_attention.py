@@ -9,6 +9,8 @@ one extern kernel:
   each sequence's block table, sequence b over its first lengths[b] positions (ragged batches and shared
   blocks alike).
 - `int4(q, kq, k_scale, k_zero, k_res, held, vq, v_scale, v_zero)`: caches/int4.py's packed layout.
+- `int4_at(q, kq, k_scale, k_zero, k_res, vq, v_scale, v_zero, pos)`: the same over the whole buffers, positions
+  0..pos[-1] held (the static-shape step's: the same shapes every step).
 
 q is (B, H, 1, D) float32, H a multiple of Hkv (the group scored together); the result is (B, H, 1, D).
 `fits` says whether a call's tensors are ones the kernel takes; `available()` builds and loads it
@@ -70,9 +72,13 @@ def int4(q, kq, k_scale, k_zero, k_res, held: int, vq, v_scale, v_zero) -> torch
     return torch.ops.kvbench_attention.int4_decode_attention(q, kq, k_scale, k_zero, k_res, held, vq, v_scale, v_zero)
 
 
+def int4_at(q, kq, k_scale, k_zero, k_res, vq, v_scale, v_zero, pos) -> torch.Tensor:
+    return torch.ops.kvbench_attention.int4_decode_attention_at(q, kq, k_scale, k_zero, k_res, vq, v_scale, v_zero, pos)
+
+
 @functools.cache  # once per process: a second registration of the same op is an error
 def _register_fake() -> None:
-    for op in ("decode_attention", "paged_decode_attention", "int4_decode_attention"):
+    for op in ("decode_attention", "paged_decode_attention", "int4_decode_attention", "int4_decode_attention_at"):
         torch.library.register_fake(f"kvbench_attention::{op}")(
             lambda q, *rest: torch.empty(q.shape, dtype=q.dtype, device=q.device)
         )
