@@ -9,7 +9,7 @@ from kvbench.caches.int4 import Int4StaticCache, pack, quantize, unpack
 from kvbench.caches.registry import make_cache
 from kvbench.core.presets import kv_bytes_per_token, kv_cache_bytes
 from kvbench.engines.generate import GenerationPlan, generate
-from kvbench.kernels import decode_attention
+from kvbench.kernels import decode_attention, int4_store
 from kvbench.measure.spec import CellSpec, UsageError
 
 
@@ -114,6 +114,9 @@ def test_keys_are_the_same_codes_however_the_positions_arrive(chunks):
     assert torch.equal(got, want) and torch.equal(got[:, :, 16:], xs[:, :, 16:])
 
 
+needs_store = pytest.mark.skipif(not int4_store.available(), reason="kvbench's int4 store kernel is not built here")
+
+
 def step_caches(T: int, D: int, G: int, prompt: int):
     """Two caches holding the same prompt, and the K,V of the one-token steps after it."""
     shape = CacheShape(1, 2, 2, T, D, torch.float32, "cpu")
@@ -127,13 +130,16 @@ def step_caches(T: int, D: int, G: int, prompt: int):
     return a, b, steps
 
 
+@pytest.mark.parametrize("kernel", [False, pytest.param(True, marks=needs_store)], ids=["torch", "kernel"])
 @pytest.mark.parametrize("prompt", [3, 8, 13])
-def test_the_static_shape_step_stores_the_same_codes_as_the_growing_step(prompt):
-    """write_at (the position a tensor, the open group quantized into its slot every step) against update, step by
-    step through two group fills and the tail past the last group that fits (T = 21, G = 8): the same codes, scales
-    and zero points of every complete group and every value, the same residual, the same keys and values read."""
+def test_the_static_shape_step_stores_the_same_codes_as_the_growing_step(prompt, kernel):
+    """write_at (the position a tensor; torch ops quantizing the open group into its slot every step, or the C++
+    store quantizing it once complete) against update, step by step through two group fills and the tail past the
+    last group that fits (T = 21, G = 8): the same codes, scales and zero points of every complete group and every
+    value, bit for bit, the same residual, the same keys and values read."""
     T, G = 21, 8
     a, b, steps = step_caches(T, 16, G, prompt)
+    b.store_kernel = kernel
     for p, (_, k, v) in enumerate(steps, prompt):
         want_k, want_v = a.update(0, k, v, p)
         got_k, got_v = b.write_at(0, k, v, torch.tensor([p]))
