@@ -163,3 +163,52 @@ def test_runs_line_up_across_sequences_only_where_they_do():
     pool = torch.arange(2 * 100 * 3.0).reshape(2, 100, 3)  # (heads, slots, D)
     view = across(pool, 10, 20, 4, 3)
     assert view.shape == (3, 2, 4, 3) and torch.equal(view[2, 1], pool[1, 50:54])
+
+
+@pytest.mark.parametrize("kernel", [False, pytest.param(True, marks=needs_kernel)], ids=["gather", "kernel"])
+def test_the_static_shape_step_attends_as_the_eager_step(kernel, monkeypatch):
+    """before_step (blocks, the table check and the step's tensors, outside a graph) then attend_at, or write_at and
+    SDPA over every position masked, against attend_decode step by step across block boundaries (blocks of 4)."""
+    monkeypatch.setitem(decode_attention._ready, "yes", kernel)
+    D, T, P = 16, 23, 6
+    shape = CacheShape(1, 3, 2, T, D, torch.float32, "cpu")
+    a, b = PagedCache(shape, block_tokens=4), PagedCache(shape, block_tokens=4)
+    g = torch.Generator().manual_seed(0)
+    k, v = torch.randn(3, 2, P, D, generator=g), torch.randn(3, 2, P, D, generator=g)
+    a.update(0, k, v, 0)
+    b.update(0, k, v, 0)
+    for p in range(P, T):
+        q, k, v = (torch.randn(3, h, 1, D, generator=g) for h in (4, 2, 2))
+        want = a.attend_decode(0, q, k, v, p)
+        if want is None:  # no kernel: the eager step's runs or gather
+            want = torch.nn.functional.scaled_dot_product_attention(q, *a.update(0, k, v, p), enable_gqa=True)
+        b.before_step(p)
+        mask = torch.arange(T).unsqueeze(0) <= p
+        got = b.attend_at(0, q, k, v, torch.tensor([p]), mask)
+        if got is None:
+            k_all, v_all = b.write_at(0, k, v, torch.tensor([p]))
+            got = torch.nn.functional.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=True)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert b.step_lengths.tolist() == [p + 1] * 3
+    assert b.table.blocks == a.table.blocks and torch.equal(b.pool_k, a.pool_k)
+    assert b.attention_path.startswith("paged: each sequence's blocks" if kernel else "paged: blocks gathered")
+
+
+@pytest.mark.slow  # a compiled step
+def test_a_compiled_rectangular_batch_takes_the_static_shape_step_with_none_tokens():
+    from dataclasses import replace
+
+    from kvbench.engines.kvbench import CompiledStaticDecoder, KvbenchEngine
+
+    model = build_random(replace(preset("tiny"), block_size=128), "cpu", torch.float32, seed=0, for_decoding=True)
+    prompt = random_prompt(3, 37, model.config.vocab_size)
+    plan = GenerationPlan({"block_tokens": 4})
+    ref = generate(model, prompt, 30, "none", keep_logits=True)
+    run = KvbenchEngine(model, plan).compiled_runner("paged", prompt, 30)
+    assert isinstance(run, CompiledStaticDecoder)
+    for _ in range(2):  # the second generation from the reset pool and a fresh block table
+        got = run(prompt, 30, "paged", keep_logits=True)
+        assert torch.equal(got.tokens, ref.tokens)
+        for x, y in zip(got.logits, ref.logits):
+            torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
+    assert got.cache.bytes_used() == 3 * (37 + 29) * got.cache.token_bytes()

@@ -80,6 +80,11 @@ class KVCache(ABC):
         """The static-shape step's: store k, v at the positions in `pos`, attend over every position `mask` allows."""
         return None
 
+    def before_step(self, pos: int) -> None:
+        """Before a compiled static-shape step at position `pos`, outside its graph: bookkeeping the graph cannot
+        trace (paged: the blocks taken, the step's slot and block-table tensors). Most kinds have none."""
+        return None
+
     # A generation's inputs, handed to the cache by the decode loop (kvbench/engines/generate.py) so that the
     # loop names no kind: only paged uses them today.
     def bind(self, prompt_width: int, layout: Layout | None) -> None:

@@ -125,6 +125,10 @@ class PagedCache(KVCache):
         self._ranks: list[tuple[int, int, int]] | None = None  # lined_up(self._runs), for the current decode step
 
     @property
+    def max_len(self) -> int:
+        return self.shape.max_len
+
+    @property
     def shared_prefix(self) -> int:
         return 0 if self.layout is None else self.layout.shared_prefix
 
@@ -168,6 +172,17 @@ class PagedCache(KVCache):
         """(B, width) long: each sequence's block ids, padded with its first block (never read: past its length)."""
         return torch.tensor([t + [t[0]] * (width - len(t)) for t in self.table.blocks], dtype=torch.long)
 
+    def _advance(self, end: int, past_len: int) -> None:
+        """A step's bookkeeping, once for all layers: blocks taken for columns past_len..end, the table checked, the
+        step's slots mapped."""
+        batch = self.shape.batch
+        prompt = seq_tokens(self.layout, batch, self.width, 0)
+        for b in range(batch):  # a prompt's columns past its length are the gap: never stored
+            self.table.allocate(b, min(end, prompt[b]) if end <= self.width else prompt[b] + end - self.width)
+        self.table.check()  # every step, before any gather reads by these ids
+        self._step = self._map(end, past_len)  # this step's columns only (a decode step: one per sequence)
+        self._slots = None  # every column's, made when a gather needs them
+
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, past_len: int) -> tuple[bool, int]:
         """Write the new K,V into the blocks (taking blocks at layer 0); whether this is a shared prefix's stage, and
         the end."""
@@ -178,12 +193,7 @@ class PagedCache(KVCache):
         batch = self.shape.batch
         prefix_stage = k.size(0) == 1 and batch > 1  # prefill_shared: one sequence's prefix for all
         if layer == 0:
-            prompt = seq_tokens(self.layout, batch, self.width, 0)
-            for b in range(batch):  # a prompt's columns past its length are the gap: never stored
-                self.table.allocate(b, min(end, prompt[b]) if end <= self.width else prompt[b] + end - self.width)
-            self.table.check()  # every step, before any gather reads by these ids
-            self._step = self._map(end, past_len)  # this step's columns only (a decode step: one per sequence)
-            self._slots = None  # every column's, made when a gather needs them
+            self._advance(end, past_len)
         if prefix_stage:
             k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
         slots, valid = self._step
@@ -233,6 +243,60 @@ class PagedCache(KVCache):
 
     # A ragged batch's decode step comes here too (its mask is the layout, which the block table already holds).
     reads_layout = True
+
+    # The static-shape step (a rectangular batch under --compile), as vLLM splits its work: the block bookkeeping in
+    # Python once per step, outside the compiled graph (`before_step`), which hands the graph tensors of fixed shape
+    # (each sequence's slot for this step, its length, its block table), and the graph writes the step's K,V by
+    # those slots and attends through the table.
+    def before_step(self, pos: int) -> None:
+        """Blocks for position `pos`, the table checked, and the step's tensors written in place."""
+        self._advance(pos + 1, pos)
+        if self.step_slots is None:
+            width = math.ceil(self.shape.max_len / self.block_tokens)
+            self.step_table = torch.zeros((self.shape.batch, width), dtype=torch.long, device=self.device)
+            self.step_slots = torch.zeros(self.shape.batch, dtype=torch.long, device=self.device)
+            self.step_lengths = torch.zeros(self.shape.batch, dtype=torch.long, device=self.device)
+        self.step_table.copy_(self.padded_table(self.step_table.size(1)))
+        self.step_slots.copy_(self._step[0][:, 0])
+        self.step_lengths.copy_(torch.tensor(self.table.tokens))
+
+    step_table = step_slots = step_lengths = None  # made by the first `before_step`
+
+    def write_at(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor):
+        """The static-shape step's store (whole-buffer index_put_s at `step_slots`), and without the kernel every
+        position's K,V gathered through the block table (the caller masks those after pos)."""
+        self._write_step(layer, k, v)
+        self.attention_path = attention_path()
+        t = torch.arange(self.shape.max_len, device=pos.device)
+        slots = self.step_table[:, t // self.block_tokens] * self.block_tokens + t % self.block_tokens  # (B, T)
+        return self.pool_k[layer][:, slots].transpose(0, 1), self.pool_v[layer][:, slots].transpose(0, 1)
+
+    def attend_at(self, layer, q, k, v, pos, mask):
+        """The static-shape step through kvbench's C++ kernel (each sequence's blocks read in place); None (write_at
+        and the module's masked attention) where it does not run."""
+        if self.layout is not None or q.size(2) != 1 or not fused.use_kernel(q, self.pool_k):
+            return None
+        self._write_step(layer, k, v)
+        self.attention_path = attention_path(KERNEL_PATH)
+        return decode_attention.paged(q, self.pool_k[layer], self.pool_v[layer], self.step_table, self.step_lengths,
+                                      self.block_tokens)  # fmt: skip
+
+    def _write_step(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        at = (self.step_slots.new_full(self.step_slots.shape, layer), slice(None), self.step_slots)  # (B, H, D)
+        self.pool_k[at] = k[:, :, 0]
+        self.pool_v[at] = v[:, :, 0]
+
+    def reset(self) -> None:
+        """Empty the cache in place for the next generation (a compiled step keeps the pool's addresses): the pool
+        zeroed, a fresh block table for the same lengths."""
+        if self.pool_k is None:
+            return
+        self.pool_k.zero_()
+        self.pool_v.zero_()
+        s = self.shape
+        final = seq_tokens(self.layout, s.batch, self.width, s.max_len - self.width)
+        self.table = BlockTable.for_lengths(final, self.block_tokens, self.shared_prefix)
+        self._step = self._slots = None
 
     def tensors(self):
         return [t for t in (self.pool_k, self.pool_v) if t is not None]

@@ -2,7 +2,8 @@
 
 `--compile` for the caches whose buffers keep one shape (`static`; the 8-bit `static-int8` and `static-fp8`, whose
 step attends over the codes as stored: kvbench/caches/fused.py; `static-int4`, its key groups quantized in place as
-they fill; `sliding`, a ring of sinks + window slots) is
+they fill; `sliding`, a ring of sinks + window slots; `paged` for a rectangular batch, its block bookkeeping done
+once per step outside the graph, which reads the step's slots and block table as tensors) is
 gpt-fast's recipe: the
 prompt is prefilled eagerly, and the one-token decode step, whose shapes never change (the whole
 preallocated cache, the unwritten positions masked, the position passed as a tensor),
@@ -14,7 +15,7 @@ does; a fresh allocation would re-record the graph inside a timing. On a CPU the
 by inductor with the weights frozen into the graph and each matrix product autotuned
 (`CPU_INDUCTOR_OPTIONS`); inductor's on-disk caches make the next cell's compile cheap.
 
-The other kinds (`none`, `concat`, `paged`) change shape every step; their prompt is prefilled
+The other kinds (`none`, `concat`, and `paged` for a ragged batch) change shape every step; their prompt is prefilled
 eagerly too and each decode step compiled with the same inductor settings, its attention one opaque op
 (engines/attention_op.py): the projections, norms and MLP one graph, the cache read its own way (`CompiledSteps`).
 """
@@ -29,6 +30,7 @@ from collections.abc import Callable
 import torch
 
 from kvbench.caches.int4 import Int4StaticCache
+from kvbench.caches.paged import PagedCache
 from kvbench.caches.scaled import ScaledStaticCache
 from kvbench.caches.sliding import SlidingCache
 from kvbench.caches.static import StaticCache
@@ -93,6 +95,7 @@ STATIC_SHAPE = {
     "static-int8": ScaledStaticCache,
     "static-fp8": ScaledStaticCache,
     "static-int4": Int4StaticCache,  # its codes, group parameters and residual written in place, the position as data
+    "paged": PagedCache,  # a rectangular batch: the pool and the step's slot and block-table tensors keep their shapes
     "sliding": SlidingCache,  # its ring of sinks + window slots: the same shapes every step
 }
 
@@ -119,7 +122,8 @@ class KvbenchEngine(Engine):
         )
 
     def compiled_runner(self, kv_mode: str, prompt: torch.Tensor, new_tokens: int) -> Runner:
-        if kv_mode in STATIC_SHAPE:
+        layout = self.plan.layout if self.plan is not None else None
+        if kv_mode in STATIC_SHAPE and (kv_mode != "paged" or layout is None):
             options = self.plan.kv_options if self.plan is not None else None
             return CompiledStaticDecoder(self.model, prompt.size(0), prompt.size(1) + new_tokens - 1, kv_mode, options)
         # A cache that changes shape each step: the model compiled with each decode step's attention one opaque op
@@ -161,12 +165,8 @@ class CompiledStaticDecoder:
         self.model, self.kv_mode = model, kv_mode
         cache = new_cache(model, kv_mode, batch, max_len, options)  # options: the cell's cache settings (window, sinks)
         assert isinstance(cache, STATIC_SHAPE[kv_mode])
-        self.cache = cache
-        self.buffer = cache.tensors()[0]  # (layers, batch, ...): every kind's first buffer
-        self.device = self.buffer.device
-        if self.device.type == "cuda":  # the graph may keep these addresses: the cache is never reallocated
-            for t in cache.tensors():
-                torch._dynamo.mark_static_address(t)
+        self.cache, self.batch = cache, batch
+        self.device = model.lm_head.weight.device
         self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
         # The step's token goes through this buffer: the decode loop's slice of its sequence has that
         # sequence's strides, which differ with new_tokens, and a compiled step would recompile for them.
@@ -192,16 +192,21 @@ class CompiledStaticDecoder:
         if kv_mode != self.kv_mode:
             raise ValueError(f"kv_mode: this compiled static-shape decoder runs {self.kv_mode!r}, not {kv_mode!r}")
         total = check_length(prompt, new_tokens, self.model.config.block_size)
-        if total - 1 > self.cache.max_len or prompt.size(0) != self.buffer.size(1):
+        if total - 1 > self.cache.max_len or prompt.size(0) != self.batch:
             raise ValueError(
-                f"compiled decoder was built for batch {self.buffer.size(1)} and "
+                f"compiled decoder was built for batch {self.batch} and "
                 f"{self.cache.max_len} positions, not batch {prompt.size(0)} and {total - 1}"
             )
         self.cache.reset()
 
         def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
             if start == 0:
-                return self.model(ids, self.cache, 0)  # eager prefill, written into the same buffers
+                logits = self.model(ids, self.cache, 0)  # eager prefill, written into the same buffers
+                if self.device.type == "cuda":  # the graph may keep these addresses: the cache is never reallocated
+                    for t in self.cache.tensors():  # (paged's pool exists once its prefill has bound it)
+                        torch._dynamo.mark_static_address(t)
+                return logits
+            self.cache.before_step(start)  # bookkeeping outside the graph (paged: its blocks and slot tensors)
             self.pos.fill_(start)
             self.ids.copy_(ids)
             guards = (
