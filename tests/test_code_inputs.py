@@ -29,3 +29,12 @@ def test_a_cells_code_is_the_shared_layers_and_its_engine_not_the_analysis_or_th
     for other in ("engines/hf.py", "engines/ct2.py", "engines/llamacpp.py", "cli/sample.py", "cli/visualize.py"):
         assert other not in code, other
     assert "engines/llamacpp.py" in rel(cell_code(PACKAGE, "llamacpp"))
+
+
+def test_an_analysis_rule_depends_on_every_module_its_command_imports():
+    """explain imports speed_table (and it, frame): editing either re-runs the explanation; the models do not."""
+    from kvbench.core.code_inputs import module_files
+
+    got = rel(module_files(PACKAGE, "analysis/explain.py"))
+    assert {"analysis/explain.py", "analysis/speed_table.py", "analysis/alloc_table.py", "core/record.py"} <= got
+    assert not {c for c in got if c.startswith(("models/", "caches/", "engines/"))}

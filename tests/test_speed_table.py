@@ -55,6 +55,19 @@ def test_a_mode_that_never_pays_says_so(tmp_path) -> None:
     assert "above static at every context up to 1028" in line
 
 
+def test_a_mode_below_static_only_at_shorter_contexts_does_not_break_even(tmp_path) -> None:
+    recs = speed_records()
+    for r in recs:
+        if r["cell"]["kv_mode"] == "static-int8" and r["cell"]["prompt_len"] == max(
+            x["cell"]["prompt_len"] for x in recs
+        ):
+            r["latency"]["decode_ms_per_token"]["median"] = 60.0
+    t = st.speed_table(frame(tmp_path, recs))
+    assert st.break_even(t) is None and (t["ratio"] < 1).any()
+    (line,) = st.claims(t)
+    assert "above static at the longest context, 1028, at or below it only at shorter ones" in line
+
+
 def test_left_out_without_static_at_two_lengths(tmp_path) -> None:
     with pytest.raises(Skip, match="two or more prompt lengths"):
         sf.FIGURES["kv_speed"](frame(tmp_path, grid_records(("static",))))

@@ -62,7 +62,8 @@ def claims(t: pd.DataFrame) -> list[str]:
         where = (
             f"at or below static from a context of {at}" if at is not None and at > g["context"].min()
             else "at or below static at every context measured" if at is not None
-            else f"above static at every context up to {int(g['context'].max())}"
+            else f"above static at every context up to {int(g['context'].max())}" if (g["ratio"] > 1).all()
+            else f"above static at the longest context, {int(g['context'].max())}, at or below it only at shorter ones"
         )  # fmt: skip
         span = ", ".join(f"{r:.2f}x at {c}" for c, r in zip(g["context"], g["ratio"]))
         how = "compiled" if compiled else "eager"

@@ -18,6 +18,17 @@ NOT_MEASUREMENT = ("cli/sample.py", "cli/visualize.py", "core/sweep.py", "core/c
 ENGINE_INTERFACE = ("__init__.py", "base.py", "generate.py", "registry.py")
 
 
+def kvbench_imports(path: Path) -> list[str]:
+    """The kvbench modules `path` imports (dotted names, as written: a package's `from x import y` gives x and x.y)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+    return [n for n in names if n.split(".")[0] == "kvbench"]
+
+
 def engine_files(package: Path, engine: str) -> list[Path]:
     """`engines/<engine>.py` and, transitively, the other engine files it imports."""
     found: list[Path] = []
@@ -27,18 +38,30 @@ def engine_files(package: Path, engine: str) -> list[Path]:
         if path in found:
             continue
         found.append(path)
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            for name in names:
-                parts = name.split(".")
-                if parts[:2] == ["kvbench", "engines"] and len(parts) == 3:
-                    leaf = parts[2]
-                    if f"{leaf}.py" not in ENGINE_INTERFACE and (package / "engines" / f"{leaf}.py").is_file():
-                        todo.append(leaf)
+        for name in kvbench_imports(path):
+            parts = name.split(".")
+            if parts[:2] == ["kvbench", "engines"] and len(parts) == 3:
+                leaf = parts[2]
+                if f"{leaf}.py" not in ENGINE_INTERFACE and (package / "engines" / f"{leaf}.py").is_file():
+                    todo.append(leaf)
+    return sorted(found)
+
+
+def module_files(package: Path, *paths: str) -> list[Path]:
+    """The files `paths` (relative to the package) and every kvbench module they import, transitively: what a
+    downstream rule's command runs, so editing any of it re-runs the rule (and nothing it does not import)."""
+    found: set[Path] = set()
+    todo = [package / p for p in paths]
+    while todo:
+        path = todo.pop()
+        if path in found:
+            continue
+        found.add(path)
+        for name in kvbench_imports(path):
+            rel = Path(*name.split(".")[1:])
+            for candidate in (package / rel.with_suffix(".py"), package / rel / "__init__.py"):
+                if candidate.is_file() and candidate.name != "__init__.py":
+                    todo.append(candidate)
     return sorted(found)
 
 

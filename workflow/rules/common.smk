@@ -50,9 +50,11 @@ RUN_STAMP = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 def analysis_code(*names):
-    """The analysis modules (and templates) a downstream rule runs, plus the record module they load with
-    and the command wrapper every analysis command runs under."""
-    return [str(PACKAGE / "analysis" / n) for n in (*names, "command.py")] + [str(PACKAGE / "core" / "record.py")]
+    """The analysis modules (and templates, data) a downstream rule runs, with every kvbench module they import,
+    transitively (kvbench/core/code_inputs.py), and the command wrapper every analysis command runs under."""
+    modules = [f"analysis/{n}" for n in (*names, "command.py") if n.endswith(".py")]
+    others = [str(PACKAGE / "analysis" / n) for n in names if not n.endswith(".py")]
+    return sorted({str(p) for p in code_inputs.module_files(PACKAGE, *modules)}) + others
 
 
 def sweep_cells(sweep):
