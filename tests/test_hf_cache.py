@@ -14,6 +14,7 @@ from kvbench.engines import hf_cache  # noqa: E402
 from kvbench.engines.hf import hf_generate, to_hf  # noqa: E402
 
 needs_quanto = pytest.mark.skipif(not hf_cache.quanto_available(), reason="optimum-quanto is not installed")
+needs_fp8 = pytest.mark.skipif(not hf_cache.fp8_available(), reason="this transformers has no fp8 QuantizedCache")
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,7 @@ def long_tiny():
     return build_random(replace(preset("tiny"), block_size=256), "cpu", torch.float32, seed=0)
 
 
+@needs_fp8
 def test_fp8_cache_holds_one_byte_codes_and_a_scale_per_layer(long_tiny):
     hf = to_hf(long_tiny)
     prompt = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(1))
@@ -53,7 +55,9 @@ def test_int4_cache_is_transformers_quanto_layer_and_quantizes_its_residual(long
     assert static.cache.nbytes() / 8 < gen.cache.nbytes() < static.cache.nbytes() / 4
 
 
-@pytest.mark.parametrize("kv_mode", ["static-fp8", pytest.param("static-int4", marks=needs_quanto)])
+@pytest.mark.parametrize(
+    "kv_mode", [pytest.param("static-fp8", marks=needs_fp8), pytest.param("static-int4", marks=needs_quanto)]
+)
 def test_quantized_cell_is_priced_against_the_exact_model(tmp_path, capsys, kv_mode):
     out = tmp_path / "hf.json"
     args = ["--model", "tiny", "--kv-mode", kv_mode, "--prompt-len", "40", "--new-tokens", "8", "--iters", "1"]
@@ -69,9 +73,14 @@ def test_quantized_cell_is_priced_against_the_exact_model(tmp_path, capsys, kv_m
 
 def test_hf_quantized_modes_refuse_compile_and_a_missing_backend(tmp_path, capsys, monkeypatch):
     base = ["cell", "--engine", "hf", "--model", "tiny", "--out", str(tmp_path / "x.json")]
+    monkeypatch.setattr(hf_cache, "quanto_available", lambda: True)
+    monkeypatch.setattr(hf_cache, "fp8_available", lambda: True)
     assert main([*base, "--kv-mode", "static-fp8", "--compile"]) == 2
     assert "compile (engine hf): static-fp8 is transformers' QuantizedCache" in capsys.readouterr().err
     monkeypatch.setattr(hf_cache, "quanto_available", lambda: False)
     assert main([*base, "--kv-mode", "static-int4"]) == 2
     assert "pip install optimum-quanto==" in capsys.readouterr().err
+    monkeypatch.setattr(hf_cache, "fp8_available", lambda: False)
+    assert main([*base, "--kv-mode", "static-fp8"]) == 2
+    assert "with its fp8 backend, which is not installed: transformers" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

@@ -31,12 +31,27 @@ def quanto_available() -> bool:
     return importlib.util.find_spec("optimum") is not None and importlib.util.find_spec("optimum.quanto") is not None
 
 
+def fp8_available() -> bool:
+    """This transformers' QuantizedCache has the fp8 backend (5.17, the GPU node's, does not)."""
+    import transformers.cache_utils
+
+    return hasattr(transformers.cache_utils, "Fp8QuantizedLayer")
+
+
 def check_mode(kv_mode: str) -> None:
     """One line, before any heavy work, where the mode's backend is not installed."""
-    if QUANTIZED.get(kv_mode, ("",))[0] == "quanto" and not quanto_available():
+    backend = QUANTIZED.get(kv_mode, ("",))[0]
+    if backend == "quanto" and not quanto_available():
         raise ValueError(
             f"kv_mode (engine hf): {kv_mode} is transformers' QuantizedCache with optimum-quanto, which is not "
-            f"installed (pip install {QUANTO}); static-fp8 needs nothing more"
+            f"installed (pip install {QUANTO})"
+        )
+    if backend == "fp8" and not fp8_available():
+        import transformers
+
+        raise ValueError(
+            f"kv_mode (engine hf): {kv_mode} is transformers' QuantizedCache with its fp8 backend, which is not "
+            f"installed: transformers {transformers.__version__} has none (5.23 has)"
         )
 
 
